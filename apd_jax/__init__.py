@@ -1,0 +1,9 @@
+"""apd_jax: Attribution-based Parameter Decomposition in JAX."""
+
+from apd_jax.api import Decomposition, decompose, evaluate
+from apd_jax.components import Components
+from apd_jax.objective import Settings
+
+__version__ = "0.1.0"
+
+__all__ = ["Components", "Decomposition", "Settings", "decompose", "evaluate"]

@@ -1,0 +1,264 @@
+"""`decompose`: APD on any `apply_fn(params, x)` over a params pytree.
+
+    result = decompose(apply_fn, params, sample_fn, include="W",
+                       n_components=5, topk=0.211, steps=20_000)
+    result.component_weights      # {leaf name: [C, i, o]}
+    result.attributions(x)        # [B, C]
+    result.topk_mask(x)           # [B, C]
+    result.metrics                # final faithfulness, top-k recon, L0, dead
+
+Every argument is checked before anything is compiled; bad input raises a
+`ValueError` that names the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from apd_jax import attribution
+from apd_jax import components as comp_lib
+from apd_jax import losses
+from apd_jax import masking
+from apd_jax import metrics as metrics_lib
+from apd_jax import objective
+from apd_jax import optim
+from apd_jax import selection
+from apd_jax import train
+from apd_jax.target import ApplyFn, SampleFn, Target, check
+
+Array = jax.Array
+INITS = ("random", "svd")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decomposition:
+  """A trained decomposition and the target it decomposes."""
+  target: Target
+  settings: objective.Settings
+  components: comp_lib.Components
+  metrics: dict[str, Any]
+  history: list[dict]
+
+  @property
+  def component_weights(self) -> dict[str, Array]:
+    """`{leaf name: P [C, i, o]}`."""
+    return comp_lib.component_weights(self.components)
+
+  def attributions(self, x: Array) -> Array:
+    """Squared attributions `[B, C]` of the batch `x`."""
+    return _attributions(self.target, self.settings, self.components, x)
+
+  def topk_mask(self, x: Array) -> Array:
+    """The top-k mask `[B, C]` training would use on the batch `x`."""
+    return masking.make_mask(self.attributions(x), self.settings.topk,
+                             batch_topk=self.settings.batch_topk)
+
+  def apply(self, x: Array, mask: Array | None = None) -> Array:
+    """The target's output with weights `W(mask)` per example (all if None)."""
+    if mask is None:
+      mask = jnp.ones((x.shape[0], self.components.n_components))
+    return _masked_apply(self.target, self.components, mask, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _attributions(target, settings, comps, x):
+  _, acts = target.batch(x)
+  P = comp_lib.component_weights(comps)
+  return objective.attributions(target, settings, P, x, acts)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _masked_apply(target, comps, mask, x):
+  P = comp_lib.component_weights(comps)
+  return objective.masked_forward(target, P, mask, x)[0]
+
+
+def _positive(**values):
+  for name, v in values.items():
+    if v is None or not v > 0:
+      raise ValueError(f"{name} must be positive, got {v!r}")
+
+
+def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
+              include: str, n_components: int, topk: float,
+              batch_topk: bool = True, rank: int | None = None,
+              steps: int = 10_000, batch_size: int = 2048, lr: float = 1e-3,
+              lr_schedule: str = "constant", warmup_frac: float = 0.0,
+              seed: int = 0, faithfulness_coeff: float = 1.0,
+              minimality_coeff: float = 1.0, simplicity_coeff: float = 1.0,
+              hidden_act_coeff: float = 0.0, hidden_acts: str = ".*",
+              schatten_p: float = 1.0, attribution_type: str = "gradient",
+              attribution_point: str = "target",
+              attribution_mode: str = "auto", recon: str = "mse",
+              sparsity: str = "topk", lp_p: float = 1.0,
+              init: str = "random", init_gain: float = 1.0,
+              unit_norm_matrices: bool = False, has_aux: bool = False,
+              eval_batches: int = 10, log_every: int = 1000,
+              callback: Callable[[int, dict], None] | None = None,
+              ) -> Decomposition:
+  """Decomposes the leaves of `params` matched by `include` into components.
+
+  Args:
+    apply_fn: `apply_fn(params, x_batch) -> y_batch` (or `(y, acts)` with
+      `has_aux`), any pure JAX function; a Flax `model.apply` works as is.
+    params: the target's params pytree θ*.
+    sample_fn: `sample_fn(key, batch_size) -> x_batch`, jittable.
+    include: regex searched in `jax.tree_util.keystr` of each leaf's path;
+      the matched leaves (all 2-D) are decomposed.
+    n_components: C.
+    topk: batch top-k: mean active components per example (a float);
+      per-example top-k (`batch_topk=False`): an integer.
+    rank: m, each component's rank per leaf; None: full rank `min(i, o)`.
+    attribution_type: 'gradient', 'ablation' or 'activation'.
+    attribution_point: 'target' (gradients at θ*) or 'components' (at Σ P).
+    attribution_mode: 'auto' (cheaper by XLA's cost analysis), 'forward' or
+      'reverse' autodiff for gradient attributions.
+    recon: 'mse', or 'kl' for logit outputs (classes on the last axis).
+    sparsity: 'topk' (the paper's method) or 'lp' (the L_p variant, weight
+      `minimality_coeff` and exponent `lp_p`).
+    init: 'random' (Xavier-normal, gain `init_gain`) or 'svd' (components
+      summing exactly to the target).
+    eval_batches: batches for the final metrics.
+    callback: called as `callback(step, record)` at every log.
+    (The rest are the loss coefficients and optimizer settings of the spec.)
+
+  Returns:
+    A `Decomposition`.
+  """
+  _positive(n_components=n_components, topk=topk, steps=steps,
+            batch_size=batch_size, lr=lr, schatten_p=schatten_p,
+            eval_batches=eval_batches, log_every=log_every)
+  if rank is not None:
+    _positive(rank=rank)
+  names = selection.select_leaves(params, include)
+  for arg, value, allowed in [
+      ("attribution_type", attribution_type, objective.ATTRIBUTIONS),
+      ("attribution_point", attribution_point, objective.POINTS),
+      ("attribution_mode", attribution_mode, ("auto", "forward", "reverse")),
+      ("recon", recon, objective.RECONS),
+      ("sparsity", sparsity, objective.SPARSITIES),
+      ("init", init, INITS),
+      ("lr_schedule", lr_schedule, optim.SCHEDULES)]:
+    if value not in allowed:
+      raise ValueError(f"{arg} must be one of {allowed}, got {value!r}")
+  if batch_topk:
+    if topk > n_components:
+      raise ValueError(f"topk={topk} is larger than n_components="
+                       f"{n_components}")
+    if masking.batch_topk_count(topk, batch_size) < 1:
+      raise ValueError(f"batch top-k keeps int(topk*batch_size) = 0 entries "
+                       f"(topk={topk}, batch_size={batch_size})")
+  elif topk != int(topk) or topk > n_components:
+    raise ValueError(f"per-example top-k needs an integer topk <= "
+                     f"n_components={n_components}, got {topk}")
+  if not 0 <= warmup_frac < 1:
+    raise ValueError(f"warmup_frac must be in [0, 1), got {warmup_frac}")
+
+  tgt = Target(apply_fn, params, names, has_aux)
+  _, out = check(tgt, sample_fn, batch_size)
+  acts = out[1] if has_aux else {}
+  if attribution_type == "activation":
+    missing = [n for n in names if n not in acts]
+    if missing:
+      raise ValueError(
+          f"attribution_type='activation' needs apply_fn (has_aux=True) to "
+          f"return each decomposed leaf's input; missing {missing}")
+  if hidden_act_coeff and not objective.select_acts(acts, hidden_acts):
+    raise ValueError(
+        f"hidden_act_coeff={hidden_act_coeff} needs has_aux=True and "
+        f"activations matching hidden_acts={hidden_acts!r}; got "
+        f"{sorted(acts)}")
+
+  weights = tgt.weights
+  shapes = {n: tuple(w.shape) for n, w in weights.items()}
+  ranks = {n: rank or comp_lib.default_rank(shapes[n]) for n in names}
+  key = jax.random.PRNGKey(seed)
+  init_key, data_key, eval_key = jax.random.split(key, 3)
+  if init == "svd":
+    comps = comp_lib.init_svd(init_key, weights, n_components=n_components,
+                              rank=ranks)
+  else:
+    comps = comp_lib.init_random(init_key, shapes, n_components=n_components,
+                                 rank=ranks, gain=init_gain)
+  comps = optim.renormalize(comps, unit_norm_matrices)
+
+  settings = objective.Settings(
+      topk=topk, batch_topk=batch_topk, faithfulness_coeff=faithfulness_coeff,
+      minimality_coeff=minimality_coeff, simplicity_coeff=simplicity_coeff,
+      hidden_act_coeff=hidden_act_coeff, hidden_acts=hidden_acts,
+      schatten_p=schatten_p, attribution=attribution_type,
+      attribution_point=attribution_point,
+      attribution_mode="forward" if attribution_mode == "auto"
+      else attribution_mode,
+      recon=recon, sparsity=sparsity, lp_p=lp_p,
+      unit_norm_matrices=unit_norm_matrices)
+  if attribution_mode == "auto" and attribution_type == "gradient":
+    settings = dataclasses.replace(
+        settings, attribution_mode=_cheaper_mode(tgt, settings, comps,
+                                                 sample_fn, batch_size))
+
+  optimizer = optim.make_optimizer(
+      lr, steps, warmup_frac=warmup_frac, lr_schedule=lr_schedule,
+      unit_norm_matrices=unit_norm_matrices)
+  step_fn = train.make_train_step(tgt, settings, sample_fn, batch_size,
+                                  optimizer)
+  t0 = time.perf_counter()
+  state, history = train.fit(train.init_state(comps, optimizer), step_fn,
+                             data_key, steps=steps, log_every=log_every,
+                             callback=callback)
+  comps = optim.renormalize(state.components, unit_norm_matrices)
+  wall = time.perf_counter() - t0
+  result = Decomposition(tgt, settings, comps, {}, history)
+  final = evaluate(result, sample_fn, eval_key, batch_size=batch_size,
+                   n_batches=eval_batches)
+  final.update(steps=steps, wall_seconds=wall,
+               attribution_mode=settings.attribution_mode)
+  return dataclasses.replace(result, metrics=final)
+
+
+def _cheaper_mode(tgt, settings, comps, sample_fn, batch_size) -> str:
+  x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
+                     jax.random.PRNGKey(0))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          comps)
+
+  def batched(mode):
+    s = dataclasses.replace(settings, attribution_mode=mode)
+    def fn(c, xb):
+      P = comp_lib.component_weights(c)
+      return objective.attributions(tgt, s, P, xb, tgt.batch(xb)[1])
+    return fn
+
+  return attribution.choose_mode(batched, abstract, x)
+
+
+def evaluate(result: Decomposition, sample_fn: SampleFn, key: Array, *,
+             batch_size: int, n_batches: int) -> dict[str, Any]:
+  """Final metrics over `n_batches` fresh batches.
+
+  Returns faithfulness, top-k reconstruction loss, L0 (mean active components
+  per example), and the dead components (in no top-k mask of any batch).
+  """
+  P = result.component_weights
+  faith = float(losses.faithfulness(result.target.weights,
+                                    comp_lib.summed_weights(P)))
+  recon_fn = losses.kl if result.settings.recon == "kl" else losses.mse
+  recon, l0s, masks = [], [], []
+  for i in range(n_batches):
+    x = sample_fn(jax.random.fold_in(key, i), batch_size)
+    mask = result.topk_mask(x)
+    y = result.target.batch(x)[0]
+    recon.append(float(recon_fn(y, result.apply(x, mask))))
+    l0s.append(float(metrics_lib.l0(mask)))
+    masks.append(jnp.any(mask > 0, axis=0))
+  dead = metrics_lib.dead_components(jnp.stack(masks))
+  return dict(faithfulness=faith, topk_recon=float(np.mean(recon)),
+              l0=float(np.mean(l0s)), dead_components=len(dead),
+              dead_component_ids=[int(c) for c in dead])

@@ -1,0 +1,47 @@
+"""Top-k masks from attributions. Masks are 0/1 floats and carry no gradient."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def topk_mask(attributions: Array, k: int) -> Array:
+  """Per-example top-k: each row of `attributions [B, C]` keeps its k largest."""
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"per-example top-k needs an integer k >= 1, got {k!r}")
+  _, idx = jax.lax.top_k(jax.lax.stop_gradient(attributions), k)
+  mask = jnp.sum(jax.nn.one_hot(idx, attributions.shape[-1]), axis=-2)
+  return mask.astype(attributions.dtype)
+
+
+def batch_topk_count(k: float, batch_size: int) -> int:
+  """The number of entries batch top-k keeps: `int(k·B)`."""
+  return int(k * batch_size)
+
+
+def batch_topk_mask(attributions: Array, k: float) -> Array:
+  """Batch top-k: the `int(k·B)` largest entries of the whole `[B, C]` array.
+
+  Examples may therefore use different numbers of components; on average each
+  uses k. Exactly `int(k·B)` entries are 1 (ties broken by position).
+  """
+  B, C = attributions.shape
+  n = batch_topk_count(k, B)
+  if not 0 < n <= B * C:
+    raise ValueError(
+        f"batch top-k keeps int(k*B) = int({k}*{B}) = {n} entries; it must be "
+        f"in [1, B*C = {B * C}]")
+  flat = jax.lax.stop_gradient(attributions).reshape(-1)
+  _, idx = jax.lax.top_k(flat, n)
+  mask = jnp.zeros_like(flat).at[idx].set(1.0)
+  return mask.reshape(B, C)
+
+
+def make_mask(attributions: Array, k: float, *, batch_topk: bool) -> Array:
+  """Batch or per-example top-k mask of `attributions [B, C]`."""
+  if batch_topk:
+    return batch_topk_mask(attributions, k)
+  return topk_mask(attributions, int(k))

@@ -1,0 +1,46 @@
+"""How good a decomposition is: recovery of known features, sparsity, health."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _column_cosines(target: Array, P: Array) -> Array:
+  """`cos(P[c, :, j], W[:, j])`: `[C, J]`, zero where a column is zero."""
+  dot = jnp.einsum("ij,cij->cj", target, P)
+  norms = jnp.linalg.norm(target, axis=0)[None] * jnp.linalg.norm(P, axis=1)
+  return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), 0.0)
+
+
+def mmcs(target: Array, P: Array) -> Array:
+  """Mean max cosine similarity over the columns j of `target [i, J]`.
+
+  .. math::  MMCS = \\frac{1}{J} Σ_j \\max_c \\cos(P_c[:, j], W[:, j])
+  """
+  return jnp.mean(jnp.max(_column_cosines(target, P), axis=0))
+
+
+def ml2r(target: Array, P: Array) -> Array:
+  """Mean L2 ratio of each column's best-matching component to the target.
+
+  .. math::  ML2R = \\frac{1}{J} Σ_j ||P_{c^*(j)}[:, j]|| / ||W[:, j]||,
+             \\quad c^*(j) = \\arg\\max_c \\cos(P_c[:, j], W[:, j])
+  """
+  best = jnp.argmax(_column_cosines(target, P), axis=0)  # [J]
+  cols = jnp.arange(target.shape[1])
+  best_norm = jnp.linalg.norm(P[best, :, cols], axis=-1)
+  return jnp.mean(best_norm / jnp.linalg.norm(target, axis=0))
+
+
+def l0(mask: Array) -> Array:
+  """Mean number of active components per example, `mask [B, C]`."""
+  return jnp.mean(jnp.sum(mask, axis=-1))
+
+
+def dead_components(masks: Array) -> Array:
+  """Indices of components active in no example of `masks [..., C]`."""
+  ever = jnp.any(masks.reshape(-1, masks.shape[-1]) > 0, axis=0)
+  return jnp.flatnonzero(~ever)

@@ -1,0 +1,1 @@
+"""Target models: pure `init`, `apply(params, x)`, `sample(key, batch_size)`."""

@@ -1,0 +1,87 @@
+"""Toy model of superposition (TMS): `x̂ = ReLU(Wᵀ W x + b)`.
+
+`W: [n_hidden, n_features]` is one leaf used twice (down, then up), so its
+components are shared by both uses. Optional `[n_hidden, n_hidden]` hidden
+layers, initialised to the identity and kept fixed in target training, sit
+between the two uses. Data: each feature independently active with
+probability p, value `U[0, 1]`, generated on device from a key.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+
+def init(key: Array, *, n_features: int, n_hidden: int,
+         n_hidden_layers: int = 0) -> dict:
+  """Xavier-normal `W`, zero bias, identity hidden layers."""
+  std = (2.0 / (n_features + n_hidden)) ** 0.5
+  params = {"W": std * jax.random.normal(key, (n_hidden, n_features)),
+            "b_final": jnp.zeros((n_features,))}
+  if n_hidden_layers:
+    params["hidden"] = [jnp.eye(n_hidden) for _ in range(n_hidden_layers)]
+  return params
+
+
+def apply(params: dict, x: Array) -> Array:
+  """`ReLU(((x Wᵀ) H_1 … H_L) W + b)` for a batch `x [B, n_features]`."""
+  h = x @ params["W"].T
+  for layer in params.get("hidden", []):
+    h = h @ layer
+  return jax.nn.relu(h @ params["W"] + params["b_final"])
+
+
+def sample(key: Array, batch_size: int, *, n_features: int,
+           feature_probability: float) -> Array:
+  """Sparse features: each on with prob. p, value `U[0, 1]`: `[B, n]`."""
+  k_on, k_val = jax.random.split(key)
+  on = jax.random.uniform(k_on, (batch_size, n_features)) < feature_probability
+  return jnp.where(on, jax.random.uniform(k_val, (batch_size, n_features)), 0.)
+
+
+def sampler(*, n_features: int, feature_probability: float):
+  """`sample_fn(key, batch_size)` for `decompose`."""
+  return functools.partial(sample, n_features=n_features,
+                           feature_probability=feature_probability)
+
+
+def train(key: Array, *, n_features: int, n_hidden: int,
+          n_hidden_layers: int = 0, feature_probability: float = 0.05,
+          steps: int = 5000, batch_size: int = 1024, lr: float = 5e-3,
+          weight_decay: float = 0.01) -> tuple[dict, Array]:
+  """Trains a TMS target with AdamW on MSE; the hidden layers stay fixed.
+
+  Returns:
+    `(params, losses [steps])`.
+  """
+  init_key, data_key = jax.random.split(key)
+  params = init(init_key, n_features=n_features, n_hidden=n_hidden,
+                n_hidden_layers=n_hidden_layers)
+  fixed = {k: v for k, v in params.items() if k == "hidden"}
+  trained = {k: v for k, v in params.items() if k != "hidden"}
+  opt = optax.adamw(lr, weight_decay=weight_decay)
+  draw = sampler(n_features=n_features, feature_probability=feature_probability)
+
+  def loss(p, x):
+    return jnp.mean((apply({**p, **fixed}, x) - x) ** 2)
+
+  @jax.jit
+  def run(trained):
+    def step(carry, i):
+      p, s = carry
+      x = draw(jax.random.fold_in(data_key, i), batch_size)
+      value, g = jax.value_and_grad(loss)(p, x)
+      updates, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, updates), s), value
+    (p, _), values = jax.lax.scan(step, (trained, opt.init(trained)),
+                                  jnp.arange(steps))
+    return p, values
+
+  trained, values = run(trained)
+  return {**trained, **fixed}, values

@@ -1,0 +1,117 @@
+"""One pure train step, and the loop that runs it compiled.
+
+`train_step(state, key) -> (state, metrics)` draws its batch on device from
+`fold_in(key, state.step)`, so a run is a function of its seeds alone. The loop
+compiles `chunk` steps into one program (`lax.scan` over the same step) and
+returns to Python only to log, so dispatch costs nothing on small models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from apd_jax import components as comp_lib
+from apd_jax import objective
+from apd_jax import optim
+from apd_jax.target import SampleFn, Target
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array                      # [] int32
+  components: comp_lib.Components
+  opt_state: optax.OptState
+
+
+def init_state(comps: comp_lib.Components,
+               optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), components=comps,
+                    opt_state=optimizer.init(comps))
+
+
+def make_train_step(target: Target, settings: objective.Settings,
+                    sample_fn: SampleFn, batch_size: int,
+                    optimizer: optax.GradientTransformation
+                    ) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
+  """The pure APD step: sample, attribute, mask, take gradients, update."""
+
+  def train_step(state: TrainState, key: Array):
+    x = sample_fn(jax.random.fold_in(key, state.step), batch_size)
+    comps = optim.renormalize(state.components, settings.unit_norm_matrices)
+    grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(comps, x, target, settings)
+    updates, opt_state = optimizer.update(grads, state.opt_state, comps)
+    comps = optax.apply_updates(comps, updates)
+    return TrainState(state.step + 1, comps, opt_state), metrics
+
+  return train_step
+
+
+def make_runner(train_step) -> Callable[[TrainState, Array, int], Any]:
+  """`run(state, key, n)`: n steps in one compiled program (state donated).
+
+  Returns the new state and each metric averaged over the n steps.
+  """
+
+  def run(state, key, n):
+    def body(s, _):
+      return train_step(s, key)
+    state, metrics = jax.lax.scan(body, state, None, length=n)
+    return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+  return jax.jit(run, static_argnums=2, donate_argnums=0)
+
+
+def fit(state: TrainState, train_step, key: Array, *, steps: int,
+        log_every: int = 1000,
+        callback: Callable[[int, dict], None] | None = None,
+        ) -> tuple[TrainState, list[dict]]:
+  """Runs `train_step` until `state.step == steps`, logging progress.
+
+  Every `log_every` steps it logs the step, the losses averaged since the last
+  log, steps/s and the ETA, appends them to the returned history and passes
+  them to `callback(step, record)`.
+
+  Raises:
+    FloatingPointError: if a loss becomes non-finite (naming the step and the
+      terms).
+  """
+  run = make_runner(train_step)
+  history = []
+  start = int(state.step)
+  t0 = last = time.perf_counter()
+  done = start
+  while done < steps:
+    n = min(log_every, steps - done)
+    state, metrics = run(state, key, n)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    done += n
+    now = time.perf_counter()
+    rate = n / max(now - last, 1e-9)
+    last = now
+    record = dict(step=done, **metrics, steps_per_s=rate,
+                  elapsed_s=now - t0)
+    if not all(math.isfinite(v) for v in metrics.values()):
+      terms = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+      raise FloatingPointError(
+          f"non-finite loss in steps {done - n + 1}..{done}: {terms}")
+    history.append(record)
+    eta = (steps - done) / rate
+    logging.info(
+        "step %d/%d  loss %.4g  faith %.3g  min %.3g  simp %.3g  L0 %.2f  "
+        "%.1f steps/s  ETA %.0fs", done, steps, metrics["loss"],
+        metrics["faithfulness"], metrics["minimality"],
+        metrics["simplicity"], metrics["l0"], rate, eta)
+    if callback is not None:
+      callback(done, record)
+  return state, history
