@@ -125,7 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     result = api.decompose(
         apply_fn, params, sample_fn, callback=write,
         **{k: config[k] for k in DECOMPOSE_ARGS})
-  summary = dict(result.metrics, total_seconds=time.perf_counter() - t0)
+  rates = [r["steps_per_s"] for r in result.history[1:]]  # first compiles
+  summary = dict(result.metrics, total_seconds=time.perf_counter() - t0,
+                 steps_per_s=float(np.median(rates)) if rates
+                 else config.steps / result.metrics["wall_seconds"])
   P = result.component_weights
   np.savez(os.path.join(workdir, "components.npz"),
            **{f"U{n}": np.asarray(u) for n, u in result.components.U.items()},

@@ -1,0 +1,48 @@
+"""Shared fixtures: small targets with known structure."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+
+@contextlib.contextmanager
+def x64():
+  """64-bit floats inside the block (for finite-difference checks)."""
+  ctx = getattr(jax, "enable_x64", None)
+  if ctx is None:  # older JAX
+    from jax.experimental import enable_x64 as ctx  # noqa: PLC0415
+  with ctx(True):
+    yield
+
+
+def mlp_apply(params, x):
+  """A two-layer MLP `ReLU(x W1 + b1) W2`, batched."""
+  h = jax.nn.relu(x @ params["layer1"]["w"] + params["layer1"]["b"])
+  return h @ params["layer2"]["w"]
+
+
+@pytest.fixture
+def mlp():
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(42), 3)
+  params = {"layer1": {"w": jax.random.normal(k1, (4, 6)),
+                       "b": 0.1 * jax.random.normal(k3, (6,))},
+            "layer2": {"w": jax.random.normal(k2, (6, 3))}}
+  sample = lambda key, n: jax.random.normal(key, (n, 4))  # noqa: E731
+  return mlp_apply, params, sample
+
+
+def random_components(key, shapes, C, m):
+  from apd_jax import components  # noqa: PLC0415
+  return components.init_random(key, shapes, n_components=C,
+                                rank={n: m for n in shapes})
+
+
+@pytest.fixture
+def keys():
+  return jax.random.split(jax.random.PRNGKey(0), 8)
+
+
+def allclose(a, b, **kw):
+  return bool(jnp.allclose(a, b, **kw))

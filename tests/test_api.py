@@ -1,0 +1,122 @@
+"""The public `decompose` contract: validation, results, reproducibility."""
+
+import re
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apd_jax import decompose
+from apd_jax import train
+from apd_jax.models import tms
+
+README = pathlib.Path(__file__).parent.parent / "README.md"
+
+
+def tiny(**kw):
+  params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+  args = dict(include="W", n_components=5, topk=1.0, steps=20,
+              batch_size=64, lr=1e-2, log_every=10, eval_batches=2)
+  args.update(kw)
+  return decompose(tms.apply, params, tms.sampler(
+      n_features=5, feature_probability=0.05), **args)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(include="nope"), "matches no leaf"),
+    (dict(include="b_final"), "only 2-D"),
+    (dict(topk=6.0), "larger than n_components"),
+    (dict(topk=2.5, batch_topk=False), "integer topk"),
+    (dict(topk=0.001), "int\\(topk\\*batch_size\\) = 0"),
+    (dict(steps=0), "steps must be positive"),
+    (dict(batch_size=-1), "batch_size must be positive"),
+    (dict(n_components=0), "n_components must be positive"),
+    (dict(lr=0.0), "lr must be positive"),
+    (dict(rank=0), "rank must be positive"),
+    (dict(attribution_type="magic"), "attribution_type must be one of"),
+    (dict(lr_schedule="linear"), "lr_schedule must be one of"),
+    (dict(attribution_type="activation"), "decomposed leaf's input"),
+    (dict(hidden_act_coeff=1.0), "needs has_aux=True"),
+])
+def test_bad_input_raises_before_compiling(monkeypatch, kw, message):
+  def never(*a, **k):
+    raise AssertionError("compiled a step despite bad input")
+  monkeypatch.setattr(train, "make_train_step", never)
+  with pytest.raises(ValueError, match=message):
+    tiny(**kw)
+
+
+def test_sample_fn_rejected_by_apply_fn(monkeypatch):
+  params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+  wrong = lambda key, n: jnp.zeros((n, 7))  # noqa: E731  7 != 5 features
+  with pytest.raises(ValueError, match="apply_fn\\(params, x\\) rejects"):
+    decompose(tms.apply, params, wrong, include="W", n_components=5,
+              topk=1.0, steps=10)
+
+
+def test_failing_sample_fn_is_named():
+  params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+
+  def broken(key, n):
+    raise RuntimeError("boom")
+
+  with pytest.raises(ValueError, match="sample_fn\\(key, 64\\) failed.*boom"):
+    decompose(tms.apply, params, broken, include="W", n_components=5,
+              topk=1.0, steps=10, batch_size=64)
+
+
+def test_result_exposes_the_contract():
+  r = tiny()
+  P = r.component_weights
+  assert list(P) == ["['W']"] and P["['W']"].shape == (5, 2, 5)
+  x = tms.sample(jax.random.PRNGKey(3), 16, n_features=5,
+                 feature_probability=0.5)
+  assert r.attributions(x).shape == (16, 5)
+  mask = r.topk_mask(x)
+  assert mask.shape == (16, 5) and int(mask.sum()) == 16
+  for key in ("faithfulness", "topk_recon", "l0", "dead_components",
+              "steps", "wall_seconds"):
+    assert key in r.metrics
+  assert len(r.history) == 2 and r.history[-1]["step"] == 20
+
+
+def test_same_seed_same_result_other_seed_differs():
+  a, b, c = tiny(seed=1), tiny(seed=1), tiny(seed=2)
+  np.testing.assert_array_equal(a.components.U["['W']"],
+                                b.components.U["['W']"])
+  assert not np.allclose(a.components.U["['W']"], c.components.U["['W']"])
+
+
+def test_unit_norm_matrices_keeps_u_columns_unit():
+  r = tiny(unit_norm_matrices=True, lr_schedule="cosine", warmup_frac=0.1)
+  np.testing.assert_allclose(
+      jnp.linalg.norm(r.components.U["['W']"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_svd_init_starts_faithful():
+  r = tiny(init="svd", steps=1, log_every=1, rank=1)
+  assert r.history[0]["faithfulness"] < 1e-10
+
+
+def test_flax_linen_model_decomposes():
+  import flax.linen as nn  # noqa: PLC0415
+
+  model = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+  sample = lambda k, n: jax.random.normal(k, (n, 4))  # noqa: E731
+  r = decompose(model.apply, params, sample, include="kernel",
+                n_components=6, topk=2.0, steps=20, batch_size=32,
+                log_every=10, eval_batches=1, recon="kl")
+  assert set(r.component_weights) == {
+      "['params']['layers_0']['kernel']", "['params']['layers_2']['kernel']"}
+
+
+def test_readme_snippet_runs():
+  text = README.read_text()
+  snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+  assert len(snippet.strip().splitlines()) <= 15
+  scope = {}
+  exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102
+  assert scope["result"].metrics["faithfulness"] < 1e-3

@@ -1,0 +1,49 @@
+"""The command line, end to end on a tiny run, with config overrides."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def test_cli_writes_every_output(tmp_path):
+  cmd = [sys.executable, "-m", "apd_jax.main",
+         "--config=configs/tms_5_2.py", f"--workdir={tmp_path}",
+         "--config.steps=200", "--config.log_every=100",
+         "--config.target.steps=300", "--config.eval_batches=2"]
+  run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "step 200/200" in run.stderr and "steps/s" in run.stderr
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  for key in ("mmcs", "ml2r", "faithfulness", "topk_recon", "l0",
+              "dead_components", "steps", "wall_seconds"):
+    assert key in summary, key
+  assert summary["steps"] == 200
+  assert 0.0 < summary["mmcs"] <= 1.0 + 1e-6
+  log = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in log] == [100, 200]
+  for name in ("components.png", "losses.png", "target_params.msgpack",
+               "components.npz", "config.json"):
+    assert (tmp_path / name).stat().st_size > 0, name
+  assert json.loads((tmp_path / "config.json").read_text())["steps"] == 200
+
+
+def test_saved_target_is_reloaded(tmp_path):
+  first = tmp_path / "a"
+  base = [sys.executable, "-m", "apd_jax.main",
+          "--config=configs/tms_5_2.py", "--config.steps=10",
+          "--config.log_every=10", "--config.eval_batches=1"]
+  subprocess.run(base + [f"--workdir={first}", "--config.target.steps=50"],
+                 cwd=ROOT, check=True, capture_output=True, timeout=300)
+  second = tmp_path / "b"
+  run = subprocess.run(
+      base + [f"--workdir={second}",
+              f"--config.target.path={first / 'target_params.msgpack'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "loaded target params" in run.stderr
+  assert ((first / "target_params.msgpack").read_bytes()
+          == (second / "target_params.msgpack").read_bytes())

@@ -1,0 +1,48 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apd_jax import masking
+
+
+@pytest.mark.parametrize("k,B,C", [(0.211, 2048, 5), (1.0, 64, 50),
+                                   (1.28, 100, 130), (2.5, 7, 3)])
+def test_batch_topk_keeps_exactly_int_kB(k, B, C):
+  attr = jax.random.uniform(jax.random.PRNGKey(1), (B, C))
+  mask = masking.batch_topk_mask(attr, k)
+  assert int(mask.sum()) == int(k * B)
+  # The kept entries are the largest ones.
+  kept, dropped = attr[mask > 0], attr[mask == 0]
+  assert float(kept.min()) >= float(dropped.max())
+
+
+def test_batch_topk_lets_examples_differ():
+  attr = jnp.array([[9.0, 8.0, 7.0], [0.1, 0.2, 0.3]])
+  mask = masking.batch_topk_mask(attr, 1.5)   # 3 of 6 entries
+  np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 0]])
+
+
+def test_batch_topk_ties_still_exact():
+  mask = masking.batch_topk_mask(jnp.ones((4, 3)), 1.0)
+  assert int(mask.sum()) == 4
+
+
+def test_per_example_topk():
+  attr = jnp.array([[1.0, 5.0, 3.0], [4.0, 2.0, 0.0]])
+  np.testing.assert_array_equal(masking.topk_mask(attr, 2),
+                                [[0, 1, 1], [1, 1, 0]])
+  np.testing.assert_array_equal(masking.topk_mask(attr, 3), jnp.ones((2, 3)))
+
+
+def test_mask_has_no_gradient():
+  g = jax.grad(lambda a: jnp.sum(masking.batch_topk_mask(a, 1.0) * 3.0))(
+      jnp.arange(6.0).reshape(2, 3))
+  np.testing.assert_array_equal(g, jnp.zeros((2, 3)))
+
+
+def test_bad_k_rejected():
+  with pytest.raises(ValueError, match="int\\(k\\*B\\)"):
+    masking.batch_topk_mask(jnp.ones((4, 3)), 0.1)
+  with pytest.raises(ValueError, match="integer k"):
+    masking.topk_mask(jnp.ones((4, 3)), 0)

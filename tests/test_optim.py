@@ -1,0 +1,37 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apd_jax import components as C
+from apd_jax import optim
+
+
+def test_schedule_warms_up_from_zero_then_holds():
+  f = optim.schedule(0.1, 100, warmup_frac=0.1, kind="constant")
+  assert float(f(0)) == 0.0
+  np.testing.assert_allclose(float(f(5)), 0.05, rtol=1e-6)
+  np.testing.assert_allclose(float(f(10)), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(f(99)), 0.1, rtol=1e-6)
+
+
+def test_cosine_decays_to_zero():
+  f = optim.schedule(0.1, 100, warmup_frac=0.2, kind="cosine")
+  np.testing.assert_allclose(float(f(20)), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(f(60)), 0.05, rtol=1e-5)
+  assert float(f(100)) < 1e-9
+
+
+def test_no_warmup_starts_at_lr():
+  assert float(optim.schedule(0.1, 100)(0)) == pytest.approx(0.1)
+
+
+def test_projection_removes_parallel_part(keys):
+  comps = C.normalize_u(C.init_random(keys[0], {"a": (5, 3)}, n_components=2,
+                                      rank={"a": 2}))
+  grads = jax.tree.map(jnp.ones_like, comps)
+  tx = optim.project_out_parallel()
+  out, _ = tx.update(grads, tx.init(comps), comps)
+  dots = jnp.sum(out.U["a"] * comps.U["a"], axis=1)
+  np.testing.assert_allclose(dots, 0.0, atol=1e-6)
+  np.testing.assert_array_equal(out.V["a"], grads.V["a"])
