@@ -1,6 +1,8 @@
 """apd_jax: Attribution-based Parameter Decomposition in JAX."""
 
-from apd_jax.api import Decomposition, decompose, evaluate
+from apd_jax.api import Decomposition
+from apd_jax.api import decompose
+from apd_jax.api import evaluate
 from apd_jax.components import Components
 from apd_jax.objective import Settings
 

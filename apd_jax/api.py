@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,10 @@ from apd_jax import objective
 from apd_jax import optim
 from apd_jax import selection
 from apd_jax import train
-from apd_jax.target import ApplyFn, SampleFn, Target, check
+from apd_jax.target import ApplyFn
+from apd_jax.target import SampleFn
+from apd_jax.target import Target
+from apd_jax.target import check
 
 Array = jax.Array
 INITS = ("random", "svd")

@@ -18,7 +18,8 @@ XLA's cost analysis, so no Python loop over outputs or components remains.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ def ablation(forward: Forward, P: Mapping[str, Array], x: Array) -> Array:
 
 def activation(layer_inputs: Mapping[str, Array],
                P: Mapping[str, Array]) -> Array:
-  """`Σ_l ||a_l P[c, l]||²` for one example, `a_l` the input of leaf l: `[C]`."""
+  """`Σ_l ||a_l P[c, l]||²` for one example (`a_l`: leaf l's input): `[C]`."""
   total = 0.0
   for name, p in P.items():
     total = total + jnp.sum(

@@ -38,7 +38,9 @@ def mse(target_out: Array, out: Array) -> Array:
 def kl(target_logits: Array, logits: Array) -> Array:
   """Top-k reconstruction for logit outputs, mean over the batch.
 
-  .. math::  L_{min} = \\frac{1}{B} Σ_b KL(softmax f(x_b; θ^*) ‖ softmax f(x_b; W(s)))
+  .. math::  L_{min} = \\frac{1}{B} Σ_b KL(σ(f(x_b; θ^*)) ‖ σ(f(x_b; W(s))))
+
+  with σ the softmax.
 
   The last axis holds the classes; every other axis counts as batch.
   """
@@ -52,7 +54,8 @@ def hidden_activations(target_acts: Mapping[str, Array],
                        acts: Mapping[str, Array]) -> Array:
   """Hidden-activation reconstruction, summed over layers, per dimension.
 
-  .. math::  L_{act} = \\frac{1}{B} Σ_b \\frac{Σ_{h} ||a_h(x_b; θ^*) − a_h(x_b; W(s))||^2}{Σ_h \\dim a_h}
+  .. math::  L_{act} = \\frac{1}{B} Σ_b
+      \\frac{Σ_h ||a_h(x_b; θ^*) − a_h(x_b; W(s))||^2}{Σ_h \\dim a_h}
 
   Each activation is `[B, ...]`.
   """

@@ -7,7 +7,9 @@ r"""Command line: decompose a target model as a config file says.
 import json
 
 import jax
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from apd_jax import experiment

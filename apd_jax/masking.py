@@ -9,7 +9,7 @@ Array = jax.Array
 
 
 def topk_mask(attributions: Array, k: int) -> Array:
-  """Per-example top-k: each row of `attributions [B, C]` keeps its k largest."""
+  """Per-example top-k: each row of `attributions [B, C]` keeps its k top."""
   if not isinstance(k, int) or k < 1:
     raise ValueError(f"per-example top-k needs an integer k >= 1, got {k!r}")
   _, idx = jax.lax.top_k(jax.lax.stop_gradient(attributions), k)

@@ -49,7 +49,7 @@ def plot_columns(target: np.ndarray, P: np.ndarray, path: str, *,
   color = lambda j: cmap(j if target.shape[1] <= 10  # noqa: E731
                          else j / max(target.shape[1] - 1, 1))
   vmax = float(np.abs(target).max()) or 1.0
-  for ax, (name, W) in zip(axes.flat, panels):
+  for ax, (name, W) in zip(axes.flat, panels, strict=False):
     if arrows:
       _arrows(ax, W, name, color)
     else:

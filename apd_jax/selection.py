@@ -10,7 +10,8 @@ leaves (biases, embeddings) stay fixed. A leaf used twice by the model (TMS uses
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any
+from typing import Mapping
 
 import jax
 import numpy as np

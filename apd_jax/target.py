@@ -13,7 +13,9 @@ what the attribution and masking code vmaps over.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any
+from typing import Callable
+from typing import Mapping
 
 import jax
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import flax.struct
 import jax
@@ -21,7 +22,8 @@ from absl import logging
 from apd_jax import components as comp_lib
 from apd_jax import objective
 from apd_jax import optim
-from apd_jax.target import SampleFn, Target
+from apd_jax.target import SampleFn
+from apd_jax.target import Target
 
 Array = jax.Array
 

@@ -12,7 +12,9 @@ import json
 import os
 import statistics
 
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from apd_jax import experiment
@@ -36,9 +38,10 @@ def main(_):
     rows.append(dict(seed=seed, **{k: s[k] for k in (
         "mmcs", "ml2r", "faithfulness", "topk_recon", "l0",
         "dead_components", "wall_seconds", "steps_per_s")}))
-    print("seed {seed}: MMCS {mmcs:.4f}  ML2R {ml2r:.4f}  faith {faithfulness:.2e}"
-          "  L0 {l0:.3f}  dead {dead_components}  {wall_seconds:.1f}s  "
-          "{steps_per_s:.0f} steps/s".format(**rows[-1]), flush=True)
+    print("seed {seed}: MMCS {mmcs:.4f}  ML2R {ml2r:.4f}  "
+          "faith {faithfulness:.2e}  L0 {l0:.3f}  dead {dead_components}  "
+          "{wall_seconds:.1f}s  {steps_per_s:.0f} steps/s".format(**rows[-1]),
+          flush=True)
   ok = [r for r in rows if r["mmcs"] >= FLAGS.mmcs_threshold]
   for key in ("mmcs", "ml2r"):
     vals = [r[key] for r in rows]

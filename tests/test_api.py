@@ -1,7 +1,7 @@
 """The public `decompose` contract: validation, results, reproducibility."""
 
-import re
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp

@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_components
 
 from apd_jax import attribution
 from apd_jax import components as C
 from apd_jax import objective
 from apd_jax import selection
 from apd_jax.target import Target
-from conftest import random_components
 
 
 def setup(mlp, keys):
@@ -28,7 +28,7 @@ def explicit(tgt, base, P, x):
   n_out = tgt.output(base, x).size
   rows = []
   for o in range(n_out):
-    g = jax.grad(lambda w: tgt.output(w, x).reshape(-1)[o])(dict(base))
+    g = jax.grad(lambda w, o=o: tgt.output(w, x).reshape(-1)[o])(dict(base))
     rows.append(sum(jnp.einsum("io,cio->c", g[n], P[n]) for n in P))
   return jnp.sum(jnp.stack(rows) ** 2, axis=0)
 

@@ -4,10 +4,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+from conftest import x64
 from jax.test_util import check_grads
 
 from apd_jax import losses
-from conftest import x64
 
 
 def test_faithfulness_hand_value():

@@ -1,13 +1,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import random_components
 
 from apd_jax import components as C
 from apd_jax import losses
 from apd_jax import objective
 from apd_jax import selection
 from apd_jax.target import Target
-from conftest import random_components
 
 
 def make(mlp, keys, n=4):
