@@ -90,6 +90,52 @@ def _positive(**values):
       raise ValueError(f"{name} must be positive, got {v!r}")
 
 
+CHOICES = dict(attribution_type=objective.ATTRIBUTIONS,
+               attribution_point=objective.POINTS,
+               attribution_mode=("auto", "forward", "reverse"),
+               recon=objective.RECONS, sparsity=objective.SPARSITIES,
+               init=INITS, lr_schedule=optim.SCHEDULES)
+
+
+def _check_choices(**values):
+  for name, value in values.items():
+    if value not in CHOICES[name]:
+      raise ValueError(
+          f"{name} must be one of {CHOICES[name]}, got {value!r}")
+
+
+def _check_topk(topk, n_components, batch_size, batch_topk):
+  if batch_topk:
+    if topk > n_components:
+      raise ValueError(f"topk={topk} is larger than n_components="
+                       f"{n_components}")
+    if masking.batch_topk_count(topk, batch_size) < 1:
+      raise ValueError(f"batch top-k keeps int(topk*batch_size) = 0 entries "
+                       f"(topk={topk}, batch_size={batch_size})")
+  elif topk != int(topk) or topk > n_components:
+    raise ValueError(f"per-example top-k needs an integer topk <= "
+                     f"n_components={n_components}, got {topk}")
+
+
+def _check_activations(tgt, sample_fn, batch_size, attribution_type,
+                       hidden_act_coeff, hidden_acts):
+  """Runs `sample_fn` and `apply_fn` abstractly; checks the activations that
+  activation attributions and hidden-activation reconstruction need."""
+  _, out = check(tgt, sample_fn, batch_size)
+  acts = out[1] if tgt.has_aux else {}
+  if attribution_type == "activation":
+    missing = [n for n in tgt.names if n not in acts]
+    if missing:
+      raise ValueError(
+          f"attribution_type='activation' needs apply_fn (has_aux=True) to "
+          f"return each decomposed leaf's input; missing {missing}")
+  if hidden_act_coeff and not objective.select_acts(acts, hidden_acts):
+    raise ValueError(
+        f"hidden_act_coeff={hidden_act_coeff} needs has_aux=True and "
+        f"activations matching hidden_acts={hidden_acts!r}; got "
+        f"{sorted(acts)}")
+
+
 def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
               include: str, n_components: int, topk: float,
               batch_topk: bool = True, rank: int | None = None,
@@ -142,43 +188,16 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   if rank is not None:
     _positive(rank=rank)
   names = selection.select_leaves(params, include)
-  for arg, value, allowed in [
-      ("attribution_type", attribution_type, objective.ATTRIBUTIONS),
-      ("attribution_point", attribution_point, objective.POINTS),
-      ("attribution_mode", attribution_mode, ("auto", "forward", "reverse")),
-      ("recon", recon, objective.RECONS),
-      ("sparsity", sparsity, objective.SPARSITIES),
-      ("init", init, INITS),
-      ("lr_schedule", lr_schedule, optim.SCHEDULES)]:
-    if value not in allowed:
-      raise ValueError(f"{arg} must be one of {allowed}, got {value!r}")
-  if batch_topk:
-    if topk > n_components:
-      raise ValueError(f"topk={topk} is larger than n_components="
-                       f"{n_components}")
-    if masking.batch_topk_count(topk, batch_size) < 1:
-      raise ValueError(f"batch top-k keeps int(topk*batch_size) = 0 entries "
-                       f"(topk={topk}, batch_size={batch_size})")
-  elif topk != int(topk) or topk > n_components:
-    raise ValueError(f"per-example top-k needs an integer topk <= "
-                     f"n_components={n_components}, got {topk}")
+  _check_choices(attribution_type=attribution_type,
+                 attribution_point=attribution_point,
+                 attribution_mode=attribution_mode, recon=recon,
+                 sparsity=sparsity, init=init, lr_schedule=lr_schedule)
+  _check_topk(topk, n_components, batch_size, batch_topk)
   if not 0 <= warmup_frac < 1:
     raise ValueError(f"warmup_frac must be in [0, 1), got {warmup_frac}")
-
   tgt = Target(apply_fn, params, names, has_aux)
-  _, out = check(tgt, sample_fn, batch_size)
-  acts = out[1] if has_aux else {}
-  if attribution_type == "activation":
-    missing = [n for n in names if n not in acts]
-    if missing:
-      raise ValueError(
-          f"attribution_type='activation' needs apply_fn (has_aux=True) to "
-          f"return each decomposed leaf's input; missing {missing}")
-  if hidden_act_coeff and not objective.select_acts(acts, hidden_acts):
-    raise ValueError(
-        f"hidden_act_coeff={hidden_act_coeff} needs has_aux=True and "
-        f"activations matching hidden_acts={hidden_acts!r}; got "
-        f"{sorted(acts)}")
+  _check_activations(tgt, sample_fn, batch_size, attribution_type,
+                     hidden_act_coeff, hidden_acts)
 
   weights = tgt.weights
   shapes = {n: tuple(w.shape) for n, w in weights.items()}
