@@ -43,19 +43,29 @@ def default_rank(shape: tuple[int, int]) -> int:
 def init_random(key: Array, shapes: Mapping[str, tuple[int, int]], *,
                 n_components: int, rank: Mapping[str, int],
                 gain: float = 1.0) -> Components:
-  """Xavier-normal factors: std `gain·sqrt(2/(fan_in+fan_out))` per factor.
+  """Xavier-normal factors, fans counted as PyTorch does for a 3-D tensor.
 
-  Nothing makes these sum to the target; the faithfulness loss does that.
+  For a factor of shape `[C, a, b]`, fan_in = a·b and fan_out = C·b, so
+
+  .. math::  std(U) = gain \\sqrt{2 / (m (i + C))}, \\quad
+             std(V) = gain \\sqrt{2 / (o (m + C))}.
+
+  The components start small (far below the target's weights) and the
+  faithfulness loss grows them into a sum equal to the target.
   """
   U, V = {}, {}
   for j, (name, (d_in, d_out)) in enumerate(shapes.items()):
     m = rank[name]
     ku, kv = jax.random.split(jax.random.fold_in(key, j))
-    U[name] = gain * (2.0 / (d_in + m)) ** 0.5 * jax.random.normal(
-        ku, (n_components, d_in, m))
-    V[name] = gain * (2.0 / (m + d_out)) ** 0.5 * jax.random.normal(
-        kv, (n_components, m, d_out))
+    U[name] = _xavier(ku, (n_components, d_in, m), gain)
+    V[name] = _xavier(kv, (n_components, m, d_out), gain)
   return Components(U=U, V=V)
+
+
+def _xavier(key: Array, shape: tuple[int, int, int], gain: float) -> Array:
+  c, a, b = shape
+  std = gain * (2.0 / (a * b + c * b)) ** 0.5
+  return std * jax.random.normal(key, shape)
 
 
 def init_svd(key: Array, targets: Mapping[str, Array], *, n_components: int,

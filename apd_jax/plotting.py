@@ -62,27 +62,26 @@ def plot_columns(target: np.ndarray, P: np.ndarray, path: str, *,
     ax.axis("off")
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (size * rows)))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
 def plot_history(history: list[dict], path: str) -> None:
-  """Loss terms and L0 over training, log scale, saved as PNG."""
+  """The loss terms over training (log scale), saved as PNG."""
   if not history:
     return
   steps = [r["step"] for r in history]
   keys = [k for k in ("loss", "faithfulness", "minimality", "hidden_act",
                       "simplicity") if k in history[0]]
-  fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+  fig, ax = plt.subplots(figsize=(6, 3.8))
   for k in keys:
-    a.plot(steps, [max(r[k], 1e-12) for r in history], label=k)
-  a.set_yscale("log")
-  a.set_xlabel("step")
-  a.legend(fontsize=8)
-  b.plot(steps, [r["l0"] for r in history])
-  b.set_xlabel("step")
-  b.set_ylabel("mean active components (L0)")
+    ax.plot(steps, [max(r[k], 1e-12) for r in history], label=k)
+  ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_title(f"final mean active components per example (L0): "
+               f"{history[-1]['l0']:.3f}", fontsize=9)
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

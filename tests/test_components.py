@@ -26,10 +26,11 @@ def test_random_init_shapes_and_scale(keys):
   assert comps.U["a"].shape == (40, 300, 100)
   assert comps.V["a"].shape == (40, 100, 200)
   assert comps.n_components == 40
+  # Xavier fans of a [C, a, b] tensor: fan_in = a*b, fan_out = C*b.
   np.testing.assert_allclose(float(jnp.std(comps.U["a"])),
-                             2.0 * (2 / 400) ** 0.5, rtol=0.02)
+                             2.0 * (2 / (100 * (300 + 40))) ** 0.5, rtol=0.02)
   np.testing.assert_allclose(float(jnp.std(comps.V["a"])),
-                             2.0 * (2 / 300) ** 0.5, rtol=0.02)
+                             2.0 * (2 / (200 * (100 + 40))) ** 0.5, rtol=0.02)
 
 
 @pytest.mark.parametrize("shape,n,m", [((2, 5), 5, 3), ((6, 4), 2, 2),
