@@ -120,3 +120,31 @@ def test_readme_snippet_runs():
   scope = {}
   exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102
   assert scope["result"].metrics["faithfulness"] < 1e-3
+
+
+def mlp_with_inputs(params, x):
+  """A 2-layer MLP returning each weight's input as an activation."""
+  h = jax.nn.relu(x @ params["w1"])
+  return h @ params["w2"], {"['w1']": x, "['w2']": h}
+
+
+@pytest.mark.parametrize("kw", [
+    dict(attribution_type="ablation"),
+    dict(attribution_type="activation"),
+    dict(attribution_mode="reverse", attribution_point="components"),
+    dict(sparsity="lp", lp_p=0.9),
+    dict(batch_topk=False, topk=2),
+    dict(hidden_act_coeff=1.0, hidden_acts="w2"),
+])
+def test_every_option_trains_end_to_end(kw):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  params = {"w1": jax.random.normal(k1, (4, 6)),
+            "w2": jax.random.normal(k2, (6, 3))}
+  sample = lambda k, n: jax.random.normal(k, (n, 4))  # noqa: E731
+  args = dict(include="w", n_components=4, topk=1.5, steps=40,
+              batch_size=32, lr=1e-2, log_every=20, eval_batches=1,
+              has_aux=True)
+  args.update(kw)
+  r = decompose(mlp_with_inputs, params, sample, **args)
+  first, last = r.history[0], r.history[-1]
+  assert np.isfinite(last["loss"]) and last["loss"] < first["loss"]
