@@ -29,42 +29,63 @@ def _arrows(ax, W, title, color):
 
 def plot_columns(target: np.ndarray, P: np.ndarray, path: str, *,
                  title: str = "") -> None:
-  """Target `W [i, J]` beside each component `P_c [i, J]`, saved as PNG.
+  """How the components split the target's columns, saved as PNG.
 
-  With i = 2 every column (feature) is an arrow, as in the paper's TMS 5-2
-  figure; otherwise each matrix is a heat map on one colour scale. Components
-  are ordered by their Frobenius norm, largest first.
+  With `target [2, J]` (TMS 5-2) every column (feature) is an arrow, the
+  target's beside each component's, as in the paper's figure; components are
+  ordered by Frobenius norm. Otherwise the target is shown as a heat map
+  beside the matrix `||P_c[:, j]|| / ||W[:, j]||` (component × feature), rows
+  ordered by each component's main feature: an ideal decomposition is a
+  permutation matrix of ones, shrinkage shows as values below one.
   """
   target, P = np.asarray(target), np.asarray(P)
+  if target.shape[0] == 2:
+    _plot_arrows(target, P)
+  else:
+    _plot_shares(target, P)
+  if title:
+    plt.gcf().suptitle(title, fontsize=10)
+  plt.gcf().tight_layout()
+  plt.gcf().savefig(path, dpi=110)
+  plt.close(plt.gcf())
+
+
+def _plot_arrows(target, P):
   order = np.argsort(-np.linalg.norm(P.reshape(len(P), -1), axis=1))
   panels = [("target W", target)] + [
       (f"component {c}  |P|={np.linalg.norm(P[c]):.2f}", P[c]) for c in order]
   cols = min(len(panels), 6)
   rows = math.ceil(len(panels) / cols)
-  arrows = target.shape[0] == 2
-  size = 2.4 if arrows else 2.8
-  fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows),
+  fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows),
                            squeeze=False)
   cmap = plt.get_cmap("tab10" if target.shape[1] <= 10 else "viridis")
   color = lambda j: cmap(j if target.shape[1] <= 10  # noqa: E731
                          else j / max(target.shape[1] - 1, 1))
-  vmax = float(np.abs(target).max()) or 1.0
   for ax, (name, W) in zip(axes.flat, panels, strict=False):
-    if arrows:
-      _arrows(ax, W, name, color)
-    else:
-      ax.imshow(W, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto",
-                interpolation="nearest")
-      ax.set_title(name, fontsize=8)
-      ax.set_xticks([])
-      ax.set_yticks([])
+    _arrows(ax, W, name, color)
   for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (size * rows)))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+
+
+def _plot_shares(target, P):
+  share = np.linalg.norm(P, axis=1) / np.linalg.norm(target, axis=0)[None]
+  main = np.argmax(share, axis=1)
+  order = np.lexsort((-share.max(axis=1), main))
+  fig, (a, b) = plt.subplots(
+      1, 2, figsize=(12, 4 + 0.06 * len(P)),
+      gridspec_kw=dict(width_ratios=[1, 1.25]))
+  vmax = float(np.abs(target).max()) or 1.0
+  a.imshow(target, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto",
+           interpolation="nearest")
+  a.set_title("target W", fontsize=9)
+  a.set_xlabel("feature j")
+  im = b.imshow(share[order], cmap="magma_r", vmin=0, vmax=1.2,
+                aspect="auto", interpolation="nearest")
+  b.set_yticks(range(len(P)), [str(c) for c in order], fontsize=5)
+  b.set_xlabel("feature j")
+  b.set_ylabel("component")
+  b.set_title("||P_c[:, j]|| / ||W[:, j]||", fontsize=9)
+  fig.colorbar(im, ax=b, fraction=0.04)
 
 
 def plot_history(history: list[dict], path: str) -> None:
