@@ -90,9 +90,8 @@ def fit(state: TrainState, train_step, key: Array, *, steps: int,
   """
   run = make_runner(train_step)
   history = []
-  start = int(state.step)
   t0 = last = time.perf_counter()
-  done = start
+  done = int(state.step)
   while done < steps:
     n = min(log_every, steps - done)
     state, metrics = run(state, key, n)
@@ -111,9 +110,10 @@ def fit(state: TrainState, train_step, key: Array, *, steps: int,
     eta = (steps - done) / rate
     logging.info(
         "step %d/%d  loss %.4g  faith %.3g  min %.3g  simp %.3g  L0 %.2f  "
-        "%.1f steps/s  ETA %.0fs", done, steps, metrics["loss"],
+        "%.1f steps/s%s  ETA %.0fs", done, steps, metrics["loss"],
         metrics["faithfulness"], metrics["minimality"],
-        metrics["simplicity"], metrics["l0"], rate, eta)
+        metrics["simplicity"], metrics["l0"], rate,
+        " (incl. compile)" if len(history) == 1 else "", eta)
     if callback is not None:
       callback(done, record)
   return state, history
