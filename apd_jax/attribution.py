@@ -86,4 +86,3 @@ def choose_mode(batched: Callable[..., Callable[..., Array]],
       cost = cost[0] if cost else {}
     flops[mode] = float((cost or {}).get("flops", float("inf")))
   return min(flops, key=flops.get)  # ties (no estimate) go to 'forward'
-
