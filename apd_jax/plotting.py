@@ -11,9 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _arrows(ax, W, title, color):
+def _arrows(ax, W, title, color, lim):
   """Columns of a `[2, J]` matrix as arrows from the origin."""
-  lim = max(float(np.abs(W).max()), 1e-6) * 1.15
   for j in range(W.shape[1]):
     ax.annotate("", xy=(W[0, j], W[1, j]), xytext=(0, 0),
                 arrowprops=dict(arrowstyle="->", color=color(j), lw=1.8))
@@ -61,8 +60,9 @@ def _plot_arrows(target, P):
   cmap = plt.get_cmap("tab10" if target.shape[1] <= 10 else "viridis")
   color = lambda j: cmap(j if target.shape[1] <= 10  # noqa: E731
                          else j / max(target.shape[1] - 1, 1))
+  lim = max(float(np.abs(target).max()), 1e-6) * 1.15  # one scale for all
   for ax, (name, W) in zip(axes.flat, panels, strict=False):
-    _arrows(ax, W, name, color)
+    _arrows(ax, W, name, color, lim)
   for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")
 
