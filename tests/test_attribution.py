@@ -64,12 +64,28 @@ def test_activation_attribution_hand_computation(keys):
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_choose_mode_picks_by_cost(mlp, keys):
-  tgt, P, x = setup(mlp, keys)
+def deep_mlp(params, x):
+  for w in params["layers"][:-1]:
+    x = jax.nn.relu(x @ w)
+  return x @ params["layers"][-1]
+
+
+@pytest.mark.parametrize("n_components,d_out,want", [
+    (2, 64, "forward"),     # 2 tangents vs 64 cotangents
+    (64, 1, "reverse"),     # 64 tangents through 3 layers vs 1 cotangent
+])
+def test_choose_mode_picks_the_cheaper(keys, n_components, d_out, want):
+  dims = [16, 64, 64, 64, d_out]
+  params = {"layers": [0.1 * jax.random.normal(k, (a, b)) for k, a, b in
+                       zip(keys, dims[:-1], dims[1:], strict=False)]}
+  tgt = Target(deep_mlp, params, ("['layers'][0]",))
+  comps = random_components(keys[5], {"['layers'][0]": (16, 64)},
+                            n_components, 1)
+  x = jax.ShapeDtypeStruct((32, 16), jnp.float32)
 
   def batched(mode):
     s = objective.Settings(topk=1.0, attribution_mode=mode)
-    return lambda P_, xb: objective.attributions(tgt, s, P_, xb, {})
+    return lambda c, xb: objective.attributions(
+        tgt, s, C.component_weights(c), xb, {})
 
-  mode = attribution.choose_mode(batched, P, x)
-  assert mode in ("forward", "reverse")
+  assert attribution.choose_mode(batched, comps, x) == want
