@@ -174,7 +174,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     sparsity: 'topk' (the paper's method) or 'lp' (the L_p variant, weight
       `minimality_coeff` and exponent `lp_p`).
     init: 'random' (Xavier-normal, gain `init_gain`) or 'svd' (components
-      summing exactly to the target).
+      summing exactly to the target; with `unit_norm_matrices` the U columns
+      are renormalised, so the sum is then no longer exact).
     eval_batches: batches for the final metrics.
     callback: called as `callback(step, record)` at every log.
     (The rest are the loss coefficients and optimizer settings of the spec.)
