@@ -67,7 +67,7 @@ class Decomposition:
   def apply(self, x: Array, mask: Array | None = None) -> Array:
     """The target's output with weights `W(mask)` per example (all if None)."""
     if mask is None:
-      mask = jnp.ones((x.shape[0], self.components.n_components))
+      return _full_apply(self.target, self.components, x)
     return _masked_apply(self.target, self.components, mask, x)
 
 
@@ -82,6 +82,14 @@ def _attributions(target, settings, comps, x):
 def _masked_apply(target, comps, mask, x):
   P = comp_lib.component_weights(comps)
   return objective.masked_forward(target, P, mask, x)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _full_apply(target, comps, x):
+  """All components on: one batched pass with `Σ_c P_c`, no per-example
+  weights."""
+  return target.batch(x, comp_lib.summed_weights(
+      comp_lib.component_weights(comps)))[0]
 
 
 def _positive(**values):

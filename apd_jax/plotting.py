@@ -38,15 +38,12 @@ def plot_columns(target: np.ndarray, P: np.ndarray, path: str, *,
   permutation matrix of ones, shrinkage shows as values below one.
   """
   target, P = np.asarray(target), np.asarray(P)
-  if target.shape[0] == 2:
-    _plot_arrows(target, P)
-  else:
-    _plot_shares(target, P)
+  fig = (_plot_arrows if target.shape[0] == 2 else _plot_shares)(target, P)
   if title:
-    plt.gcf().suptitle(title, fontsize=10)
-  plt.gcf().tight_layout()
-  plt.gcf().savefig(path, dpi=110)
-  plt.close(plt.gcf())
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def _plot_arrows(target, P):
@@ -65,6 +62,7 @@ def _plot_arrows(target, P):
     _arrows(ax, W, name, color, lim)
   for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")
+  return fig
 
 
 def _plot_shares(target, P):
@@ -86,6 +84,7 @@ def _plot_shares(target, P):
   b.set_ylabel("component")
   b.set_title("||P_c[:, j]|| / ||W[:, j]||", fontsize=9)
   fig.colorbar(im, ax=b, fraction=0.04)
+  return fig
 
 
 def plot_history(history: list[dict], path: str) -> None:

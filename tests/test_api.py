@@ -76,6 +76,8 @@ def test_result_exposes_the_contract():
   assert r.attributions(x).shape == (16, 5)
   mask = r.topk_mask(x)
   assert mask.shape == (16, 5) and int(mask.sum()) == 16
+  np.testing.assert_allclose(r.apply(x), r.apply(x, jnp.ones((16, 5))),
+                             rtol=1e-5, atol=1e-6)
   for key in ("faithfulness", "topk_recon", "l0", "dead_components",
               "steps", "wall_seconds"):
     assert key in r.metrics
