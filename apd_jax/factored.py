@@ -100,7 +100,7 @@ def trace(forward: Callable[[Mapping[str, Array], Array], Any],
 
 def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
         weights: Mapping[str, Factored | Array], x: Array,
-        probes: Sequence[Array] | None = None
+        probes: Sequence[Array] | None = None, log: dict | None = None
         ) -> tuple[Any, list[Array], list[Occurrence]]:
   """Evaluates a jaxpr from `trace` with (possibly) factored weights.
 
@@ -110,6 +110,8 @@ def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
     weights: each leaf as a `Factored` value or a plain array.
     x: the example.
     probes: one array per occurrence, added to that product's output.
+    log: if given, `log["materialised"]` is set to the leaves some operation
+      needed as full matrices.
 
   Returns:
     `(outputs, inputs, occurrences)`: the function's output pytree, each
@@ -117,8 +119,10 @@ def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
   """
   flat_w = [weights[n] for n in sorted(names)]
   inputs, occ = [], []
-  ctx = dict(probes=probes, inputs=inputs, occ=occ)
+  ctx = dict(probes=probes, inputs=inputs, occ=occ, materialised=set())
   outs = _eval(closed.jaxpr, closed.consts, [*flat_w, x], ctx)
+  if log is not None:
+    log["materialised"] = ctx["materialised"]
   return jax.tree.unflatten(out_tree, outs), inputs, occ
 
 
@@ -162,6 +166,8 @@ def _factored_eqn(eqn, invals, ctx) -> list[Any]:
       inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
       consts = sub.consts if hasattr(sub, "consts") else []
       return _eval(inner, consts, invals, ctx)
+  ctx["materialised"].update(v.name for v in invals
+                             if isinstance(v, Factored))
   return _bind(eqn, [v.dense() if isinstance(v, Factored) else v
                      for v in invals])
 
@@ -216,9 +222,16 @@ class Model:
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
     self.jaxpr, self.out_tree = trace(
         forward, {n: spec(w) for n, w in weights.items()}, spec(x))
+    log = {}
+    jax.eval_shape(lambda xb: self({n: Factored(w, name=n)
+                                    for n, w in weights.items()}, xb,
+                                   log=log)[0], spec(x))
+    # Leaves used other than in products: attributions need their P_c.
+    self.materialised = frozenset(log["materialised"])
 
-  def __call__(self, weights, x, probes=None):
-    return run(self.jaxpr, self.out_tree, self.names, weights, x, probes)
+  def __call__(self, weights, x, probes=None, log=None):
+    return run(self.jaxpr, self.out_tree, self.names, weights, x, probes,
+               log)
 
   def occurrences(self, weights: Mapping[str, Any], x: Any
                   ) -> list[Occurrence]:

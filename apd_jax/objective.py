@@ -59,11 +59,13 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
   """`(A² [B, C], y, acts)`: attributions and the target's outputs on `x`.
 
   Gradient attributions run the target in factored form (`factored.py`);
-  at θ* that same pass yields the target's outputs, which are reused.
+  at θ* that same pass yields the target's outputs, which are reused. A
+  target that uses a decomposed leaf other than in a matrix product falls
+  back to the component-weight form (`attribution.gradient`).
   """
-  if s.attribution == "gradient":
-    model = factored.Model(target.forward, target.weights, x[0])
-    at_target = s.attribution_point == "target"
+  at_target = s.attribution_point == "target"
+  model = factored.Model(target.forward, target.weights, x[0])
+  if s.attribution == "gradient" and not model.materialised:
     base = target.weights if at_target else comp_lib.summed_from_factors(comps)
     attr, (y, acts) = jax.vmap(lambda xb: model.attributions(
         base, comps.U, comps.V, xb, mode=s.attribution_mode,
@@ -74,7 +76,11 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
     return attr, y, acts
   y, acts = target.batch(x)
   P = comp_lib.component_weights(comps)
-  if s.attribution == "ablation":
+  if s.attribution == "gradient":  # some leaf is used outside products
+    base = target.weights if at_target else comp_lib.summed_weights(P)
+    attr = jax.vmap(lambda xb: attribution.gradient(
+        target.output, base, P, xb, mode=s.attribution_mode))(x)
+  elif s.attribution == "ablation":
     attr = jax.vmap(lambda xb: attribution.ablation(target.output, P, xb))(x)
   else:
     inputs = {n: acts[n] for n in P}
