@@ -255,7 +255,8 @@ class Model:
 
   def attributions(self, base: Mapping[str, Array], U: Mapping[str, Array],
                    V: Mapping[str, Array], x: Array, *, mode: str = "forward",
-                   contract: str | Sequence[str] = "direct"
+                   contract: str | Sequence[str] = "direct",
+                   projections: int = 0, key: Array | None = None
                    ) -> tuple[Array, Any]:
     """`(A² [C], forward(base, x))`: gradient attributions at `base`.
 
@@ -266,6 +267,11 @@ class Model:
     contracts them per occurrence, either with the direct effects
     ('direct': `G_k (a_k U V)ᵀ`) or through the factors ('cotangent':
     `(G_k Vᵀ)·(a_k U)`, cheap when `G_k` does not depend on the example).
+
+    With `projections = k > 0` (reverse mode), the d_out outputs are replaced
+    by k random projections `R y`, `R ~ N(0, 1/k)^{k×d_out}` drawn from
+    `key`: `E_R ||R J_c||² = ||J_c||²`, so the estimate is unbiased and costs
+    k instead of d_out cotangents.
     """
     weights = {n: Factored(base[n], name=n) for n in self.names}
     out, inputs, occ = self(weights, x)
@@ -273,11 +279,18 @@ class Model:
               for a, o in zip(inputs, occ, strict=True)]
     zeros = [jnp.zeros(s, inputs[0].dtype) for s in shapes]
 
+    project = None
+    if projections:
+      d_out = jax.eval_shape(lambda: out[0]).size
+      project = jax.random.normal(key, (projections, d_out),
+                                  inputs[0].dtype) / projections ** 0.5
+
     def probed(deltas):
-      return self(weights, x, deltas)[0][0]
+      y = self(weights, x, deltas)[0][0]
+      return y if project is None else project @ y.reshape(-1)
 
     C = next(iter(U.values())).shape[0]
-    if mode == "forward":
+    if mode == "forward" and not projections:
       direct = [_direct(a, U, V, o) for a, o in zip(inputs, occ, strict=True)]
       J = jax.vmap(lambda t: jax.jvp(probed, (zeros,), (t,))[1])(direct)
       J = J.reshape(C, -1).T

@@ -48,6 +48,9 @@ class Settings:
   attribution_mode: str = "forward"  # 'forward' or 'reverse' autodiff
   # reverse mode: per factored product, 'direct' or 'cotangent' contraction
   attribution_contract: str | tuple[str, ...] = "direct"
+  # > 0: estimate gradient attributions from this many random projections of
+  # the outputs (reverse mode; unbiased), instead of every output
+  attribution_projections: int = 0
   recon: str = "mse"               # 'mse' or 'kl' (logit outputs)
   sparsity: str = "topk"           # 'topk' or the 'lp' variant
   lp_p: float = 1.0                # p of the L_p variant
@@ -55,7 +58,8 @@ class Settings:
 
 
 def attributions(target: Target, s: Settings, comps: comp_lib.Components,
-                 x: Array) -> tuple[Array, Array, dict[str, Array]]:
+                 x: Array, key: Array | None = None
+                 ) -> tuple[Array, Array, dict[str, Array]]:
   """`(A² [B, C], y, acts)`: attributions and the target's outputs on `x`.
 
   Gradient attributions run the target in factored form (`factored.py`);
@@ -67,9 +71,12 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
   model = factored.Model(target.forward, target.weights, x[0])
   if s.attribution == "gradient" and not model.materialised:
     base = target.weights if at_target else comp_lib.summed_from_factors(comps)
+    if s.attribution_projections and key is None:
+      raise ValueError("attribution_projections needs a key")
     attr, (y, acts) = jax.vmap(lambda xb: model.attributions(
         base, comps.U, comps.V, xb, mode=s.attribution_mode,
-        contract=s.attribution_contract))(x)
+        contract=s.attribution_contract,
+        projections=s.attribution_projections, key=key))(x)
     if at_target:
       return attr, y, acts
     y, acts = target.batch(x)
@@ -102,12 +109,14 @@ def select_acts(acts: dict[str, Array], pattern: str) -> dict[str, Array]:
 
 
 def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
-            s: Settings) -> tuple[Array, dict[str, Array]]:
-  """`(L, metrics)` for one batch `x`; differentiable in `comps`."""
+            s: Settings, key: Array | None = None
+            ) -> tuple[Array, dict[str, Array]]:
+  """`(L, metrics)` for one batch `x`; differentiable in `comps`. `key`
+  draws the random projections of `attribution_projections`."""
   n_params = comp_lib.n_parameters(comps)
   faith = losses.faithfulness(target.weights,
                               comp_lib.summed_from_factors(comps))
-  attr, target_out, target_acts = attributions(target, s, comps, x)
+  attr, target_out, target_acts = attributions(target, s, comps, x, key)
   target_out, target_acts = jax.lax.stop_gradient((target_out, target_acts))
   terms = {"faithfulness": faith}
   if s.sparsity == "topk":

@@ -48,10 +48,12 @@ def make_train_step(target: Target, settings: objective.Settings,
   """The pure APD step: sample, attribute, mask, take gradients, update."""
 
   def train_step(state: TrainState, key: Array):
-    x = sample_fn(jax.random.fold_in(key, state.step), batch_size)
+    step_key = jax.random.fold_in(key, state.step)
+    x = sample_fn(step_key, batch_size)
     comps = optim.renormalize(state.components, settings.unit_norm_matrices)
     grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(comps, x, target, settings)
+    (_, metrics), grads = grad_fn(comps, x, target, settings,
+                                  jax.random.fold_in(step_key, 1))
     updates, opt_state = optimizer.update(grads, state.opt_state, comps)
     comps = optax.apply_updates(comps, updates)
     return TrainState(state.step + 1, comps, opt_state), metrics
