@@ -116,7 +116,20 @@ def init(key: Array, *, n_functions: int = 4, neurons_per_function: int = 10,
   if not S > needed:
     raise ValueError(f"suppression {S} must exceed {needed} to keep neurons "
                      f"off when their bit is off")
+  return _build(key, jnp.asarray(coeffs), neurons_per_function=m,
+                n_layers=n_layers, range_min=float(range_min),
+                range_max=float(range_max), suppression=float(S),
+                simple_bias=bool(simple_bias))
 
+
+@functools.partial(jax.jit, static_argnames=(
+    "neurons_per_function", "n_layers", "range_min", "range_max",
+    "suppression", "simple_bias"))
+def _build(key, coeffs, *, neurons_per_function, n_layers, range_min,
+           range_max, suppression, simple_bias):
+  """`init`'s weights, compiled once rather than built op by op."""
+  n, m, S = coeffs.shape[0], neurons_per_function, suppression
+  delta = (range_max - range_min) / (m - 1)
   # All n·m neurons, function-major: neuron i·m + j has its kink at t_{j−1}.
   t = knots(m, range_min, range_max)
   kink = jnp.tile(t - delta, n)                               # [n m]
