@@ -16,7 +16,7 @@ Residual stream (`d_resid = n + 2`): dimension 0 carries `x`, dimensions
 `1 … n` the control bits, the last one the output `y`, which `W_U` reads.
 Each neuron of function `i` reads `x` with weight 1 and bit `i` with weight
 `S` (the suppression), and its bias is `−t_{j−1} − S`: with the bit off its
-pre-activation is below `x_max − x_min + δ − S < 0`, so it never fires; with
+pre-activation is at most `x_max − x_min + δ − S < 0`, so it never fires; with
 the bit on it is `x − t_{j−1}`. (With `simple_bias`, the bias is `−S` and the
 bit's weight `S − t_{j−1}`, which puts the kinks into `W_in`.) Every neuron
 writes only to `y`, so no layer reads another's output. The `n · m` neurons
@@ -44,7 +44,9 @@ def make_functions(key: Array, n_functions: int) -> Array:
   """Random coefficients `[n_functions, 7]`, columns `(a, b, c, d, e, f, g)`.
 
   `a, d, g ~ U[−1, 1]` (amplitudes, offset), `b, e ~ U[0.1, 1]` (frequencies),
-  `c, f ~ U[−π, π]` (phases), as in the APD reference code.
+  `c, f ~ U[−π, π]` (phases), as in the APD reference code. (The reference
+  code puts the sine first and the cosine second; with these ranges both
+  orders draw the same family of functions.)
   """
   low = jnp.array([-1.0, 0.1, -jnp.pi, -1.0, 0.1, -jnp.pi, -1.0])
   high = jnp.array([1.0, 1.0, jnp.pi, 1.0, 1.0, jnp.pi, 1.0])
