@@ -167,3 +167,41 @@ def evaluate_residual(result, sample_fn, key: Array, *, labels_fn,
                  best=np.asarray(best), cosine=np.asarray(rec["cosine"]),
                  losses=losses)
   return summary, details
+
+
+def function_weights(weights: dict[str, Array], neuron_fns: Sequence[Array],
+                     fn: int) -> dict[str, Array]:
+  """The target's `W_in` columns and `W_out` rows of function `fn`'s
+  neurons (zeros elsewhere): what its ideal component looks like."""
+  out = {}
+  for j, (w_in, w_out) in enumerate(layer_names(len(neuron_fns))):
+    own = (neuron_fns[j] == fn).astype(weights[w_in].dtype)
+    out[w_in] = weights[w_in] * own[None, :]
+    out[w_out] = weights[w_out] * own[:, None]
+  return out
+
+
+def function_recovery(weights: dict[str, Array], P: dict[str, Array],
+                      neuron_fns: Sequence[Array]) -> Array:
+  """`cos[f, c]` between component c's weights (all decomposed leaves
+  concatenated) and function f's part of the target; a function is
+  recovered by one component when its row max is near 1."""
+  names = [n for pair in layer_names(len(neuron_fns)) for n in pair]
+  flat_P = jnp.concatenate([P[n].reshape(P[n].shape[0], -1) for n in names],
+                           axis=1)
+  n_functions = int(max(int(jnp.max(f)) for f in neuron_fns)) + 1
+  ideal = jnp.stack([jnp.concatenate(
+      [function_weights(weights, neuron_fns, f)[n].ravel() for n in names])
+      for f in range(n_functions)])
+  num = ideal @ flat_P.T
+  den = (jnp.linalg.norm(ideal, axis=1)[:, None]
+         * jnp.linalg.norm(flat_P, axis=1)[None])
+  return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def neuron_norms(P: dict[str, Array], n_layers: int) -> Array:
+  """`[C, Σ_l d_mlp_l]`: each neuron's weight norm in each component,
+  `sqrt(||P_c^in[:, n]||² + ||P_c^out[n, :]||²)`."""
+  return jnp.concatenate([jnp.sqrt(jnp.sum(P[i] ** 2, axis=1)
+                                   + jnp.sum(P[o] ** 2, axis=2))
+                          for i, o in layer_names(n_layers)], axis=1)

@@ -10,7 +10,9 @@ decomposes it through the public `decompose` API, and writes to `workdir`:
   summary.json           final metrics (faithfulness, L0, dead components;
                          MMCS/ML2R for TMS; feature recovery and
                          scrubbing losses for residual MLPs)
-  components.png         TMS: target weights beside each component
+  components.png         TMS: target weights beside each component;
+                         gated functions: each component's neurons,
+                         coloured by the function they serve
   contributions.png      residual MLP: neuron contributions per feature,
                          target vs best component
   scrubbing.png          residual MLP: scrubbed / anti-scrubbed losses
@@ -26,6 +28,7 @@ import time
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -34,6 +37,7 @@ from apd_jax import analysis
 from apd_jax import api
 from apd_jax import metrics as metrics_lib
 from apd_jax import plotting
+from apd_jax.models import gated
 from apd_jax.models import resid_mlp
 from apd_jax.models import tms
 
@@ -126,8 +130,14 @@ def residual_config(n_layers: int, args: str | None):
 def make_target(t: ml_collections.ConfigDict, seed: int, workdir: str):
   """`(apply_fn, params, sample_fn, has_aux)` of the configured target;
   trains and saves it unless `t.path` names saved params."""
+  if t.name == "gated":  # built, not trained
+    apply_fn, params, sample_fn = gated.make(t, seed)
+    with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
+      f.write(flax.serialization.to_bytes(params))
+    return apply_fn, params, sample_fn, False
   if t.name not in TARGETS:
-    raise ValueError(f"unknown target {t.name!r}; known: {sorted(TARGETS)}")
+    raise ValueError(f"unknown target {t.name!r}; known: "
+                     f"{sorted([*TARGETS, 'gated'])}")
   module, dims, train_args = TARGETS[t.name]
   dims = {k: t[k] for k in dims}
   if t.path:
@@ -189,6 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     summary.update(_report_tms(config, result, workdir))
   elif config.target.name == "resid_mlp":
     summary.update(_report_residual(config, result, sample_fn, workdir))
+  elif config.target.name == "gated":
+    summary.update(_report_gated(result, workdir))
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   plotting.plot_history(result.history, os.path.join(workdir, "losses.png"))
@@ -222,3 +234,20 @@ def _report_residual(config, result, sample_fn, workdir) -> dict:
            best=d["best"], cosine=d["cosine"],
            **{f"loss_{k}": v for k, v in d["losses"].items()})
   return summary
+
+
+def _report_gated(result, workdir) -> dict:
+  """Per-function recovery (`analysis.function_recovery`) and the figure of
+  each component's neurons coloured by function."""
+  params = result.target.params
+  fns = gated.neuron_functions(params)
+  P = result.component_weights
+  scores = analysis.function_recovery(result.target.weights, P, fns)
+  best = np.asarray(jnp.max(scores, axis=1))
+  plotting.plot_function_components(
+      analysis.neuron_norms(P, len(fns)), np.concatenate(fns), scores,
+      os.path.join(workdir, "components.png"))
+  return dict(function_recovery=[float(v) for v in best],
+              mean_function_recovery=float(best.mean()),
+              best_component_per_function=[
+                  int(c) for c in np.asarray(jnp.argmax(scores, axis=1))])

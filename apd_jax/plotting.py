@@ -158,3 +158,33 @@ def plot_scrubbing(losses: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_function_components(norms, neuron_fns, scores, path: str) -> None:
+  """One panel per component: each neuron's weight norm in it, coloured by
+  the function the neuron serves; titles give the best-matching function
+  and its cosine."""
+  norms, neuron_fns = np.asarray(norms), np.asarray(neuron_fns)
+  scores = np.asarray(scores)                       # [n_functions, C]
+  n = len(norms)
+  cols = min(n, 4)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows),
+                           squeeze=False, sharey=True)
+  colors = plt.get_cmap("tab10")(neuron_fns % 10)
+  for c, ax in enumerate(axes.flat):
+    if c >= n:
+      ax.axis("off")
+      continue
+    ax.bar(np.arange(norms.shape[1]), norms[c], color=colors, width=1.0)
+    f = int(np.argmax(scores[:, c]))
+    ax.set_title(f"component {c}: F{f} (cos {scores[f, c]:.2f})",
+                 fontsize=8)
+    ax.set_xlabel("neuron (all layers)", fontsize=7)
+  handles = [plt.Rectangle((0, 0), 1, 1, color=plt.get_cmap("tab10")(f % 10))
+             for f in range(int(neuron_fns.max()) + 1)]
+  fig.legend(handles, [f"F{f}" for f in range(len(handles))], fontsize=7,
+             loc="upper right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
