@@ -4,7 +4,9 @@ r"""APD on TMS 5-2 with the paper's settings.
 
 Paper: MMCS 0.998, ML2R 0.893 (20k steps at batch 2048; attributions taken at
 the sum of components, the paper's adjustment for this model).
-Pass `configs/tms_5_2.py:quick` for a 2k-step smoke run.
+Pass `configs/tms_5_2.py:quick` for a 2k-step smoke run, `:identity` for the
+variant with an identity hidden layer (where the paper's APD failed), or
+both (`:identity,quick`).
 """
 
 from apd_jax import experiment
@@ -25,7 +27,11 @@ def get_config(arg=None):
   c.simplicity_coeff = 0.7
   c.schatten_p = 1.0
   c.attribution_point = "components"
-  if arg == "quick":
+  args = set((arg or "").split(","))
+  if "identity" in args:        # an identity hidden layer between W and Wᵀ
+    c.target.n_hidden_layers = 1
+    c.include = r"\['W'\]|\['hidden'\]"   # decompose it too
+  if "quick" in args:
     c.steps = 2000
     c.log_every = 500
   return c
