@@ -1,73 +1,104 @@
-"""One tiny TMS decomposition in its own process, for the scale-out tests.
+"""A tiny TMS decomposition, run in the test process or in its own.
 
-    python tests/scale_worker.py OUT.npz --devices=8 --data=4 --component=2
-    python tests/scale_worker.py OUT.npz --devices=4 --coordinator=... \
-        --num_processes=2 --process_id=0
+    python tests/scale_worker.py OUT --devices=8 --meshes=8x1,4x2
+    python tests/scale_worker.py OUT --devices=2 --meshes=2x2 \
+        --coordinator=127.0.0.1:PORT --num_processes=2 --process_id=0
 
-Simulates `--devices` CPU devices (per process), optionally joins other
-processes through `jax.distributed`, runs `decompose` on a fixed TMS 5-2
-target on a `data × component` mesh and writes the history and the final
-factors to OUT.npz (process 0 only).
+As a script it simulates `--devices` CPU devices in this process, optionally
+joins other processes through `jax.distributed`, runs `run` once per mesh
+`DATAxCOMPONENT` and writes each result to `OUT.<mesh>.npz` (process 0 only).
+`--signal_at=STEP:NAME` sends this process SIGKILL or SIGTERM from the log
+callback at STEP, mid-run.
 """
 
 import argparse
 import json
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 40
 
 
-def parse():
-  p = argparse.ArgumentParser()
-  p.add_argument("out")
-  p.add_argument("--devices", type=int, default=1)
-  p.add_argument("--data", type=int, default=-1)
-  p.add_argument("--component", type=int, default=1)
-  p.add_argument("--coordinator")
-  p.add_argument("--num_processes", type=int)
-  p.add_argument("--process_id", type=int)
-  p.add_argument("--steps", type=int, default=40)
-  p.add_argument("--checkpoint_dir")
-  p.add_argument("--checkpoint_every", type=int, default=0)
-  p.add_argument("--init", default="random")
-  return p.parse_args()
+def run(mesh=(1, 1), *, checkpoint_dir=None, checkpoint_every=0,
+        callback=None, steps=STEPS):
+  """Decomposes a TMS 5-2 target (C=8) for `steps` steps at batch 64.
+
+  Returns:
+    `{"U": [C, 2, 3], "V": [C, 3, 5], "history": [...], "metrics": {...}}`.
+  """
+  import jax
+  import numpy as np
+
+  from apd_jax import api
+  from apd_jax import sharding
+  from apd_jax.models import tms
+
+  params, _ = tms.train(jax.random.PRNGKey(0), n_features=5, n_hidden=2,
+                        steps=300)
+  result = api.decompose(
+      tms.apply, params, tms.sampler(n_features=5, feature_probability=0.05),
+      include="W", n_components=8, topk=0.5, rank=3, steps=steps,
+      batch_size=64, lr=3e-2, warmup_frac=0.05, simplicity_coeff=0.7,
+      attribution_point="components", eval_batches=2, log_every=10,
+      mesh=sharding.make_mesh(*mesh), checkpoint_dir=checkpoint_dir,
+      checkpoint_every=checkpoint_every, callback=callback)
+  return dict(U=np.asarray(result.components.U["['W']"]),
+              V=np.asarray(result.components.V["['W']"]),
+              history=result.history, metrics=result.metrics)
+
+
+def save(path, out):
+  import numpy as np
+  np.savez(path, U=out["U"], V=out["V"], history=json.dumps(out["history"]),
+           metrics=json.dumps(out["metrics"]))
+
+
+def load(path):
+  import numpy as np
+  with np.load(path) as f:
+    return dict(U=f["U"], V=f["V"], history=json.loads(str(f["history"])),
+                metrics=json.loads(str(f["metrics"])))
 
 
 def main():
-  args = parse()
+  p = argparse.ArgumentParser()
+  p.add_argument("out")
+  p.add_argument("--devices", type=int, default=1)
+  p.add_argument("--meshes", default="1x1")
+  p.add_argument("--coordinator")
+  p.add_argument("--num_processes", type=int)
+  p.add_argument("--process_id", type=int)
+  p.add_argument("--checkpoint_dir")
+  p.add_argument("--checkpoint_every", type=int, default=0)
+  p.add_argument("--signal_at", default="")
+  args = p.parse_args()
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count="
+                             " --xla_force_host_platform_device_count="
                              f"{args.devices}")
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, ROOT)
-  import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-
-  from apd_jax import api  # noqa: PLC0415
-  from apd_jax import distributed  # noqa: PLC0415
-  from apd_jax import sharding  # noqa: PLC0415
-  from apd_jax.models import tms  # noqa: PLC0415
+  from apd_jax import distributed
 
   if args.coordinator:
     distributed.initialize(args.coordinator, args.num_processes,
                            args.process_id)
-  params, _ = tms.train(jax.random.PRNGKey(0), n_features=5, n_hidden=2,
-                        steps=300)
-  mesh = sharding.make_mesh(args.data, args.component)
-  result = api.decompose(
-      tms.apply, params, tms.sampler(n_features=5, feature_probability=0.05),
-      include="W", n_components=8, topk=0.5, rank=3, steps=args.steps,
-      batch_size=64, lr=3e-2, warmup_frac=0.05, simplicity_coeff=0.7,
-      attribution_point="components", init=args.init, eval_batches=2,
-      log_every=10, mesh=mesh, checkpoint_dir=args.checkpoint_dir,
-      checkpoint_every=args.checkpoint_every)
-  if distributed.is_main():
-    np.savez(args.out, U=np.asarray(result.components.U["['W']"]),
-             V=np.asarray(result.components.V["['W']"]),
-             history=json.dumps(result.history),
-             metrics=json.dumps(result.metrics),
-             devices=jax.device_count(), processes=jax.process_count())
+  callback = None
+  if args.signal_at:
+    at, name = args.signal_at.split(":")
+
+    def callback(step, record):
+      del record
+      if step == int(at):
+        os.kill(os.getpid(), getattr(signal, name))
+
+  for mesh in args.meshes.split(","):
+    shape = tuple(int(n) for n in mesh.split("x"))
+    out = run(shape, checkpoint_dir=args.checkpoint_dir,
+              checkpoint_every=args.checkpoint_every, callback=callback)
+    if distributed.is_main():
+      save(f"{args.out}.{mesh}.npz", out)
 
 
 if __name__ == "__main__":
