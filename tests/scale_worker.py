@@ -12,9 +12,12 @@ callback at STEP, mid-run.
 """
 
 import argparse
+import functools
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,20 +49,62 @@ def run(mesh=(1, 1), *, checkpoint_dir=None, checkpoint_every=0,
       checkpoint_every=checkpoint_every, callback=callback)
   return dict(U=np.asarray(result.components.U["['W']"]),
               V=np.asarray(result.components.V["['W']"]),
-              history=result.history, metrics=result.metrics)
+              history=result.history, metrics=result.metrics,
+              devices=jax.device_count(), processes=jax.process_count())
+
+
+@functools.lru_cache(maxsize=1)
+def reference():
+  """`run()` on this process's first device, computed once per session."""
+  return run()
+
+
+def assert_same_run(a, b):
+  """Equal losses, components and final metrics up to float sum order."""
+  import numpy as np
+
+  assert [r["step"] for r in a["history"]] == [r["step"]
+                                               for r in b["history"]]
+  for ra, rb in zip(a["history"], b["history"], strict=True):
+    for term in ("loss", "faithfulness", "minimality", "simplicity", "l0"):
+      np.testing.assert_allclose(ra[term], rb[term], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(a["U"], b["U"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(a["V"], b["V"], rtol=1e-5, atol=1e-6)
+  for term in ("faithfulness", "topk_recon", "l0"):
+    np.testing.assert_allclose(a["metrics"][term], b["metrics"][term],
+                               rtol=1e-5, atol=1e-7)
+
+
+def command(out, *args):
+  return [sys.executable, os.path.abspath(__file__), str(out), *args]
+
+
+def launch(out, *args, timeout=240):
+  """Runs this script in a subprocess (killed if it outlives `timeout`)."""
+  return subprocess.run(command(out, *args), cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def free_port():
+  """A TCP port on 127.0.0.1 that nothing listens on now."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def save(path, out):
   import numpy as np
   np.savez(path, U=out["U"], V=out["V"], history=json.dumps(out["history"]),
-           metrics=json.dumps(out["metrics"]))
+           metrics=json.dumps(out["metrics"]), devices=out["devices"],
+           processes=out["processes"])
 
 
 def load(path):
   import numpy as np
   with np.load(path) as f:
     return dict(U=f["U"], V=f["V"], history=json.loads(str(f["history"])),
-                metrics=json.loads(str(f["metrics"])))
+                metrics=json.loads(str(f["metrics"])),
+                devices=int(f["devices"]), processes=int(f["processes"]))
 
 
 def main():

@@ -1,8 +1,5 @@
 """The mesh, the shardings of a run, and 1- vs 8-device equivalence."""
 
-import pathlib
-import subprocess
-import sys
 import types
 
 import jax
@@ -14,17 +11,6 @@ from apd_jax import components as C
 from apd_jax import optim
 from apd_jax import sharding
 from apd_jax import train
-
-ROOT = pathlib.Path(__file__).parent.parent
-WORKER = pathlib.Path(__file__).parent / "scale_worker.py"
-
-
-def worker(out, *args, timeout=240):
-  """Runs scale_worker.py; a hung process is killed by the timeout."""
-  run = subprocess.run([sys.executable, str(WORKER), str(out), *args],
-                       cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
-  return run
 
 
 def test_mesh_takes_every_device_and_names_its_axes():
@@ -69,7 +55,8 @@ def test_factors_and_adam_moments_are_split_over_components():
 
 def test_put_then_gather_returns_the_values():
   mesh = sharding.make_mesh()
-  tree = {"x": np.arange(24, dtype=np.float32).reshape(4, 6), "k": np.uint32([1, 2])}
+  tree = {"x": np.arange(24, dtype=np.float32).reshape(4, 6),
+          "k": np.uint32([1, 2])}
   spec = {"x": sharding.batch(mesh), "k": sharding.replicated(mesh)}
   back = sharding.gather(sharding.put(tree, spec))
   for k in tree:
@@ -77,32 +64,14 @@ def test_put_then_gather_returns_the_values():
     assert back[k].dtype == tree[k].dtype
 
 
-def reference():
-  if not hasattr(reference, "out"):
-    reference.out = scale_worker.run()
-  return reference.out
-
-
-def assert_same_run(a, b):
-  """Equal losses and components up to the order of float sums."""
-  assert [r["step"] for r in a["history"]] == [r["step"]
-                                               for r in b["history"]]
-  for ra, rb in zip(a["history"], b["history"], strict=True):
-    for term in ("loss", "faithfulness", "minimality", "simplicity", "l0"):
-      np.testing.assert_allclose(ra[term], rb[term], rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(a["U"], b["U"], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(a["V"], b["V"], rtol=1e-5, atol=1e-6)
-  for term in ("faithfulness", "topk_recon", "l0"):
-    np.testing.assert_allclose(a["metrics"][term], b["metrics"][term],
-                               rtol=1e-5, atol=1e-7)
-
-
 def test_eight_devices_give_the_one_device_run(tmp_path):
   """Data-parallel (8×1) and data × component (4×2) runs on 8 simulated
   CPU devices against the 1-device run of this process."""
-  run = worker(tmp_path / "out", "--devices=8", "--meshes=8x1,4x2")
+  run = scale_worker.launch(tmp_path / "out", "--devices=8", "--meshes=8x1,4x2")
   assert run.returncode == 0, run.stderr[-3000:]
-  one = reference()
+  one = scale_worker.reference()
   assert one["history"][-1]["step"] == scale_worker.STEPS
   for mesh in ("8x1", "4x2"):
-    assert_same_run(scale_worker.load(tmp_path / f"out.{mesh}.npz"), one)
+    out = scale_worker.load(tmp_path / f"out.{mesh}.npz")
+    assert (out["processes"], out["devices"]) == (1, 8)
+    scale_worker.assert_same_run(out, one)
