@@ -248,12 +248,13 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     comps = comp_lib.init_svd(init_key, weights, n_components=n_components,
                               rank=ranks)
     comps = sharding.put(comps, sharding.components(mesh, comps))
-    state = sharding.init(new_state, shardings, comps)
-  else:
-    init_seed = sharding.gather(init_key)
-    state = sharding.init(lambda: new_state(comp_lib.init_random(
-        init_seed, shapes, n_components=n_components, rank=ranks,
-        gain=init_gain)), shardings)
+  else:  # drawn directly into the shards
+    comps = jax.jit(_random_factors, static_argnums=(1, 2, 3, 4),
+                    out_shardings=sharding.leading_component(mesh))(
+                        sharding.put(init_key, sharding.replicated(mesh)),
+                        tuple(shapes.items()), n_components,
+                        tuple(ranks.items()), init_gain)
+  state = sharding.init(new_state, shardings, comps)
 
   settings = objective.Settings(
       topk=topk, batch_topk=batch_topk, faithfulness_coeff=faithfulness_coeff,
@@ -301,6 +302,12 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   final.update(steps=steps, wall_seconds=wall,
                attribution_mode=settings.attribution_mode)
   return dataclasses.replace(result, metrics=final)
+
+
+def _random_factors(key, shapes, n_components, ranks, gain):
+  """`init_random` with hashable arguments (compiled once per shape)."""
+  return comp_lib.init_random(key, dict(shapes), n_components=n_components,
+                              rank=dict(ranks), gain=gain)
 
 
 def _cheaper_mode(tgt, settings, comps, sample_fn, batch_size) -> str:
