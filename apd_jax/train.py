@@ -149,8 +149,8 @@ def fit(state: TrainState, train_step, key: Array, *, steps: int,
         continue
       stop = watch.requested(n_logs)
       if stop or done == steps or checkpoints.due(done):
-        checkpoints.save(done, state, history)
-      if stop:
+        checkpoints.save(done, state, list(history))
+      if stop and done < steps:
         checkpoints.wait()
         raise distributed.Preempted(
             f"preempted: saved a checkpoint at step {done} in "
