@@ -9,11 +9,16 @@ import sys
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def test_cli_writes_every_output(tmp_path):
+def test_cli_writes_every_output_and_a_rerun_resumes(tmp_path):
+  """A full run, then the same command again after removing the step-200
+  checkpoint (as if the run had died before writing it): the rerun reloads
+  the target, cuts the log back to step 100, trains steps 101..200 and ends
+  with the same summary."""
   cmd = [sys.executable, "-m", "apd_jax.main",
          "--config=configs/tms_5_2.py", f"--workdir={tmp_path}",
          "--config.steps=200", "--config.log_every=100",
-         "--config.target.steps=300", "--config.eval_batches=2"]
+         "--config.checkpoint_every=100", "--config.target.steps=300",
+         "--config.eval_batches=2"]
   run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
@@ -31,6 +36,21 @@ def test_cli_writes_every_output(tmp_path):
                "decomposition/decomposition.json"):
     assert (tmp_path / name).stat().st_size > 0, name
   assert json.loads((tmp_path / "config.json").read_text())["steps"] == 200
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+      "100", "200"]
+
+  shutil.rmtree(tmp_path / "checkpoints" / "200")
+  run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "checkpoint at step 100: resuming" in run.stderr
+  assert "loaded target params" in run.stderr
+  assert "step 200/200" in run.stderr and "step 100/200" not in run.stderr
+  log = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in log] == [100, 200]
+  again = json.loads((tmp_path / "summary.json").read_text())
+  for key in ("faithfulness", "topk_recon", "l0", "mmcs", "ml2r"):
+    assert again[key] == summary[key], key
 
 
 def test_saved_target_is_reloaded(tmp_path):
@@ -50,30 +70,3 @@ def test_saved_target_is_reloaded(tmp_path):
   assert ((first / "target_params.msgpack").read_bytes()
           == (second / "target_params.msgpack").read_bytes())
 
-
-def test_rerun_in_the_same_workdir_resumes_from_the_checkpoint(tmp_path):
-  """A run whose last checkpoint is step 10 of 20 (its step-20 checkpoint
-  removed, as if it had died before writing it) is started again: it
-  reloads the target, cuts the log back to step 10, trains steps 11..20
-  and ends with the uninterrupted run's summary."""
-  cmd = [sys.executable, "-m", "apd_jax.main",
-         "--config=configs/tms_5_2.py", f"--workdir={tmp_path}",
-         "--config.steps=20", "--config.log_every=10",
-         "--config.checkpoint_every=10", "--config.target.steps=50",
-         "--config.eval_batches=1"]
-  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
-  first = json.loads((tmp_path / "summary.json").read_text())
-  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-      "10", "20"]
-  shutil.rmtree(tmp_path / "checkpoints" / "20")
-  run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "checkpoint at step 10: resuming" in run.stderr
-  assert "loaded target params" in run.stderr
-  assert "step 20/20" in run.stderr and "step 10/20" not in run.stderr
-  log = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert [json.loads(line)["step"] for line in log] == [10, 20]
-  again = json.loads((tmp_path / "summary.json").read_text())
-  for key in ("faithfulness", "topk_recon", "l0", "mmcs", "ml2r"):
-    assert again[key] == first[key], key

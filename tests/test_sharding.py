@@ -49,8 +49,6 @@ def test_factors_and_adam_moments_are_split_over_components():
   assert adam.count == ()
   for moment in (adam.mu, adam.nu):
     assert moment.U == moment.V == {"a": ("component",), "b": ("component",)}
-  np.testing.assert_array_equal(state.components.U["a"],
-                                jax.jit(new)().components.U["a"])
 
 
 def test_put_then_gather_returns_the_values():
