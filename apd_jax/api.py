@@ -27,6 +27,7 @@ from absl import logging
 from apd_jax import attribution
 from apd_jax import checkpoint as ckpt_lib
 from apd_jax import components as comp_lib
+from apd_jax import factored
 from apd_jax import losses
 from apd_jax import masking
 from apd_jax import metrics as metrics_lib
@@ -76,15 +77,12 @@ class Decomposition:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _attributions(target, settings, comps, x):
-  _, acts = target.batch(x)
-  P = comp_lib.component_weights(comps)
-  return objective.attributions(target, settings, P, x, acts)
+  return objective.attributions(target, settings, comps, x)[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _masked_apply(target, comps, mask, x):
-  P = comp_lib.component_weights(comps)
-  return objective.masked_forward(target, P, mask, x)[0]
+  return objective.masked_forward(target, comps, mask, x)[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -267,10 +265,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       recon=recon, sparsity=sparsity, lp_p=lp_p,
       unit_norm_matrices=unit_norm_matrices)
   if attribution_mode == "auto" and attribution_type == "gradient":
-    settings = dataclasses.replace(
-        settings, attribution_mode=_cheaper_mode(tgt, settings,
-                                                 state.components,
-                                                 sample_fn, batch_size))
+    settings = _cheapest_attribution(tgt, settings, state.components,
+                                     sample_fn, batch_size)
 
   step_fn = train.make_train_step(tgt, settings, sample_fn, batch_size,
                                   optimizer, mesh)
@@ -300,7 +296,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   final = evaluate(result, sample_fn, eval_key, batch_size=batch_size,
                    n_batches=eval_batches)
   final.update(steps=steps, wall_seconds=wall,
-               attribution_mode=settings.attribution_mode)
+               attribution_mode=settings.attribution_mode,
+               attribution_contract=settings.attribution_contract)
   return dataclasses.replace(result, metrics=final)
 
 
@@ -310,20 +307,35 @@ def _random_factors(key, shapes, n_components, ranks, gain):
                               rank=dict(ranks), gain=gain)
 
 
-def _cheaper_mode(tgt, settings, comps, sample_fn, batch_size) -> str:
+def _cheapest_attribution(tgt, settings, comps, sample_fn, batch_size
+                          ) -> objective.Settings:
+  """Forward or reverse mode, and in reverse mode each factored product's
+  contraction, whichever XLA's cost analysis says costs fewest flops."""
   x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
                      jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           comps)
+  x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+  n = len(factored.Model(tgt.forward, tgt.weights, x0).occurrences(
+      tgt.weights, x0))
 
-  def batched(mode):
-    s = dataclasses.replace(settings, attribution_mode=mode)
-    def fn(c, xb):
-      P = comp_lib.component_weights(c)
-      return objective.attributions(tgt, s, P, xb, tgt.batch(xb)[1])
-    return fn
+  def cost(mode, contract):
+    s = dataclasses.replace(settings, attribution_mode=mode,
+                            attribution_contract=contract)
+    return attribution.flops(
+        lambda c, xb: objective.attributions(tgt, s, c, xb)[0], abstract, x)
 
-  return attribution.choose_mode(batched, abstract, x)
+  contract = ("direct",) * n
+  best = cost("reverse", contract)
+  for k in range(n):
+    trial = contract[:k] + ("cotangent",) + contract[k + 1:]
+    trial_cost = cost("reverse", trial)
+    if trial_cost < best:
+      contract, best = trial, trial_cost
+  if cost("forward", contract) <= best:
+    return dataclasses.replace(settings, attribution_mode="forward")
+  return dataclasses.replace(settings, attribution_mode="reverse",
+                             attribution_contract=contract)
 
 
 def evaluate(result: Decomposition, sample_fn: SampleFn, key: Array, *,

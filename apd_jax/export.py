@@ -110,8 +110,10 @@ def load(directory: str, *, apply_fn: ApplyFn | None = None
   comps = comp_lib.Components(U=dev(factors["U"]), V=dev(factors["V"]))
   target = Target(apply_fn, dev(params), tuple(meta["names"]),
                   meta["has_aux"])
+  settings = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuple
+              for k, v in meta["settings"].items()}
   return api.Decomposition(
-      target=target, settings=objective.Settings(**meta["settings"]),
+      target=target, settings=objective.Settings(**settings),
       components=comps, metrics=meta["metrics"], history=meta["history"])
 
 

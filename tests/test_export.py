@@ -54,7 +54,7 @@ def test_another_process_loads_the_same_decomposition(result, tmp_path):
   np.testing.assert_allclose(got["attr"], result.attributions(x), rtol=1e-6)
   np.testing.assert_allclose(got["y"], result.apply(x, result.topk_mask(x)),
                              rtol=1e-6)
-  assert got["metrics"] == result.metrics
+  assert got["metrics"] == json.loads(json.dumps(result.metrics))
   assert got["steps"] == [10, 20]
   assert got["topk"] == 0.5 and got["names"] == ["['W']"]
   assert got["config"] == {"seed": 0}
@@ -69,6 +69,7 @@ def test_a_lambda_target_needs_its_apply_fn_again(result, tmp_path):
                      r"it as load\(\.\.\., apply_fn=\.\.\.\)"):
     export.load(str(tmp_path))
   back = export.load(str(tmp_path), apply_fn=fn)
+  assert back.settings == result.settings
   for a, b in zip(jax.tree.leaves(back.components),
                   jax.tree.leaves(result.components), strict=True):
     np.testing.assert_array_equal(a, b)
