@@ -22,8 +22,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from apd_jax import attribution
+from apd_jax import checkpoint as ckpt_lib
 from apd_jax import components as comp_lib
 from apd_jax import factored
 from apd_jax import losses
@@ -32,6 +34,7 @@ from apd_jax import metrics as metrics_lib
 from apd_jax import objective
 from apd_jax import optim
 from apd_jax import selection
+from apd_jax import sharding
 from apd_jax import train
 from apd_jax.target import ApplyFn
 from apd_jax.target import SampleFn
@@ -161,6 +164,9 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
               unit_norm_matrices: bool = False, has_aux: bool = False,
               eval_batches: int = 10, log_every: int = 1000,
               callback: Callable[[int, dict], None] | None = None,
+              mesh: jax.sharding.Mesh | None = None,
+              checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+              keep_checkpoints: int = 3,
               ) -> Decomposition:
   """Decomposes the leaves of `params` matched by `include` into components.
 
@@ -190,6 +196,13 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       are renormalised, so the sum is then no longer exact).
     eval_batches: batches for the final metrics.
     callback: called as `callback(step, record)` at every log.
+    mesh: the devices, with axes 'data' (the batch is split over it) and
+      'component' (C is split over it); None: all devices on 'data' (see
+      `sharding.make_mesh`).
+    checkpoint_dir: if set, the run checkpoints there (every
+      `checkpoint_every` steps, a multiple of `log_every`, 0 for only at the
+      end, and on SIGTERM) keeping the last `keep_checkpoints`, and resumes
+      from the latest checkpoint found there.
     (The rest are the loss coefficients and optimizer settings of the spec.)
 
   Returns:
@@ -197,7 +210,14 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   """
   _positive(n_components=n_components, topk=topk, steps=steps,
             batch_size=batch_size, lr=lr, schatten_p=schatten_p,
-            eval_batches=eval_batches, log_every=log_every)
+            eval_batches=eval_batches, log_every=log_every,
+            keep_checkpoints=keep_checkpoints)
+  if checkpoint_every < 0 or checkpoint_every % log_every:
+    raise ValueError(f"checkpoint_every must be a non-negative multiple of "
+                     f"log_every={log_every}, got {checkpoint_every}")
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  sharding.check_sizes(mesh, batch_size=batch_size,
+                       n_components=n_components)
   if rank is not None:
     _positive(rank=rank)
   names = selection.select_leaves(params, include)
@@ -225,13 +245,28 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   ranks = {n: rank or comp_lib.default_rank(shapes[n]) for n in names}
   key = jax.random.PRNGKey(seed)
   init_key, data_key, eval_key = jax.random.split(key, 3)
-  if init == "svd":
+  optimizer = optim.make_optimizer(
+      lr, steps, warmup_frac=warmup_frac, lr_schedule=lr_schedule,
+      unit_norm_matrices=unit_norm_matrices)
+
+  def shardings(state):
+    return sharding.train_state(mesh, state, optimizer)
+
+  def new_state(comps):
+    comps = optim.renormalize(comps, unit_norm_matrices)
+    return train.init_state(comps, optimizer)
+
+  if init == "svd":  # needs concrete singular values: on the host, then split
     comps = comp_lib.init_svd(init_key, weights, n_components=n_components,
                               rank=ranks)
-  else:
-    comps = comp_lib.init_random(init_key, shapes, n_components=n_components,
-                                 rank=ranks, gain=init_gain)
-  comps = optim.renormalize(comps, unit_norm_matrices)
+    comps = sharding.put(comps, sharding.components(mesh, comps))
+  else:  # drawn directly into the shards
+    comps = jax.jit(_random_factors, static_argnums=(1, 2, 3, 4),
+                    out_shardings=sharding.leading_component(mesh))(
+                        sharding.put(init_key, sharding.replicated(mesh)),
+                        tuple(shapes.items()), n_components,
+                        tuple(ranks.items()), init_gain)
+  state = sharding.init(new_state, shardings, comps)
 
   settings = objective.Settings(
       topk=topk, batch_topk=batch_topk, faithfulness_coeff=faithfulness_coeff,
@@ -245,19 +280,32 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       recon=recon, sparsity=sparsity, lp_p=lp_p,
       unit_norm_matrices=unit_norm_matrices)
   if attribution_mode == "auto" and attribution_type == "gradient":
-    settings = _cheapest_attribution(tgt, settings, comps, sample_fn,
-                                     batch_size)
+    settings = _cheapest_attribution(tgt, settings, state.components,
+                                     sample_fn, batch_size)
 
-  optimizer = optim.make_optimizer(
-      lr, steps, warmup_frac=warmup_frac, lr_schedule=lr_schedule,
-      unit_norm_matrices=unit_norm_matrices)
   step_fn = train.make_train_step(tgt, settings, sample_fn, batch_size,
-                                  optimizer)
+                                  optimizer, mesh)
+  state_shardings = shardings(state)
+  checkpoints, history = None, []
+  if checkpoint_dir:
+    checkpoints = ckpt_lib.Checkpoints(checkpoint_dir, every=checkpoint_every,
+                                       keep=keep_checkpoints)
+    if checkpoints.latest_step() is not None:
+      state, history = checkpoints.restore(state, state_shardings)
+      logging.info("resumed from the checkpoint at step %d in %s",
+                   int(state.step), checkpoints.directory)
   t0 = time.perf_counter()
-  state, history = train.fit(train.init_state(comps, optimizer), step_fn,
-                             data_key, steps=steps, log_every=log_every,
-                             callback=callback)
-  comps = optim.renormalize(state.components, unit_norm_matrices)
+  try:
+    state, history = train.fit(
+        state, step_fn, sharding.put(data_key, sharding.replicated(mesh)),
+        steps=steps, log_every=log_every, callback=callback,
+        state_shardings=state_shardings, checkpoints=checkpoints,
+        history=history)
+  finally:
+    if checkpoints is not None:
+      checkpoints.close()
+  comps = jax.tree.map(jnp.asarray, sharding.gather(state.components))
+  comps = optim.renormalize(comps, unit_norm_matrices)
   wall = time.perf_counter() - t0
   result = Decomposition(tgt, settings, comps, {}, history)
   final = evaluate(result, sample_fn, eval_key, batch_size=batch_size,
@@ -266,6 +314,12 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                attribution_mode=settings.attribution_mode,
                attribution_contract=settings.attribution_contract)
   return dataclasses.replace(result, metrics=final)
+
+
+def _random_factors(key, shapes, n_components, ranks, gain):
+  """`init_random` with hashable arguments (compiled once per shape)."""
+  return comp_lib.init_random(key, dict(shapes), n_components=n_components,
+                              rank=dict(ranks), gain=gain)
 
 
 def _cheapest_attribution(tgt, settings, comps, sample_fn, batch_size

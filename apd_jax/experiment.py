@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir)`: the command line's whole job.
 
 The only code that reads a `ConfigDict`. It trains (or loads) the target,
-decomposes it through the public `decompose` API, and writes to `workdir`:
+decomposes it through the public `decompose` API on the configured device
+mesh, and writes to `workdir` (files from process 0 only):
 
   config.json            the config as run
   target_params.msgpack  the target's params (flax serialization)
@@ -18,6 +19,10 @@ decomposes it through the public `decompose` API, and writes to `workdir`:
   scrubbing.png          residual MLP: scrubbed / anti-scrubbed losses
   analysis.npz           residual MLP: the analysis arrays
   losses.png             the loss terms over training
+  checkpoints/           orbax checkpoints of the training state (every
+                         process); a run started again in the same workdir
+                         resumes from the latest
+  decomposition/         the finished decomposition (`export.load` it)
 """
 
 from __future__ import annotations
@@ -35,8 +40,12 @@ from absl import logging
 
 from apd_jax import analysis
 from apd_jax import api
+from apd_jax import checkpoint
+from apd_jax import distributed
+from apd_jax import export
 from apd_jax import metrics as metrics_lib
 from apd_jax import plotting
+from apd_jax import sharding
 from apd_jax.models import gated
 from apd_jax.models import resid_mlp
 from apd_jax.models import tms
@@ -81,6 +90,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.unit_norm_matrices = False
   c.eval_batches = 10
   c.log_every = 1000
+  c.checkpoint_every = 5000    # a multiple of log_every; 0: only at the end
+  c.keep_checkpoints = 3       # the newest checkpoints kept
+  c.mesh = ml_collections.ConfigDict(dict(  # not a decompose argument
+      data=-1,                 # devices splitting the batch; -1: the rest
+      component=1))            # devices splitting C (factors, Adam moments)
   return c
 
 
@@ -91,7 +105,7 @@ DECOMPOSE_ARGS = (
     "hidden_act_coeff", "hidden_acts", "schatten_p", "attribution_type",
     "attribution_point", "attribution_mode", "attribution_projections",
     "recon", "sparsity", "lp_p", "init", "init_gain", "unit_norm_matrices",
-    "eval_batches", "log_every")
+    "eval_batches", "log_every", "checkpoint_every", "keep_checkpoints")
 
 
 def residual_config(n_layers: int, args: str | None):
@@ -127,13 +141,24 @@ def residual_config(n_layers: int, args: str | None):
   return c
 
 
+def _decompose_args(config: ml_collections.ConfigDict) -> dict:
+  """`decompose`'s arguments from the config; `checkpoint_every` rounded up
+  to a multiple of `log_every` (checkpoints are taken at log steps)."""
+  args = {k: config[k] for k in DECOMPOSE_ARGS}
+  every, log = args["checkpoint_every"], args["log_every"]
+  if every > 0 and log > 0:
+    args["checkpoint_every"] = -(-every // log) * log
+  return args
+
+
 def make_target(t: ml_collections.ConfigDict, seed: int, workdir: str):
   """`(apply_fn, params, sample_fn, has_aux)` of the configured target;
   trains and saves it unless `t.path` names saved params."""
   if t.name == "gated":  # built, not trained
     apply_fn, params, sample_fn = gated.make(t, seed)
-    with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
-      f.write(flax.serialization.to_bytes(params))
+    if distributed.is_main():
+      with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
+        f.write(flax.serialization.to_bytes(params))
     return apply_fn, params, sample_fn, False
   if t.name not in TARGETS:
     raise ValueError(f"unknown target {t.name!r}; known: "
@@ -151,8 +176,9 @@ def make_target(t: ml_collections.ConfigDict, seed: int, workdir: str):
                                   **{k: t[k] for k in train_args})
     logging.info("trained target: loss %.4g -> %.4g in %.1fs",
                  float(losses[0]), float(losses[-1]), time.perf_counter() - t0)
-  with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
-    f.write(flax.serialization.to_bytes(params))
+  if distributed.is_main():
+    with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
+      f.write(flax.serialization.to_bytes(params))
   sample_fn = module.sampler(n_features=t.n_features,
                             feature_probability=t.feature_probability)
   return module.apply, params, sample_fn, t.name == "resid_mlp"
@@ -169,16 +195,48 @@ TARGETS = {
 }
 
 
+def _resume_logs(workdir: str, config: ml_collections.ConfigDict):
+  """On a restart: the config that reloads the saved target, and the
+  metrics log cut back to the latest checkpoint. Returns the config."""
+  step = checkpoint.latest_step(os.path.join(workdir, "checkpoints"))
+  log_path = os.path.join(workdir, "metrics.jsonl")
+  if step is None:
+    if distributed.is_main():
+      open(log_path, "w").close()
+    return config
+  logging.info("workdir %s has a checkpoint at step %d: resuming", workdir,
+               step)
+  saved = os.path.join(workdir, "target_params.msgpack")
+  if not config.target.path and os.path.exists(saved):
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.target.path = saved
+  if distributed.is_main() and os.path.exists(log_path):
+    with open(log_path) as f:
+      kept = [line for line in f if json.loads(line)["step"] <= step]
+    with open(log_path, "w") as f:
+      f.writelines(kept)
+  return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
-  """Trains the target, decomposes it, writes the outputs; returns summary."""
+  """Trains the target, decomposes it, writes the outputs; returns summary.
+
+  Resumes from the latest checkpoint in `workdir/checkpoints` if there is
+  one, so a run started again after an interruption ends where an
+  uninterrupted one would.
+  """
+  main = distributed.is_main()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  run_config = config
+  config = _resume_logs(workdir, config)
+  if main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(run_config.to_json_best_effort(indent=2))
   apply_fn, params, sample_fn, has_aux = make_target(
       config.target, config.seed, workdir)
   log_path = os.path.join(workdir, "metrics.jsonl")
-  with open(log_path, "w") as log:
+  with open(log_path, "a") if main else open(os.devnull, "w") as log:
 
     def write(step, record):
       log.write(json.dumps(record) + "\n")
@@ -187,11 +245,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     t0 = time.perf_counter()
     result = api.decompose(
         apply_fn, params, sample_fn, callback=write, has_aux=has_aux,
-        **{k: config[k] for k in DECOMPOSE_ARGS})
+        mesh=sharding.make_mesh(**config.mesh),
+        checkpoint_dir=os.path.join(workdir, "checkpoints"),
+        **_decompose_args(config))
   rates = [r["steps_per_s"] for r in result.history[1:]]  # first compiles
   summary = dict(result.metrics, total_seconds=time.perf_counter() - t0,
                  steps_per_s=float(np.median(rates)) if rates
                  else config.steps / result.metrics["wall_seconds"])
+  export.save(result, os.path.join(workdir, "decomposition"),
+              config=json.loads(run_config.to_json_best_effort()))
+  if not main:
+    return summary
   np.savez(os.path.join(workdir, "components.npz"),
            **{f"U{n}": np.asarray(u) for n, u in result.components.U.items()},
            **{f"V{n}": np.asarray(v) for n, v in result.components.V.items()})

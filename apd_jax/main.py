@@ -2,9 +2,20 @@ r"""Command line: decompose a target model as a config file says.
 
   python -m apd_jax.main --config=configs/tms_5_2.py --workdir=/tmp/tms_5_2 \
       --config.steps=2000
+
+On several hosts (a TPU pod slice, a SLURM job) run the same command on
+every host with `--multihost`; elsewhere give the coordinator explicitly:
+
+  python -m apd_jax.main ... --coordinator_address=10.0.0.1:1234 \
+      --num_processes=2 --process_id=0
+
+Started again with the same workdir, a run resumes from its latest
+checkpoint. On SIGTERM it checkpoints and exits with status 143.
 """
 
 import json
+import logging as py_logging
+import sys
 
 import jax
 from absl import app
@@ -12,22 +23,48 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from apd_jax import distributed
 from apd_jax import experiment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for outputs.")
+flags.DEFINE_bool("multihost", False,
+                  "Join the other processes with jax.distributed.initialize "
+                  "(auto-detected on TPU pods and SLURM).")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0 (implies --multihost).")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_orbax(record) -> bool:
+  """Drops orbax's INFO lines (several per checkpoint) from the log."""
+  return (record.levelno >= py_logging.WARNING
+          or "orbax" not in record.pathname)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  logging.info("JAX %s on %s", jax.__version__, jax.devices())
-  summary = experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  print(json.dumps(summary, indent=2))
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  if FLAGS.multihost or FLAGS.coordinator_address:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
+  if not distributed.is_main():
+    logging.set_verbosity(logging.WARNING)  # process 0 logs
+  logging.info("JAX %s, process %d of %d, devices %s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.devices())
+  try:
+    summary = experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except distributed.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(143)
+  if distributed.is_main():
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

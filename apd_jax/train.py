@@ -1,9 +1,12 @@
 """One pure train step, and the loop that runs it compiled.
 
 `train_step(state, key) -> (state, metrics)` draws its batch on device from
-`fold_in(key, state.step)`, so a run is a function of its seeds alone. The loop
+`fold_in(key, state.step)`, so a run is a function of its seeds alone, and a
+run resumed from a checkpointed state continues the same data stream. The loop
 compiles `chunk` steps into one program (`lax.scan` over the same step) and
-returns to Python only to log, so dispatch costs nothing on small models.
+returns to Python only to log, checkpoint, or stop for a preemption, so
+dispatch costs nothing on small models. Given a mesh, the batch is sharded over
+its data axis and the state keeps the shardings of `sharding.train_state`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from apd_jax import checkpoint as ckpt_lib
 from apd_jax import components as comp_lib
+from apd_jax import distributed
 from apd_jax import objective
 from apd_jax import optim
+from apd_jax import sharding
 from apd_jax.target import SampleFn
 from apd_jax.target import Target
 
@@ -43,13 +49,19 @@ def init_state(comps: comp_lib.Components,
 
 def make_train_step(target: Target, settings: objective.Settings,
                     sample_fn: SampleFn, batch_size: int,
-                    optimizer: optax.GradientTransformation
+                    optimizer: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
-  """The pure APD step: sample, attribute, mask, take gradients, update."""
+  """The pure APD step: sample, attribute, mask, take gradients, update.
+
+  With a `mesh`, the batch is sharded over its data axis.
+  """
 
   def train_step(state: TrainState, key: Array):
     step_key = jax.random.fold_in(key, state.step)
     x = sample_fn(step_key, batch_size)
+    if mesh is not None:
+      x = sharding.constrain_batch(x, mesh)
     comps = optim.renormalize(state.components, settings.unit_norm_matrices)
     grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
     (_, metrics), grads = grad_fn(comps, x, target, settings,
@@ -61,10 +73,12 @@ def make_train_step(target: Target, settings: objective.Settings,
   return train_step
 
 
-def make_runner(train_step) -> Callable[[TrainState, Array, int], Any]:
+def make_runner(train_step, state_shardings: Any = None
+                ) -> Callable[[TrainState, Array, int], Any]:
   """`run(state, key, n)`: n steps in one compiled program (state donated).
 
-  Returns the new state and each metric averaged over the n steps.
+  Returns the new state (in `state_shardings`, if given) and each metric
+  averaged over the n steps (replicated).
   """
 
   def run(state, key, n):
@@ -73,49 +87,89 @@ def make_runner(train_step) -> Callable[[TrainState, Array, int], Any]:
     state, metrics = jax.lax.scan(body, state, None, length=n)
     return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-  return jax.jit(run, static_argnums=2, donate_argnums=0)
+  if state_shardings is None:
+    return jax.jit(run, static_argnums=2, donate_argnums=0)
+  mesh = jax.tree.leaves(state_shardings)[0].mesh
+  return jax.jit(run, static_argnums=2, donate_argnums=0,
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
 
 
 def fit(state: TrainState, train_step, key: Array, *, steps: int,
         log_every: int = 1000,
         callback: Callable[[int, dict], None] | None = None,
+        state_shardings: Any = None,
+        checkpoints: ckpt_lib.Checkpoints | None = None,
+        history: list[dict] | None = None,
         ) -> tuple[TrainState, list[dict]]:
   """Runs `train_step` until `state.step == steps`, logging progress.
 
   Every `log_every` steps it logs the step, the losses averaged since the last
-  log, steps/s and the ETA, appends them to the returned history and passes
-  them to `callback(step, record)`.
+  log, steps/s and the ETA, appends them to the returned history (which
+  starts from `history`, e.g. a restored one) and passes them to
+  `callback(step, record)`.
+
+  With `checkpoints`, the state and history are saved every
+  `checkpoints.every` steps (a multiple of `log_every`) and at the end, and a
+  preemption (SIGTERM) saves them before raising `distributed.Preempted`.
 
   Raises:
-    FloatingPointError: if a loss becomes non-finite (naming the step and the
-      terms).
+    FloatingPointError: if a loss becomes non-finite (naming the steps, the
+      terms and the last good checkpoint, which is kept).
+    distributed.Preempted: after saving, if the run was told to stop.
   """
-  run = make_runner(train_step)
-  history = []
+  run = make_runner(train_step, state_shardings)
+  history = list(history or [])
   t0 = last = time.perf_counter()
   done = int(state.step)
-  while done < steps:
-    n = min(log_every, steps - done)
-    state, metrics = run(state, key, n)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    done += n
-    now = time.perf_counter()
-    rate = n / max(now - last, 1e-9)
-    last = now
-    record = dict(step=done, **metrics, steps_per_s=rate,
-                  elapsed_s=now - t0)
-    if not all(math.isfinite(v) for v in metrics.values()):
-      terms = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-      raise FloatingPointError(
-          f"non-finite loss in steps {done - n + 1}..{done}: {terms}")
-    history.append(record)
-    eta = (steps - done) / rate
-    logging.info(
-        "step %d/%d  loss %.4g  faith %.3g  min %.3g  simp %.3g  L0 %.2f  "
-        "%.1f steps/s%s  ETA %.0fs", done, steps, metrics["loss"],
-        metrics["faithfulness"], metrics["minimality"],
-        metrics["simplicity"], metrics["l0"], rate,
-        " (incl. compile)" if len(history) == 1 else "", eta)
-    if callback is not None:
-      callback(done, record)
+  n_logs = 0
+  watch = distributed.PreemptionWatch(enabled=checkpoints is not None)
+  with watch:
+    while done < steps:
+      n = min(log_every, steps - done)
+      state, metrics = run(state, key, n)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      done += n
+      n_logs += 1
+      now = time.perf_counter()
+      rate = n / max(now - last, 1e-9)
+      last = now
+      record = dict(step=done, **metrics, steps_per_s=rate,
+                    elapsed_s=now - t0)
+      if not all(math.isfinite(v) for v in metrics.values()):
+        _raise_non_finite(done - n + 1, done, metrics, checkpoints)
+      history.append(record)
+      eta = (steps - done) / rate
+      logging.info(
+          "step %d/%d  loss %.4g  faith %.3g  min %.3g  simp %.3g  L0 %.2f  "
+          "%.1f steps/s%s  ETA %.0fs", done, steps, metrics["loss"],
+          metrics["faithfulness"], metrics["minimality"],
+          metrics["simplicity"], metrics["l0"], rate,
+          " (incl. compile)" if n_logs == 1 else "", eta)
+      if callback is not None:
+        callback(done, record)
+      if checkpoints is None:
+        continue
+      stop = watch.requested(n_logs)
+      if stop or done == steps or checkpoints.due(done):
+        checkpoints.save(done, state, list(history))
+      if stop and done < steps:
+        checkpoints.wait()
+        raise distributed.Preempted(
+            f"preempted: saved a checkpoint at step {done} in "
+            f"{checkpoints.directory}; run again to resume")
+  if checkpoints is not None:
+    checkpoints.wait()
   return state, history
+
+
+def _raise_non_finite(first: int, last: int, metrics: dict,
+                      checkpoints: ckpt_lib.Checkpoints | None):
+  terms = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+  message = f"non-finite loss in steps {first}..{last}: {terms}"
+  if checkpoints is not None:
+    checkpoints.wait()
+    good = checkpoints.latest_step()
+    message += (f"; the last good checkpoint (step {good}) is kept in "
+                f"{checkpoints.directory}" if good is not None
+                else "; no checkpoint was saved before it")
+  raise FloatingPointError(message)

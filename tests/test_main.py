@@ -2,17 +2,23 @@
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def test_cli_writes_every_output(tmp_path):
+def test_cli_writes_every_output_and_a_rerun_resumes(tmp_path):
+  """A full run, then the same command again after removing the step-200
+  checkpoint (as if the run had died before writing it): the rerun reloads
+  the target, cuts the log back to step 100, trains steps 101..200 and ends
+  with the same summary."""
   cmd = [sys.executable, "-m", "apd_jax.main",
          "--config=configs/tms_5_2.py", f"--workdir={tmp_path}",
          "--config.steps=200", "--config.log_every=100",
-         "--config.target.steps=300", "--config.eval_batches=2"]
+         "--config.checkpoint_every=100", "--config.target.steps=300",
+         "--config.eval_batches=2"]
   run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
@@ -26,9 +32,25 @@ def test_cli_writes_every_output(tmp_path):
   log = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["step"] for line in log] == [100, 200]
   for name in ("components.png", "losses.png", "target_params.msgpack",
-               "components.npz", "config.json"):
+               "components.npz", "config.json",
+               "decomposition/decomposition.json"):
     assert (tmp_path / name).stat().st_size > 0, name
   assert json.loads((tmp_path / "config.json").read_text())["steps"] == 200
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+      "100", "200"]
+
+  shutil.rmtree(tmp_path / "checkpoints" / "200")
+  run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "checkpoint at step 100: resuming" in run.stderr
+  assert "loaded target params" in run.stderr
+  assert "step 200/200" in run.stderr and "step 100/200" not in run.stderr
+  log = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in log] == [100, 200]
+  again = json.loads((tmp_path / "summary.json").read_text())
+  for key in ("faithfulness", "topk_recon", "l0", "mmcs", "ml2r"):
+    assert again[key] == summary[key], key
 
 
 def test_saved_target_is_reloaded(tmp_path):
@@ -47,3 +69,4 @@ def test_saved_target_is_reloaded(tmp_path):
   assert "loaded target params" in run.stderr
   assert ((first / "target_params.msgpack").read_bytes()
           == (second / "target_params.msgpack").read_bytes())
+

@@ -1,0 +1,144 @@
+"""The device mesh and where each array of a run lives on it.
+
+A run's devices form a 2-D mesh with axes
+
+  data       the batch is split over it: every per-example array (inputs,
+             outputs, attributions `[B, C]`, masks) is sharded on its B axis;
+  component  the C axis of the factors `U [C, i, m]`, `V [C, m, o]` and of
+             Adam's moments is split over it, for decompositions too large
+             for one device.
+
+Everything else (the step, scalars, the data key, the target's params) is
+replicated. The step is one `jax.jit` program over global arrays; XLA inserts
+the collectives, so the losses are the single-device losses (up to the order
+of float sums) and batch top-k over the sharded `[B, C]` array is the exact
+global top-k. The same code runs on one CPU, a GPU host or a TPU pod slice
+with several processes (see `distributed.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from typing import Callable
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+Array = jax.Array
+DATA = "data"
+COMPONENT = "component"
+
+
+def make_mesh(data: int = -1, component: int = 1) -> Mesh:
+  """A `data × component` mesh over all devices of all processes.
+
+  Args:
+    data: devices on the data axis; -1: all devices not on the component axis.
+    component: devices on the component axis.
+
+  Raises:
+    ValueError: if `data · component` is not the number of devices.
+  """
+  n = jax.device_count()
+  if component < 1 or n % component:
+    raise ValueError(f"mesh component={component} must divide the {n} "
+                     f"devices")
+  if data == -1:
+    data = n // component
+  if data < 1 or data * component != n:
+    raise ValueError(f"mesh data×component = {data}×{component} must equal "
+                     f"the number of devices, {n}")
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh((data, component), (DATA, COMPONENT), axis_types=auto)
+
+
+def check_sizes(mesh: Mesh, *, batch_size: int, n_components: int) -> None:
+  """Raises `ValueError` unless the mesh axes divide B and C."""
+  data, component = mesh.shape[DATA], mesh.shape[COMPONENT]
+  if batch_size % data:
+    raise ValueError(f"batch_size={batch_size} must be divisible by the "
+                     f"mesh's data axis ({data} devices)")
+  if n_components % component:
+    raise ValueError(f"n_components={n_components} must be divisible by the "
+                     f"mesh's component axis ({component} devices)")
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch(mesh: Mesh) -> NamedSharding:
+  """Leading (B) axis over `data`."""
+  return NamedSharding(mesh, PartitionSpec(DATA))
+
+
+def leading_component(mesh: Mesh) -> NamedSharding:
+  """Leading (C) axis over `component`."""
+  return NamedSharding(mesh, PartitionSpec(COMPONENT))
+
+
+def components(mesh: Mesh, comps: Any) -> Any:
+  """The sharding of each factor of `comps` (C axis over `component`)."""
+  return jax.tree.map(lambda _: leading_component(mesh), comps)
+
+
+def train_state(mesh: Mesh, state: Any,
+                optimizer: optax.GradientTransformation) -> Any:
+  """Shardings of a `TrainState` (arrays or abstract): factors and the
+  optimizer's per-parameter moments split over C, the rest replicated."""
+  comp = components(mesh, state.components)
+  opt = optax.tree_map_params(
+      optimizer, lambda _, s: s, state.opt_state, comp,
+      transform_non_params=lambda _: replicated(mesh))
+  return state.replace(step=replicated(mesh), components=comp,
+                       opt_state=opt)
+
+
+def init(fn: Callable[..., Any], shardings: Callable[[Any], Any],
+         *args: Any) -> Any:
+  """`fn(*args)` computed directly into its shardings (no device holds the
+  whole result).
+
+  Args:
+    fn: builds the pytree; traced once abstractly, then compiled.
+    shardings: maps the abstract pytree to its shardings.
+    *args: global arrays.
+  """
+  out = shardings(jax.eval_shape(fn, *args))
+  return jax.jit(fn, out_shardings=out)(*args)
+
+
+def put(tree: Any, shardings: Any) -> Any:
+  """Host values (the same on every process) as global arrays.
+
+  Each device receives only its own slice, so this works across processes,
+  where `jax.device_put` of a whole value to a global sharding cannot.
+  """
+
+  def one(x, s):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+  return jax.tree.map(one, tree, shardings)
+
+
+def gather(tree: Any) -> Any:
+  """Global arrays as host numpy arrays, every process getting the whole."""
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    full = jax.jit(lambda a: a, out_shardings=NamedSharding(
+        x.sharding.mesh, PartitionSpec()))(x)
+    return np.asarray(full.addressable_data(0))
+
+  return jax.tree.map(one, tree)
+
+
+def constrain_batch(x: Array, mesh: Mesh) -> Array:
+  """Inside jit: `x` sharded over `data` on its leading axis."""
+  return jax.lax.with_sharding_constraint(x, batch(mesh))

@@ -1,0 +1,107 @@
+"""Checkpoints: kept last N, resumed after SIGKILL and SIGTERM, NaN stops."""
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scale_worker
+
+from apd_jax import checkpoint
+from apd_jax import components as C
+from apd_jax import distributed
+from apd_jax import objective
+from apd_jax import optim
+from apd_jax import selection
+from apd_jax import train
+from apd_jax.models import tms
+from apd_jax.target import Target
+
+
+def tiny_fit_setup():
+  params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+  tgt = Target(tms.apply, params, selection.select_leaves(params, "W"))
+  comps = C.init_random(jax.random.PRNGKey(1), {"['W']": (2, 5)},
+                        n_components=5, rank={"['W']": 2})
+  opt = optim.make_optimizer(1e-2, 50)
+  step = train.make_train_step(
+      tgt, objective.Settings(topk=1.0), tms.sampler(
+          n_features=5, feature_probability=0.2), 32, opt)
+  return train.init_state(comps, opt), step
+
+
+def test_saves_every_n_steps_and_keeps_the_last_two(tmp_path):
+  state, step = tiny_fit_setup()
+  ckpts = checkpoint.Checkpoints(str(tmp_path), every=20, keep=2)
+  final, history = train.fit(state, step, jax.random.PRNGKey(2), steps=50,
+                             log_every=10, checkpoints=ckpts)
+  assert sorted(ckpts.manager.all_steps()) == [40, 50]  # 20 deleted
+  assert checkpoint.latest_step(str(tmp_path)) == 50
+  template, _ = tiny_fit_setup()
+  restored, saved = ckpts.restore(template)
+  assert int(restored.step) == 50
+  assert saved == history and [r["step"] for r in saved] == [10, 20, 30,
+                                                             40, 50]
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(final),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  earlier, _ = ckpts.restore(template, step=40)
+  assert int(earlier.step) == 40
+  ckpts.close()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  state, step = tiny_fit_setup()
+
+  def breaks_at_25(s, key):  # the loss becomes NaN from step 26 on
+    new, metrics = step(s, key)
+    nan = jnp.where(s.step >= 25, jnp.nan, 0.0)
+    return new, dict(metrics, loss=metrics["loss"] + nan)
+
+  ckpts = checkpoint.Checkpoints(str(tmp_path), every=10)
+  message = (r"non-finite loss in steps 21\.\.30: faithfulness=0\.\d+, "
+             r"l0=1, loss=nan, minimality=0\.\d+, simplicity=0\.\d+; the "
+             r"last good checkpoint \(step 20\) is kept in " + str(tmp_path))
+  with pytest.raises(FloatingPointError, match=message):
+    train.fit(state, breaks_at_25, jax.random.PRNGKey(2), steps=50,
+              log_every=10, checkpoints=ckpts)
+  assert sorted(ckpts.manager.all_steps()) == [10, 20]
+  template, _ = tiny_fit_setup()
+  restored, history = ckpts.restore(template)
+  assert int(restored.step) == 20 and len(history) == 2
+  ckpts.close()
+
+
+def test_sigterm_checkpoints_then_the_rerun_ends_as_uninterrupted(tmp_path):
+  """SIGTERM at step 20 of 40 (no periodic checkpoints): the run saves step
+  20 and raises Preempted; run again, it resumes and matches the run that
+  was never stopped."""
+  d = str(tmp_path / "ckpt")
+
+  def term_at_20(step, record):
+    del record
+    if step == 20:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(distributed.Preempted, match="checkpoint at step 20"):
+    scale_worker.run(checkpoint_dir=d, callback=term_at_20)
+  assert checkpoint.latest_step(d) == 20
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  resumed = scale_worker.run(checkpoint_dir=d)
+  scale_worker.assert_same_run(resumed, scale_worker.reference())
+  assert checkpoint.latest_step(d) == scale_worker.STEPS
+
+
+def test_rerun_after_sigkill_ends_as_uninterrupted(tmp_path):
+  """A process killed by SIGKILL at step 30 (checkpoints every 10), started
+  again on the same directory, ends with the uninterrupted run's metrics."""
+  d = str(tmp_path / "ckpt")
+  run = scale_worker.launch(tmp_path / "out", f"--checkpoint_dir={d}",
+                            "--checkpoint_every=10", "--signal_at=30:SIGKILL")
+  assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+  assert not (tmp_path / "out.1x1.npz").exists()
+  assert checkpoint.latest_step(d) in (10, 20, 30)
+  resumed = scale_worker.run(checkpoint_dir=d, checkpoint_every=10)
+  scale_worker.assert_same_run(resumed, scale_worker.reference())
