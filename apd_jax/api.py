@@ -84,7 +84,8 @@ def _attributions(target, settings, comps, x):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _masked_apply(target, comps, mask, x):
-  return objective.masked_forward(target, comps, mask, x)[0]
+  return objective.masked_forward(target, comps, mask, x,
+                                  _factored_by_default(target.weights))[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -93,6 +94,15 @@ def _full_apply(target, comps, x):
   weights."""
   return target.batch(x, comp_lib.summed_weights(
       comp_lib.component_weights(comps)))[0]
+
+
+FACTORED_MIN_SIZE = 4096   # Σ_l i·o from which the factored form pays off
+
+
+def _factored_by_default(weights) -> bool:
+  """The factored form for layers of real size; for tiny ones (TMS) the
+  component weights cost less overhead."""
+  return sum(w.size for w in weights.values()) >= FACTORED_MIN_SIZE
 
 
 def _positive(**values):
@@ -161,7 +171,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
               attribution_projections: int = 0, recon: str = "mse",
               sparsity: str = "topk", lp_p: float = 1.0,
               init: str = "random", init_gain: float = 1.0,
-              unit_norm_matrices: bool = False, has_aux: bool = False,
+              unit_norm_matrices: bool = False, factored: bool | None = None,
+              has_aux: bool = False,
               eval_batches: int = 10, log_every: int = 1000,
               callback: Callable[[int, dict], None] | None = None,
               mesh: jax.sharding.Mesh | None = None,
@@ -194,6 +205,9 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     init: 'random' (Xavier-normal, gain `init_gain`) or 'svd' (components
       summing exactly to the target; with `unit_norm_matrices` the U columns
       are renormalised, so the sum is then no longer exact).
+    factored: run the target in factored form `Σ_c α_c (a U_c) V_c` (True)
+      or with `[C, i, o]` component weights (False); None: factored unless
+      the decomposed leaves hold fewer than 4096 parameters in all.
     eval_batches: batches for the final metrics.
     callback: called as `callback(step, record)` at every log.
     mesh: the devices, with axes 'data' (the batch is split over it) and
@@ -278,7 +292,9 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       else attribution_mode,
       attribution_projections=int(attribution_projections),
       recon=recon, sparsity=sparsity, lp_p=lp_p,
-      unit_norm_matrices=unit_norm_matrices)
+      unit_norm_matrices=unit_norm_matrices,
+      factored=(_factored_by_default(tgt.weights) if factored is None
+                else bool(factored)))
   if attribution_mode == "auto" and attribution_type == "gradient":
     settings = _cheapest_attribution(tgt, settings, state.components,
                                      sample_fn, batch_size)

@@ -55,6 +55,9 @@ class Settings:
   sparsity: str = "topk"           # 'topk' or the 'lp' variant
   lp_p: float = 1.0                # p of the L_p variant
   unit_norm_matrices: bool = False
+  # run the target in factored form (False: with [C, i, o] component weights,
+  # which costs less overhead when the decomposed layers are tiny)
+  factored: bool = True
 
 
 def attributions(target: Target, s: Settings, comps: comp_lib.Components,
@@ -63,13 +66,14 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
   """`(A² [B, C], y, acts)`: attributions and the target's outputs on `x`.
 
   Gradient attributions run the target in factored form (`factored.py`);
-  at θ* that same pass yields the target's outputs, which are reused. A
-  target that uses a decomposed leaf other than in a matrix product falls
-  back to the component-weight form (`attribution.gradient`).
+  at θ* that same pass yields the target's outputs, which are reused. With
+  `factored=False`, or a target that uses a decomposed leaf other than in a
+  matrix product, they use the component weights (`attribution.gradient`).
   """
   at_target = s.attribution_point == "target"
   model = factored.Model(target.forward, target.weights, x[0])
-  if s.attribution == "gradient" and not model.materialised:
+  if (s.attribution == "gradient" and s.factored
+      and not model.materialised):
     base = target.weights if at_target else comp_lib.summed_from_factors(comps)
     if s.attribution_projections and key is None:
       raise ValueError("attribution_projections needs a key")
@@ -83,7 +87,7 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
     return attr, y, acts
   y, acts = target.batch(x)
   P = comp_lib.component_weights(comps)
-  if s.attribution == "gradient":  # some leaf is used outside products
+  if s.attribution == "gradient":  # dense form chosen, or a non-product use
     base = target.weights if at_target else comp_lib.summed_weights(P)
     attr = jax.vmap(lambda xb: attribution.gradient(
         target.output, base, P, xb, mode=s.attribution_mode))(x)
@@ -96,9 +100,15 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
 
 
 def masked_forward(target: Target, comps: comp_lib.Components, mask: Array,
-                   x: Array) -> tuple[Array, dict[str, Array]]:
-  """`f(x_b; W(s_b))` for every example b, each with its own mask, run in
-  factored form: `a W(s) = Σ_c s_c (a U_c) V_c`."""
+                   x: Array, factored_form: bool = True
+                   ) -> tuple[Array, dict[str, Array]]:
+  """`f(x_b; W(s_b))` for every example b, each with its own mask: in
+  factored form `a W(s) = Σ_c s_c (a U_c) V_c`, or with per-example
+  weights `W(s_b) = Σ_c s_bc P_c` (cheaper for tiny layers)."""
+  if not factored_form:
+    P = comp_lib.component_weights(comps)
+    return jax.vmap(lambda m, xb: target.forward(
+        comp_lib.masked_weights(P, m), xb))(mask, x)
   model = factored.Model(target.forward, target.weights, x[0])
   return jax.vmap(lambda m, xb: model.masked(comps.U, comps.V, m, xb))(
       mask, x)
@@ -122,7 +132,7 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
   if s.sparsity == "topk":
     attr = jax.lax.stop_gradient(attr)
     mask = masking.make_mask(attr, s.topk, batch_topk=s.batch_topk)
-    out, acts = masked_forward(target, comps, mask, x)
+    out, acts = masked_forward(target, comps, mask, x, s.factored)
     recon = losses.kl if s.recon == "kl" else losses.mse
     terms["minimality"] = recon(target_out, out)
     if s.hidden_act_coeff:
