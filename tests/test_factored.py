@@ -118,3 +118,20 @@ def test_rank_one_direct_effect_is_an_outer_product():
   got = factored._direct(a, {"w": u}, {"w": v}, occ)  # noqa: SLF001
   want = jnp.stack([(a @ u[c, :, 0]) * v[c, 0] for c in range(2)])
   np.testing.assert_allclose(got, want)
+
+
+def test_projected_attributions_are_unbiased():
+  """The mean over many random projections approaches the exact value."""
+  tgt, comps, x, model = setup("resid_mlp")
+  xb = x[0]
+  exact, _ = model.attributions(tgt.weights, comps.U, comps.V, xb,
+                                mode="reverse")
+  keys = jax.random.split(jax.random.PRNGKey(11), 4000)
+  est = jax.vmap(lambda k: model.attributions(
+      tgt.weights, comps.U, comps.V, xb, mode="reverse", projections=3,
+      key=k)[0])(keys)
+  # Each estimate is a sum of 3 scaled chi-square terms: its mean over
+  # 4000 draws is within a few percent of the exact value.
+  np.testing.assert_allclose(est.mean(0), exact, rtol=0.08)
+  # One draw is not exact (the test is not vacuous).
+  assert not np.allclose(est[0], exact, rtol=1e-3)

@@ -1,0 +1,16 @@
+"""The benchmark's measurement on a tiny case (numbers are not asserted)."""
+
+import dataclasses
+
+from apd_jax import benchmark
+
+
+def test_measure_reports_consistent_figures():
+  case = dataclasses.replace(benchmark.CASES[0], batch_size=64)
+  r = benchmark.measure(case, steps=2)
+  assert r["case"] == "tms_5_2" and r["batch_size"] == 64
+  assert r["steps_per_s"] > 0 and r["compile_s"] >= 0
+  assert abs(r["examples_per_s"] - 64 * r["steps_per_s"]) < 1e-6 * r[
+      "examples_per_s"]
+  assert r["gflop_per_step"] > 0 and r["memory_mib"] > 0
+  assert abs(r["gflops"] - r["gflop_per_step"] * r["steps_per_s"]) < 1e-6
