@@ -45,14 +45,21 @@ def make_train_step(target: Target, settings: objective.Settings,
                     sample_fn: SampleFn, batch_size: int,
                     optimizer: optax.GradientTransformation
                     ) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
-  """The pure APD step: sample, attribute, mask, take gradients, update."""
+  """The pure APD step: sample, attribute, mask, take gradients, update.
 
-  def train_step(state: TrainState, key: Array):
+  The step takes optional `hypers` (`objective.Hypers`, traced) that override
+  the numeric settings and scale the updates by `hypers.lr_scale`.
+  """
+
+  def train_step(state: TrainState, key: Array,
+                 hypers: objective.Hypers | None = None):
     x = sample_fn(jax.random.fold_in(key, state.step), batch_size)
     comps = optim.renormalize(state.components, settings.unit_norm_matrices)
     grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(comps, x, target, settings)
+    (_, metrics), grads = grad_fn(comps, x, target, settings, hypers)
     updates, opt_state = optimizer.update(grads, state.opt_state, comps)
+    if hypers is not None:
+      updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
     comps = optax.apply_updates(comps, updates)
     return TrainState(state.step + 1, comps, opt_state), metrics
 
