@@ -6,6 +6,7 @@ decomposes it through the public `decompose` API, and writes to `workdir`:
   config.json            the config as run
   target_params.msgpack  the target's params (flax serialization)
   metrics.jsonl          one line per log: step, losses, L0, steps/s
+  events.out.tfevents.*  TensorBoard: the logged scalars, the component figure
   components.npz         the factors U, V of every decomposed leaf
   summary.json           final metrics (MMCS, ML2R, faithfulness, ...)
   components.png         target weights beside each component
@@ -14,7 +15,6 @@ decomposes it through the public `decompose` API, and writes to `workdir`:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -25,8 +25,7 @@ import numpy as np
 from absl import logging
 
 from apd_jax import api
-from apd_jax import metrics as metrics_lib
-from apd_jax import plotting
+from apd_jax import outputs
 from apd_jax.models import tms
 
 
@@ -67,6 +66,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.unit_norm_matrices = False
   c.eval_batches = 10
   c.log_every = 1000
+  # Sweep: every combination of the listed values trains in one program
+  # (empty: not swept); see apd_jax/sweep.py.
+  c.sweep = ml_collections.ConfigDict(dict(
+      seed=(), topk=(), faithfulness_coeff=(), minimality_coeff=(),
+      simplicity_coeff=(), hidden_act_coeff=(), schatten_p=(), lr=(),
+      select="topk_recon",     # the metric that picks the best run
+      select_mode="min",       # 'min' or 'max'
+      mmcs_threshold=0.99))    # TMS: seeds at MMCS >= this count as success
   return c
 
 
@@ -99,8 +106,9 @@ def make_target(t: ml_collections.ConfigDict, seed: int, workdir: str):
         batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay)
     logging.info("trained target: loss %.4g -> %.4g in %.1fs",
                  float(losses[0]), float(losses[-1]), time.perf_counter() - t0)
-  with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
-    f.write(flax.serialization.to_bytes(params))
+  if outputs.is_writer():
+    with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
+      f.write(flax.serialization.to_bytes(params))
   sample_fn = tms.sampler(n_features=t.n_features,
                           feature_probability=t.feature_probability)
   return tms.apply, params, sample_fn
@@ -110,37 +118,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains the target, decomposes it, writes the outputs; returns summary."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if outputs.is_writer():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   apply_fn, params, sample_fn = make_target(config.target, config.seed,
                                             workdir)
-  log_path = os.path.join(workdir, "metrics.jsonl")
-  with open(log_path, "w") as log:
-
-    def write(step, record):
-      log.write(json.dumps(record) + "\n")
-      log.flush()
-
+  with outputs.RunLog(workdir) as log:
     t0 = time.perf_counter()
     result = api.decompose(
-        apply_fn, params, sample_fn, callback=write,
+        apply_fn, params, sample_fn, callback=log.write,
         **{k: config[k] for k in DECOMPOSE_ARGS})
+    summary = summarize(config, params, result,
+                        total_seconds=time.perf_counter() - t0)
+    write_outputs(config, workdir, params, result, summary, log)
+  return summary
+
+
+def summarize(config: ml_collections.ConfigDict, params, result,
+              **extra) -> dict:
+  """Final metrics, the training rate, and MMCS/ML2R for TMS targets."""
   rates = [r["steps_per_s"] for r in result.history[1:]]  # first compiles
-  summary = dict(result.metrics, total_seconds=time.perf_counter() - t0,
+  summary = dict(result.metrics, **extra,
                  steps_per_s=float(np.median(rates)) if rates
                  else config.steps / result.metrics["wall_seconds"])
-  P = result.component_weights
-  np.savez(os.path.join(workdir, "components.npz"),
-           **{f"U{n}": np.asarray(u) for n, u in result.components.U.items()},
-           **{f"V{n}": np.asarray(v) for n, v in result.components.V.items()})
-  W = params["W"]
-  summary["mmcs"] = float(metrics_lib.mmcs(W, P["['W']"]))
-  summary["ml2r"] = float(metrics_lib.ml2r(W, P["['W']"]))
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  plotting.plot_columns(
-      W, P["['W']"], os.path.join(workdir, "components.png"),
-      title=f"TMS {config.target.n_features}-{config.target.n_hidden}: "
-            f"MMCS {summary['mmcs']:.3f}, ML2R {summary['ml2r']:.3f}")
-  plotting.plot_history(result.history, os.path.join(workdir, "losses.png"))
+  if config.target.name == "tms":
+    summary.update(outputs.feature_metrics(params, result))
   return summary
+
+
+def write_outputs(config: ml_collections.ConfigDict, workdir: str, params,
+                  result, summary: dict, log: outputs.RunLog) -> None:
+  """The factors, summary and figures of one decomposition."""
+  title = ""
+  if config.target.name == "tms":
+    title = (f"TMS {config.target.n_features}-{config.target.n_hidden}: "
+             f"MMCS {summary['mmcs']:.3f}, ML2R {summary['ml2r']:.3f}")
+  outputs.write_decomposition(workdir, result, summary, title=title, log=log)

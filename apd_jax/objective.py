@@ -56,8 +56,9 @@ class Hypers(NamedTuple):
 
   Given to `loss_fn` (and the train step) as traced scalars, they replace the
   `Settings` fields of the same names, so runs that differ only in these
-  values share one compiled program. `lr_scale` multiplies the optimizer's
-  updates (Adam's update is proportional to its learning rate).
+  values share one compiled program. A traced `topk` must not exceed
+  `Settings.topk`, which bounds it statically. `lr_scale` multiplies the
+  optimizer's updates (Adam's update is proportional to its learning rate).
   """
   topk: float | Array
   faithfulness_coeff: float | Array
@@ -117,7 +118,8 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
   terms = {"faithfulness": faith}
   if s.sparsity == "topk":
     attr = jax.lax.stop_gradient(attr)
-    mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk)
+    mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk,
+                             k_max=s.topk)
     out, acts = masked_forward(target, P, mask, x)
     recon = losses.kl if s.recon == "kl" else losses.mse
     terms["minimality"] = recon(target_out, out)

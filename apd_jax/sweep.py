@@ -81,14 +81,19 @@ class SweepResult:
     return [d.metrics for d in self.decompositions]
 
   def best(self, metric: str, mode: str = "min") -> int:
-    """Index of the run with the lowest (`mode='min'`) or highest metric;
-    non-finite values never win."""
-    sign = 1.0 if mode == "min" else -1.0
-    if mode not in ("min", "max"):
-      raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    scores = [sign * float(m[metric]) for m in self.metrics]
-    scores = [s if math.isfinite(s) else math.inf for s in scores]
-    return int(np.argmin(scores))
+    """Index of the run with the lowest (`mode='min'`) or highest metric."""
+    return best_index([m[metric] for m in self.metrics], mode)
+
+
+def best_index(values: Sequence[float], mode: str = "min") -> int:
+  """Index of the lowest (`mode='min'`) or highest value; non-finite values
+  never win (ties: the first)."""
+  if mode not in ("min", "max"):
+    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+  sign = 1.0 if mode == "min" else -1.0
+  scores = [sign * float(v) for v in values]
+  return int(np.argmin([s if math.isfinite(s) else math.inf
+                        for s in scores]))
 
 
 def _defaults() -> dict[str, Any]:
@@ -196,7 +201,8 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   api._check_activations(tgt, sample_fn, kw["batch_size"],
                          kw["attribution_type"], hidden, kw["hidden_acts"])
   # One static Settings for the program; the numeric values come as Hypers.
-  settings = _settings(kw, hidden_act_coeff=hidden)
+  settings = _settings(kw, hidden_act_coeff=hidden, topk=max(
+      [r.get("topk", kw["topk"]) for r in runs]))
   inits = [_init(kw, tgt, r.get("seed", kw["seed"])) for r in runs]
   if kw["attribution_mode"] == "auto":
     mode = "forward"

@@ -23,6 +23,8 @@ def get_config(arg=None):
   c.minimality_coeff = 10.0
   c.simplicity_coeff = 20.0
   c.schatten_p = 0.9
+  c.sweep.select = "mmcs"        # best run of a sweep: highest MMCS
+  c.sweep.select_mode = "max"
   if arg == "quick":
     c.steps = 2000
     c.log_every = 500

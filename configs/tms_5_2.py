@@ -4,7 +4,12 @@ r"""APD on TMS 5-2 with the paper's settings.
 
 Paper: MMCS 0.998, ML2R 0.893 (20k steps at batch 2048; attributions taken at
 the sum of components, the paper's adjustment for this model).
-Pass `configs/tms_5_2.py:quick` for a 2k-step smoke run.
+Pass `configs/tms_5_2.py:quick` for a 2k-step smoke run, and
+`configs/tms_5_2.py:sweep` for 72 runs in one program (top-k × simplicity
+coefficient × 8 seeds of the decomposition, all on the seed-0 target):
+
+  python -m apd_jax.main --config=configs/tms_5_2.py:sweep \
+      --workdir=/tmp/tms_5_2_sweep
 """
 
 from apd_jax import experiment
@@ -25,6 +30,12 @@ def get_config(arg=None):
   c.simplicity_coeff = 0.7
   c.schatten_p = 1.0
   c.attribution_point = "components"
+  c.sweep.select = "mmcs"        # best run of a sweep: highest MMCS
+  c.sweep.select_mode = "max"
+  if arg == "sweep":
+    c.sweep.seed = tuple(range(8))
+    c.sweep.topk = (0.17, 0.211, 0.25)
+    c.sweep.simplicity_coeff = (0.35, 0.7, 1.4)
   if arg == "quick":
     c.steps = 2000
     c.log_every = 500
