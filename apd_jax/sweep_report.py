@@ -85,9 +85,12 @@ def by_setting(rows: Sequence[Row], swept: Sequence[str],
 
 
 def plot_sweep(rows: Sequence[Row], param: str, metrics: Sequence[str],
-               path: str) -> None:
+               path: str) -> plt.Figure:
   """Each metric against the swept `param`, saved as PNG: every run a dot,
-  each value's mean a line (log x axis when the values span 10× or more)."""
+  each value's mean a line (log x axis when the values span 10× or more).
+
+  Returns the (closed) figure, one axis per metric.
+  """
   values = sorted({r[param] for r in rows})
   fig, axes = plt.subplots(1, len(metrics), squeeze=False,
                            figsize=(3.2 * len(metrics), 3.0))
@@ -106,3 +109,4 @@ def plot_sweep(rows: Sequence[Row], param: str, metrics: Sequence[str],
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  return fig

@@ -29,6 +29,12 @@ def test_cli_writes_every_output(tmp_path):
                "components.npz", "config.json"):
     assert (tmp_path / name).stat().st_size > 0, name
   assert json.loads((tmp_path / "config.json").read_text())["steps"] == 200
+  (events,) = tmp_path.glob("events.out.tfevents.*")
+  data = events.read_bytes()
+  assert b"brain.Event:2" in data and b"topk_recon" not in data
+  for tag in (b"loss", b"faithfulness", b"minimality", b"simplicity",
+              b"steps_per_s", b"components", b"\x89PNG"):
+    assert tag in data, tag
 
 
 def test_saved_target_is_reloaded(tmp_path):
