@@ -82,7 +82,7 @@ class SweepResult:
 
   def best(self, metric: str, mode: str = "min") -> int:
     """Index of the run with the lowest (`mode='min'`) or highest metric."""
-    return best_index([m[metric] for m in self.metrics], mode)
+    return best_index([m.get(metric, math.nan) for m in self.metrics], mode)
 
 
 def best_index(values: Sequence[float], mode: str = "min") -> int:

@@ -77,3 +77,16 @@ def test_bad_sweep_values_rejected(tms_target):
   with pytest.raises(ValueError, match="unknown decompose arguments"):
     sweep.decompose_sweep(tms.apply, params, sample_fn, sweep={},
                           **BASE, topk_typo=1)
+
+
+def test_a_diverging_run_leaves_the_others_alone(tms_target):
+  params, sample_fn = tms_target
+  kw = {**BASE, "steps": 30, "warmup_frac": 0.0}
+  result = sweep.decompose_sweep(tms.apply, params, sample_fn,
+                                 sweep=dict(lr=(0.01, 1e38)), **kw)
+  assert [m["finite"] for m in result.metrics] == [True, False]
+  assert not np.isfinite(result.decompositions[1].history[-1]["loss"])
+  alone = decompose(tms.apply, params, sample_fn, **{**kw, "lr": 0.01})
+  np.testing.assert_allclose(result.metrics[0]["topk_recon"],
+                             alone.metrics["topk_recon"], rtol=1e-4)
+  assert result.best("topk_recon") == 0
