@@ -73,15 +73,10 @@ def feature_metrics(params: Any, result: api.Decomposition) -> dict:
 
 
 def write_decomposition(workdir: str, result: api.Decomposition,
-                        summary: dict[str, Any], *, figure_target=None,
-                        title: str = "",
+                        summary: dict[str, Any], *, title: str = "",
                         log: RunLog | None = None) -> None:
   """Writes the factors, `summary`, the figures and (to `log`'s TensorBoard
-  file) the component figure.
-
-  `figure_target` is the `[i, J]` target weight drawn beside the components
-  (the first decomposed leaf if None).
-  """
+  file) the component figure of the first decomposed leaf."""
   if not is_writer():
     return
   os.makedirs(workdir, exist_ok=True)
@@ -92,9 +87,7 @@ def write_decomposition(workdir: str, result: api.Decomposition,
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   name = result.target.names[0]
-  target = (result.target.weights[name] if figure_target is None
-            else figure_target)
-  P = result.component_weights[name]
+  target, P = result.target.weights[name], result.component_weights[name]
   png = io.BytesIO()
   plotting.plot_columns(target, P, png, title=title)
   with open(os.path.join(workdir, "components.png"), "wb") as f:
