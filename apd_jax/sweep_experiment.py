@@ -143,8 +143,10 @@ def _write_reports(workdir, config, rows, names, metrics, pooled, tms):
               f"{config.sweep.select}).", extra_md=extra)
   plotted = [n for n in names if n != "seed"] or names
   for name in plotted:
+    others = [n for n in plotted if n != name]
     sweep_report.plot_sweep(rows, name, metrics,
-                            os.path.join(workdir, f"sweep_{name}.png"))
+                            os.path.join(workdir, f"sweep_{name}.png"),
+                            hue=others[0] if others else None)
 
 
 def _export_best(workdir, run_dir, config):

@@ -85,27 +85,35 @@ def by_setting(rows: Sequence[Row], swept: Sequence[str],
 
 
 def plot_sweep(rows: Sequence[Row], param: str, metrics: Sequence[str],
-               path: str) -> plt.Figure:
-  """Each metric against the swept `param`, saved as PNG: every run a dot,
-  each value's mean a line (log x axis when the values span 10× or more).
+               path: str, *, hue: str | None = None) -> plt.Figure:
+  """Each metric against the swept `param`, saved as PNG: every run a dot
+  (coloured by the value of `hue`, if given), each `param` value's mean a
+  line; log x axis when the values span 10× or more.
 
-  Returns the (closed) figure, one axis per metric.
+  Returns the (closed) figure, one axis per metric; each axis's scatter
+  collections hold the runs in `rows` order (one collection per `hue` value).
   """
   values = sorted({r[param] for r in rows})
-  fig, axes = plt.subplots(1, len(metrics), squeeze=False,
-                           figsize=(3.2 * len(metrics), 3.0))
-  for ax, m in zip(axes[0], metrics, strict=True):
-    xs = [r[param] for r in rows]
-    ys = [float(r[m]) for r in rows]
-    ax.scatter(xs, ys, s=12, alpha=0.6)
+  hues = sorted({r[hue] for r in rows}) if hue else [None]
+  cols = min(len(metrics), 4)
+  nrows = math.ceil(len(metrics) / cols)
+  fig, axes = plt.subplots(nrows, cols, squeeze=False,
+                           figsize=(3.2 * cols, 2.8 * nrows))
+  for ax, m in zip(axes.flat, metrics, strict=False):
+    for h in hues:
+      mine = [r for r in rows if hue is None or r[hue] == h]
+      ax.scatter([r[param] for r in mine], [float(r[m]) for r in mine],
+                 s=12, alpha=0.6, label=None if hue is None else f"{hue} {h}")
     means = [statistics.fmean(float(r[m]) for r in rows if r[param] == v)
              for v in values]
-    ax.plot(values, means, "-o", color="C3", ms=3, label="mean")
+    ax.plot(values, means, "-o", color="k", ms=3, lw=1, label="mean")
     if min(values) > 0 and max(values) >= 10 * min(values):
       ax.set_xscale("log")
     ax.set_xlabel(param)
     ax.set_title(m, fontsize=9)
-  axes[0][0].legend(fontsize=7)
+  for ax in list(axes.flat)[len(metrics):]:
+    ax.axis("off")
+  axes[0][0].legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -74,6 +74,12 @@ def test_plot_holds_the_runs_numbers(swept, tmp_path):
     np.testing.assert_array_equal(
         ax.collections[0].get_offsets(),
         [[r["topk"], r[metric]] for r in rows])
+  fig = sweep_report.plot_sweep(rows, "topk", ["mmcs"],
+                                str(tmp_path / "q.png"), hue="seed")
+  for seed, points in zip((0, 1), fig.axes[0].collections, strict=True):
+    np.testing.assert_array_equal(
+        points.get_offsets(),
+        [[r["topk"], r["mmcs"]] for r in rows if r["seed"] == seed])
 
 
 def test_best_run_exported_as_a_decomposition(swept):
