@@ -25,6 +25,7 @@ import numpy as np
 
 from apd_jax import attribution
 from apd_jax import components as comp_lib
+from apd_jax import factored
 from apd_jax import losses
 from apd_jax import masking
 from apd_jax import metrics as metrics_lib
@@ -56,8 +57,10 @@ class Decomposition:
     return comp_lib.component_weights(self.components)
 
   def attributions(self, x: Array) -> Array:
-    """Squared attributions `[B, C]` of the batch `x`."""
-    return _attributions(self.target, self.settings, self.components, x)
+    """Squared attributions `[B, C]` of the batch `x` (exact, also where
+    training estimated them from random projections)."""
+    exact = dataclasses.replace(self.settings, attribution_projections=0)
+    return _attributions(self.target, exact, self.components, x)
 
   def topk_mask(self, x: Array) -> Array:
     """The top-k mask `[B, C]` training would use on the batch `x`."""
@@ -73,15 +76,12 @@ class Decomposition:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _attributions(target, settings, comps, x):
-  _, acts = target.batch(x)
-  P = comp_lib.component_weights(comps)
-  return objective.attributions(target, settings, P, x, acts)
+  return objective.attributions(target, settings, comps, x)[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _masked_apply(target, comps, mask, x):
-  P = comp_lib.component_weights(comps)
-  return objective.masked_forward(target, P, mask, x)[0]
+  return objective.masked_forward(target, comps, mask, x)[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -154,7 +154,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
               hidden_act_coeff: float = 0.0, hidden_acts: str = ".*",
               schatten_p: float = 1.0, attribution_type: str = "gradient",
               attribution_point: str = "target",
-              attribution_mode: str = "auto", recon: str = "mse",
+              attribution_mode: str = "auto",
+              attribution_projections: int = 0, recon: str = "mse",
               sparsity: str = "topk", lp_p: float = 1.0,
               init: str = "random", init_gain: float = 1.0,
               unit_norm_matrices: bool = False, has_aux: bool = False,
@@ -178,6 +179,9 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     attribution_point: 'target' (gradients at θ*) or 'components' (at Σ P).
     attribution_mode: 'auto' (cheaper by XLA's cost analysis), 'forward' or
       'reverse' autodiff for gradient attributions.
+    attribution_projections: k > 0 estimates gradient attributions during
+      training from k random projections of the outputs (unbiased; reverse
+      mode); 0 computes them exactly. Evaluation is always exact.
     recon: 'mse', or 'kl' for logit outputs (classes on the last axis).
     sparsity: 'topk' (the paper's method) or 'lp' (the L_p variant, weight
       `minimality_coeff` and exponent `lp_p`).
@@ -202,6 +206,14 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                  attribution_mode=attribution_mode, recon=recon,
                  sparsity=sparsity, init=init, lr_schedule=lr_schedule)
   _check_topk(topk, n_components, batch_size, batch_topk)
+  if (attribution_projections != int(attribution_projections)
+      or attribution_projections < 0):
+    raise ValueError(f"attribution_projections must be a non-negative "
+                     f"integer, got {attribution_projections!r}")
+  if attribution_projections and (attribution_type != "gradient"
+                                  or attribution_mode == "forward"):
+    raise ValueError("attribution_projections needs attribution_type="
+                     "'gradient' and attribution_mode 'auto' or 'reverse'")
   if not 0 <= warmup_frac < 1:
     raise ValueError(f"warmup_frac must be in [0, 1), got {warmup_frac}")
   tgt = Target(apply_fn, params, names, has_aux)
@@ -229,12 +241,12 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       attribution_point=attribution_point,
       attribution_mode="forward" if attribution_mode == "auto"
       else attribution_mode,
+      attribution_projections=int(attribution_projections),
       recon=recon, sparsity=sparsity, lp_p=lp_p,
       unit_norm_matrices=unit_norm_matrices)
   if attribution_mode == "auto" and attribution_type == "gradient":
-    settings = dataclasses.replace(
-        settings, attribution_mode=_cheaper_mode(tgt, settings, comps,
-                                                 sample_fn, batch_size))
+    settings = _cheapest_attribution(tgt, settings, comps, sample_fn,
+                                     batch_size)
 
   optimizer = optim.make_optimizer(
       lr, steps, warmup_frac=warmup_frac, lr_schedule=lr_schedule,
@@ -251,24 +263,42 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   final = evaluate(result, sample_fn, eval_key, batch_size=batch_size,
                    n_batches=eval_batches)
   final.update(steps=steps, wall_seconds=wall,
-               attribution_mode=settings.attribution_mode)
+               attribution_mode=settings.attribution_mode,
+               attribution_contract=settings.attribution_contract)
   return dataclasses.replace(result, metrics=final)
 
 
-def _cheaper_mode(tgt, settings, comps, sample_fn, batch_size) -> str:
+def _cheapest_attribution(tgt, settings, comps, sample_fn, batch_size
+                          ) -> objective.Settings:
+  """Forward or reverse mode, and in reverse mode each factored product's
+  contraction, whichever XLA's cost analysis says costs fewest flops."""
   x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
                      jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           comps)
+  x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+  n = len(factored.Model(tgt.forward, tgt.weights, x0).occurrences(
+      tgt.weights, x0))
 
-  def batched(mode):
-    s = dataclasses.replace(settings, attribution_mode=mode)
-    def fn(c, xb):
-      P = comp_lib.component_weights(c)
-      return objective.attributions(tgt, s, P, xb, tgt.batch(xb)[1])
-    return fn
+  def cost(mode, contract):
+    s = dataclasses.replace(settings, attribution_mode=mode,
+                            attribution_contract=contract)
+    return attribution.flops(
+        lambda c, xb: objective.attributions(
+            tgt, s, c, xb, jax.random.PRNGKey(0))[0], abstract, x)
 
-  return attribution.choose_mode(batched, abstract, x)
+  contract = ("direct",) * n
+  best = cost("reverse", contract)
+  for k in range(n):
+    trial = contract[:k] + ("cotangent",) + contract[k + 1:]
+    trial_cost = cost("reverse", trial)
+    if trial_cost < best:
+      contract, best = trial, trial_cost
+  if (not settings.attribution_projections
+      and cost("forward", contract) <= best):
+    return dataclasses.replace(settings, attribution_mode="forward")
+  return dataclasses.replace(settings, attribution_mode="reverse",
+                             attribution_contract=contract)
 
 
 def evaluate(result: Decomposition, sample_fn: SampleFn, key: Array, *,

@@ -14,10 +14,13 @@ i.e. the squared column norms of the Jacobian of
 `β ↦ f(x; W0 + Σ_c β_c P_c)` at `β = 0`. Forward mode pushes C tangents,
 reverse mode pulls d_out cotangents; `choose_mode` picks the cheaper one from
 XLA's cost analysis, so no Python loop over outputs or components remains.
+`gradient` forms the component weights; training uses the factored form of
+the same quantity (`factored.Model.attributions`), which never does.
 """
 
 from __future__ import annotations
 
+from typing import Any
 from typing import Callable
 from typing import Mapping
 
@@ -67,7 +70,19 @@ def activation(layer_inputs: Mapping[str, Array],
   return total
 
 
-def choose_mode(batched: Callable[..., Callable[..., Array]],
+def flops(fn: Callable[..., Any], *args) -> float:
+  """XLA's flop estimate for `jit(fn)(*args)` (lowered only, never run);
+  infinity where there is none."""
+  try:
+    cost = jax.jit(fn).lower(*args).cost_analysis()
+  except Exception:  # noqa: BLE001 - no estimate
+    return float("inf")
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("inf")))
+
+
+def choose_mode(batched: Callable[[str], Callable[..., Array]],
                 *args) -> str:
   """'forward' or 'reverse', whichever XLA's cost analysis says is cheaper.
 
@@ -76,13 +91,5 @@ def choose_mode(batched: Callable[..., Callable[..., Array]],
       that mode; it is only lowered on `args`, never run.
     *args: its arguments, arrays or `jax.ShapeDtypeStruct`s.
   """
-  flops = {}
-  for mode in ("forward", "reverse"):
-    try:
-      cost = jax.jit(batched(mode)).lower(*args).cost_analysis()
-    except Exception:  # noqa: BLE001 - no estimate: prefer forward mode
-      cost = None
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0] if cost else {}
-    flops[mode] = float((cost or {}).get("flops", float("inf")))
-  return min(flops, key=flops.get)  # ties (no estimate) go to 'forward'
+  cost = {mode: flops(batched(mode), *args) for mode in ("forward", "reverse")}
+  return min(cost, key=cost.get)  # ties (no estimate) go to 'forward'

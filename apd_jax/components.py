@@ -117,6 +117,12 @@ def summed_weights(P: Mapping[str, Array]) -> dict[str, Array]:
   return {n: p.sum(0) for n, p in P.items()}
 
 
+def summed_from_factors(comps: Components) -> dict[str, Array]:
+  """`Σ_c U[l]_c V[l]_c` without forming the C matrices."""
+  return {n: jnp.einsum("cim,cmo->io", comps.U[n], comps.V[n])
+          for n in comps.names}
+
+
 def normalize_u(comps: Components) -> Components:
   """Each column `U[l][c, :, m]` rescaled to unit norm over `i`."""
   U = {n: u / jnp.linalg.norm(u, axis=1, keepdims=True)

@@ -3,9 +3,10 @@
 .. math::  L = c_{faith} L_{faith} + c_{min} L_{min} + c_{act} L_{act}
               + c_{simp} L_{simp}
 
-One call computes, for a batch: the component weights `P`, per-example
-attributions (vmapped), the top-k mask (no gradient), the masked forward pass
-(vmapped) and every loss term.
+One call computes, for a batch: per-example attributions (vmapped; their
+pass at θ* also gives the target's outputs), the top-k mask (no gradient),
+the masked forward pass (vmapped, in factored form) and every loss term.
+No `[C, i, o]` component weights are formed on the gradient path.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 
 from apd_jax import attribution
 from apd_jax import components as comp_lib
+from apd_jax import factored
 from apd_jax import losses
 from apd_jax import masking
 from apd_jax.target import Target
@@ -45,6 +47,11 @@ class Settings:
   attribution: str = "gradient"    # one of ATTRIBUTIONS
   attribution_point: str = "target"  # gradient at θ* or at Σ_c P_c
   attribution_mode: str = "forward"  # 'forward' or 'reverse' autodiff
+  # reverse mode: per factored product, 'direct' or 'cotangent' contraction
+  attribution_contract: str | tuple[str, ...] = "direct"
+  # > 0: estimate gradient attributions from this many random projections of
+  # the outputs (reverse mode; unbiased), instead of every output
+  attribution_projections: int = 0
   recon: str = "mse"               # 'mse' or 'kl' (logit outputs)
   sparsity: str = "topk"           # 'topk' or the 'lp' variant
   lp_p: float = 1.0                # p of the L_p variant
@@ -74,27 +81,51 @@ class Hypers(NamedTuple):
     return cls(**{f: getattr(s, f) for f in cls._fields if f != "lr_scale"})
 
 
-def attributions(target: Target, s: Settings, P: dict[str, Array],
-                 x: Array, target_acts: dict[str, Array]) -> Array:
-  """Squared attributions `[B, C]` for the batch `x`."""
-  if s.attribution == "gradient":
-    base = (target.weights if s.attribution_point == "target"
-            else comp_lib.summed_weights(P))
-    fn = lambda xb: attribution.gradient(  # noqa: E731
-        target.output, base, P, xb, mode=s.attribution_mode)
-    return jax.vmap(fn)(x)
-  if s.attribution == "ablation":
-    return jax.vmap(lambda xb: attribution.ablation(target.output, P, xb))(x)
-  inputs = {n: target_acts[n] for n in P}
-  return jax.vmap(attribution.activation, in_axes=(0, None))(inputs, P)
+def attributions(target: Target, s: Settings, comps: comp_lib.Components,
+                 x: Array, key: Array | None = None
+                 ) -> tuple[Array, Array, dict[str, Array]]:
+  """`(A² [B, C], y, acts)`: attributions and the target's outputs on `x`.
+
+  Gradient attributions run the target in factored form (`factored.py`);
+  at θ* that same pass yields the target's outputs, which are reused. A
+  target that uses a decomposed leaf other than in a matrix product falls
+  back to the component-weight form (`attribution.gradient`).
+  """
+  at_target = s.attribution_point == "target"
+  model = factored.Model(target.forward, target.weights, x[0])
+  if s.attribution == "gradient" and not model.materialised:
+    base = target.weights if at_target else comp_lib.summed_from_factors(comps)
+    if s.attribution_projections and key is None:
+      raise ValueError("attribution_projections needs a key")
+    attr, (y, acts) = jax.vmap(lambda xb: model.attributions(
+        base, comps.U, comps.V, xb, mode=s.attribution_mode,
+        contract=s.attribution_contract,
+        projections=s.attribution_projections, key=key))(x)
+    if at_target:
+      return attr, y, acts
+    y, acts = target.batch(x)
+    return attr, y, acts
+  y, acts = target.batch(x)
+  P = comp_lib.component_weights(comps)
+  if s.attribution == "gradient":  # some leaf is used outside products
+    base = target.weights if at_target else comp_lib.summed_weights(P)
+    attr = jax.vmap(lambda xb: attribution.gradient(
+        target.output, base, P, xb, mode=s.attribution_mode))(x)
+  elif s.attribution == "ablation":
+    attr = jax.vmap(lambda xb: attribution.ablation(target.output, P, xb))(x)
+  else:
+    inputs = {n: acts[n] for n in P}
+    attr = jax.vmap(attribution.activation, in_axes=(0, None))(inputs, P)
+  return attr, y, acts
 
 
-def masked_forward(target: Target, P: dict[str, Array], mask: Array,
+def masked_forward(target: Target, comps: comp_lib.Components, mask: Array,
                    x: Array) -> tuple[Array, dict[str, Array]]:
-  """`f(x_b; W(s_b))` for every example b, each with its own mask."""
-  fwd = lambda m, xb: target.forward(  # noqa: E731
-      comp_lib.masked_weights(P, m), xb)
-  return jax.vmap(fwd)(mask, x)
+  """`f(x_b; W(s_b))` for every example b, each with its own mask, run in
+  factored form: `a W(s) = Σ_c s_c (a U_c) V_c`."""
+  model = factored.Model(target.forward, target.weights, x[0])
+  return jax.vmap(lambda m, xb: model.masked(comps.U, comps.V, m, xb))(
+      mask, x)
 
 
 def select_acts(acts: dict[str, Array], pattern: str) -> dict[str, Array]:
@@ -102,25 +133,25 @@ def select_acts(acts: dict[str, Array], pattern: str) -> dict[str, Array]:
 
 
 def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
-            s: Settings, hypers: Hypers | None = None
+            s: Settings, key: Array | None = None,
+            hypers: Hypers | None = None
             ) -> tuple[Array, dict[str, Array]]:
-  """`(L, metrics)` for one batch `x`; differentiable in `comps`.
-
-  `hypers`, if given, overrides the numeric fields of `s` (see `Hypers`).
+  """`(L, metrics)` for one batch `x`; differentiable in `comps`. `key`
+  draws the random projections of `attribution_projections`; `hypers`, if
+  given, overrides the numeric fields of `s` (see `Hypers`).
   """
   h = Hypers.of(s) if hypers is None else hypers
-  P = comp_lib.component_weights(comps)
   n_params = comp_lib.n_parameters(comps)
-  target_out, target_acts = target.batch(x)
-  target_out = jax.lax.stop_gradient(target_out)
-  faith = losses.faithfulness(target.weights, comp_lib.summed_weights(P))
-  attr = attributions(target, s, P, x, target_acts)
+  faith = losses.faithfulness(target.weights,
+                              comp_lib.summed_from_factors(comps))
+  attr, target_out, target_acts = attributions(target, s, comps, x, key)
+  target_out, target_acts = jax.lax.stop_gradient((target_out, target_acts))
   terms = {"faithfulness": faith}
   if s.sparsity == "topk":
     attr = jax.lax.stop_gradient(attr)
     mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk,
                              k_max=s.topk)
-    out, acts = masked_forward(target, P, mask, x)
+    out, acts = masked_forward(target, comps, mask, x)
     recon = losses.kl if s.recon == "kl" else losses.mse
     terms["minimality"] = recon(target_out, out)
     if s.hidden_act_coeff:

@@ -105,3 +105,86 @@ def plot_history(history: list[dict], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_contributions(kappa, best_kappa, cosine, path: str) -> None:
+  """Neuron contributions per feature: target beside each feature's best
+  component (rows: features; columns: neurons), saved as PNG."""
+  kappa, best_kappa = np.asarray(kappa), np.asarray(best_kappa)
+  vmax = float(np.abs(kappa).max()) or 1.0
+  fig, axes = plt.subplots(1, 3, figsize=(13, 6),
+                           gridspec_kw=dict(width_ratios=[1, 1, 0.25]))
+  for ax, data, title in ((axes[0], kappa, "target"),
+                          (axes[1], best_kappa, "best component")):
+    im = ax.imshow(data, cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                   aspect="auto", interpolation="nearest")
+    ax.set_title(f"{title}: neuron contributions", fontsize=9)
+    ax.set_xlabel("neuron")
+    ax.set_ylabel("input feature")
+  fig.colorbar(im, ax=axes[1], fraction=0.04)
+  cosine = np.asarray(cosine)
+  axes[2].barh(np.arange(len(cosine)), cosine, height=1.0,
+               color=np.where(cosine >= 0.9, "tab:green", "tab:red"))
+  axes[2].axvline(0.9, color="k", lw=0.8, ls="--")
+  axes[2].set_ylim(len(cosine) - 0.5, -0.5)
+  axes[2].set_xlim(min(0.0, float(cosine.min())), 1.0)
+  axes[2].set_title(f"cosine ({int(np.sum(cosine >= 0.9))}/{len(cosine)} "
+                    f"≥ 0.9)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_scrubbing(losses: dict, path: str) -> None:
+  """Histograms of per-example task losses (log scale): top-k, scrubbed,
+  anti-scrubbed, with the monosemantic baseline's mean as a line."""
+  lo = min(max(float(np.min(v)), 1e-9) for v in losses.values())
+  hi = max(float(np.max(v)) for v in losses.values())
+  bins = np.logspace(np.log10(lo), np.log10(max(hi, lo * 10)), 60)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for k, color in (("topk", "tab:gray"), ("scrubbed", "tab:blue"),
+                   ("anti_scrubbed", "tab:red")):
+    v = np.maximum(np.asarray(losses[k]), lo)
+    ax.hist(v, bins=bins, histtype="step", color=color,
+            label=f"{k} (mean {np.mean(losses[k]):.2e})")
+    ax.axvline(np.mean(losses[k]), color=color, lw=0.8, ls=":")
+  mono = float(np.mean(losses["monosemantic"]))
+  ax.axvline(mono, color="k", lw=1.0, ls="--",
+             label=f"monosemantic baseline (mean {mono:.2e})")
+  ax.set_xscale("log")
+  ax.set_xlabel("per-example task loss (MSE to labels)")
+  ax.set_ylabel("examples")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_function_components(norms, neuron_fns, scores, path: str) -> None:
+  """One panel per component: each neuron's weight norm in it, coloured by
+  the function the neuron serves; titles give the best-matching function
+  and its cosine."""
+  norms, neuron_fns = np.asarray(norms), np.asarray(neuron_fns)
+  scores = np.asarray(scores)                       # [n_functions, C]
+  n = len(norms)
+  cols = min(n, 4)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows),
+                           squeeze=False, sharey=True)
+  colors = plt.get_cmap("tab10")(neuron_fns % 10)
+  for c, ax in enumerate(axes.flat):
+    if c >= n:
+      ax.axis("off")
+      continue
+    ax.bar(np.arange(norms.shape[1]), norms[c], color=colors, width=1.0)
+    f = int(np.argmax(scores[:, c]))
+    ax.set_title(f"component {c}: F{f} (cos {scores[f, c]:.2f})",
+                 fontsize=8)
+    ax.set_xlabel("neuron (all layers)", fontsize=7)
+  handles = [plt.Rectangle((0, 0), 1, 1, color=plt.get_cmap("tab10")(f % 10))
+             for f in range(int(neuron_fns.max()) + 1)]
+  fig.legend(handles, [f"F{f}" for f in range(len(handles))], fontsize=7,
+             loc="upper right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -141,7 +141,9 @@ def _settings(kw, **values) -> objective.Settings:
       **{n: values.get(n, kw[n]) for n in HYPERS if n != "topk"},
       hidden_acts=kw["hidden_acts"], attribution=kw["attribution_type"],
       attribution_point=kw["attribution_point"],
-      attribution_mode=kw["attribution_mode"], recon=kw["recon"],
+      attribution_mode=kw["attribution_mode"],
+      attribution_projections=int(kw["attribution_projections"]),
+      recon=kw["recon"],
       sparsity=kw["sparsity"], lp_p=kw["lp_p"],
       unit_norm_matrices=kw["unit_norm_matrices"])
 
@@ -191,6 +193,12 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   _check(runs, kw)
   api._positive(**{n: kw[n] for n in ("n_components", "steps", "batch_size",
                                       "eval_batches", "log_every")})
+  p = kw["attribution_projections"]
+  if p != int(p) or p < 0 or (p and (kw["attribution_type"] != "gradient"
+                                     or kw["attribution_mode"] == "forward")):
+    raise ValueError(f"attribution_projections={p!r} needs a non-negative "
+                     f"integer, gradient attributions and a mode of 'auto' "
+                     f"or 'reverse'")
   if not 0 <= kw["warmup_frac"] < 1:
     raise ValueError(f"warmup_frac must be in [0, 1), got {kw['warmup_frac']}")
   names = selection.select_leaves(params, kw["include"])
@@ -205,11 +213,10 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       [r.get("topk", kw["topk"]) for r in runs]))
   inits = [_init(kw, tgt, r.get("seed", kw["seed"])) for r in runs]
   if kw["attribution_mode"] == "auto":
-    mode = "forward"
+    settings = dataclasses.replace(settings, attribution_mode="forward")
     if kw["attribution_type"] == "gradient":
-      mode = api._cheaper_mode(tgt, settings, inits[0][0], sample_fn,
-                               kw["batch_size"])
-    settings = dataclasses.replace(settings, attribution_mode=mode)
+      settings = api._cheapest_attribution(tgt, settings, inits[0][0],
+                                           sample_fn, kw["batch_size"])
   optimizer = optim.make_optimizer(
       kw["lr"], kw["steps"], warmup_frac=kw["warmup_frac"],
       lr_schedule=kw["lr_schedule"],
@@ -250,7 +257,8 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                           n_batches=kw["eval_batches"]) if finite
              else {})
     final.update(steps=kw["steps"], wall_seconds=wall, finite=finite,
-                 attribution_mode=settings.attribution_mode)
+                 attribution_mode=settings.attribution_mode,
+                 attribution_contract=settings.attribution_contract)
     results.append(dataclasses.replace(d, metrics=final))
   return SweepResult(runs, results, wall)
 

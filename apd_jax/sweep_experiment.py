@@ -29,12 +29,18 @@ import ml_collections
 from absl import logging
 
 from apd_jax import experiment
-from apd_jax import outputs
+from apd_jax import runlog
 from apd_jax import sweep
 from apd_jax import sweep_report
 
 METRICS = ("loss", "faithfulness", "topk_recon", "l0", "dead_components")
-TMS_METRICS = ("mmcs", "ml2r")
+# Each target's own measures of success (from experiment's reports).
+TARGET_METRICS = {
+    "tms": ("mmcs", "ml2r"),
+    "resid_mlp": ("features_recovered", "distinct_best_components",
+                  "mean_best_cosine"),
+    "gated": ("mean_function_recovery",),
+}
 
 
 def swept(config: ml_collections.ConfigDict) -> dict[str, tuple]:
@@ -63,16 +69,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains every run of the sweep, writes the outputs; returns a summary."""
   os.makedirs(workdir, exist_ok=True)
-  if outputs.is_writer():
+  if runlog.is_writer():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  apply_fn, params, sample_fn = experiment.make_target(
+  apply_fn, params, sample_fn, has_aux = experiment.make_target(
       config.target, config.seed, workdir)
   values = swept(config)
   runs = sweep.grid(values)
   dirs = [os.path.join(workdir, "runs", f"run_{i:03d}")
           for i in range(len(runs))]
-  logs = [outputs.RunLog(d) for d in dirs]
+  logs = [runlog.RunLog(d) for d in dirs]
   logging.info("sweep of %d runs over %s", len(runs), values)
 
   def write(step, records):
@@ -82,20 +88,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   t0 = time.perf_counter()
   result = sweep.decompose_sweep(
       apply_fn, params, sample_fn, sweep=values, callback=write,
-      **{k: config[k] for k in experiment.DECOMPOSE_ARGS})
+      has_aux=has_aux, **{k: config[k] for k in experiment.DECOMPOSE_ARGS})
   total = time.perf_counter() - t0
   tms = config.target.name == "tms"
-  metrics = METRICS + (TMS_METRICS if tms else ())
+  metrics = METRICS + TARGET_METRICS.get(config.target.name, ())
   rows = []
   for i, (run, d) in enumerate(zip(runs, result.decompositions,
                                    strict=True)):
     rc = run_config(config, run)
     finite = d.metrics["finite"]
-    summary = (experiment.summarize(rc, params, d, total_seconds=total)
-               if finite else dict(d.metrics))
+    summary = experiment.summarize(d, total_seconds=total)
     summary["loss"] = d.history[-1]["loss"] if d.history else float("nan")
     if finite:
-      experiment.write_outputs(rc, dirs[i], params, d, summary, logs[i])
+      summary = experiment.write_outputs(rc, dirs[i], d, sample_fn, summary,
+                                         logs[i])
     logs[i].close()
     rows.append(dict(run=i, **run, **{m: summary.get(m, float("nan"))
                                       for m in metrics}))
@@ -107,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         threshold=config.sweep.mmcs_threshold)
   best = sweep.best_index([r[config.sweep.select] for r in rows],
                           config.sweep.select_mode)
-  if outputs.is_writer():
+  if runlog.is_writer():
     _write_reports(workdir, config, rows, names, metrics, pooled, tms)
     _export_best(workdir, dirs[best], run_config(config, runs[best]))
   summary = dict(
@@ -116,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       run_steps_per_s=len(runs) * config.steps / result.wall_seconds,
       best_run=best, best_values=runs[best], best_metrics=rows[best],
       by_setting=pooled)
-  if outputs.is_writer():
+  if runlog.is_writer():
     with open(os.path.join(workdir, "sweep.json"), "w") as f:
       json.dump(summary, f, indent=2)
   return summary

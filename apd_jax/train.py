@@ -53,10 +53,12 @@ def make_train_step(target: Target, settings: objective.Settings,
 
   def train_step(state: TrainState, key: Array,
                  hypers: objective.Hypers | None = None):
-    x = sample_fn(jax.random.fold_in(key, state.step), batch_size)
+    step_key = jax.random.fold_in(key, state.step)
+    x = sample_fn(step_key, batch_size)
     comps = optim.renormalize(state.components, settings.unit_norm_matrices)
     grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(comps, x, target, settings, hypers)
+    (_, metrics), grads = grad_fn(comps, x, target, settings,
+                                  jax.random.fold_in(step_key, 1), hypers)
     updates, opt_state = optimizer.update(grads, state.opt_state, comps)
     if hypers is not None:
       updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)

@@ -3,7 +3,9 @@ r"""APD on TMS 40-10 with the paper's settings.
   python -m apd_jax.main --config=configs/tms_40_10.py --workdir=/tmp/tms_40_10
 
 Paper: MMCS 0.996, ML2R 0.935 (C = 50, 20k steps at batch 2048).
-Pass `configs/tms_40_10.py:quick` for a 2k-step smoke run.
+Pass `configs/tms_40_10.py:quick` for a 2k-step smoke run, `:identity` for the
+variant with an identity hidden layer (where the paper's APD failed), or
+both (`:identity,quick`).
 """
 
 from apd_jax import experiment
@@ -25,7 +27,11 @@ def get_config(arg=None):
   c.schatten_p = 0.9
   c.sweep.select = "mmcs"        # best run of a sweep: highest MMCS
   c.sweep.select_mode = "max"
-  if arg == "quick":
+  args = set((arg or "").split(","))
+  if "identity" in args:        # an identity hidden layer between W and Wᵀ
+    c.target.n_hidden_layers = 1
+    c.include = r"\['W'\]|\['hidden'\]"   # decompose it too
+  if "quick" in args:
     c.steps = 2000
     c.log_every = 500
   return c

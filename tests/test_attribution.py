@@ -20,7 +20,7 @@ def setup(mlp, keys):
   shapes = {n: w.shape for n, w in tgt.weights.items()}
   comps = random_components(keys[0], shapes, 4, 2)
   x = sample(keys[1], 5)
-  return tgt, C.component_weights(comps), x
+  return tgt, comps, x
 
 
 def explicit(tgt, base, P, x):
@@ -33,20 +33,30 @@ def explicit(tgt, base, P, x):
   return jnp.sum(jnp.stack(rows) ** 2, axis=0)
 
 
-@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("mode,contract", [
+    ("forward", "direct"), ("reverse", "direct"), ("reverse", "cotangent"),
+    ("reverse", ("cotangent", "direct"))])
 @pytest.mark.parametrize("point", ["target", "components"])
-def test_gradient_attribution_equals_explicit(mlp, keys, mode, point):
-  tgt, P, x = setup(mlp, keys)
+def test_gradient_attribution_equals_explicit(mlp, keys, mode, contract,
+                                              point):
+  tgt, comps, x = setup(mlp, keys)
+  P = C.component_weights(comps)
   base = tgt.weights if point == "target" else C.summed_weights(P)
   s = objective.Settings(topk=1.0, attribution_point=point,
-                         attribution_mode=mode)
-  got = objective.attributions(tgt, s, P, x, {})
+                         attribution_mode=mode, attribution_contract=contract)
+  got, y, _ = objective.attributions(tgt, s, comps, x)
   want = jnp.stack([explicit(tgt, base, P, xb) for xb in x])
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(y, tgt.batch(x)[0], rtol=1e-5, atol=1e-6)
+  # The component-weight form gives the same numbers.
+  dense = jax.vmap(lambda xb: attribution.gradient(
+      tgt.output, base, P, xb, mode=mode))(x)
+  np.testing.assert_allclose(dense, want, rtol=1e-4, atol=1e-5)
 
 
 def test_ablation_attribution_hand_computation(mlp, keys):
-  tgt, P, x = setup(mlp, keys)
+  tgt, comps, x = setup(mlp, keys)
+  P = C.component_weights(comps)
   got = jax.vmap(lambda xb: attribution.ablation(tgt.output, P, xb))(x)
   full = tgt.batch(x, C.summed_weights(P))[0]
   for c in range(4):
@@ -85,7 +95,6 @@ def test_choose_mode_picks_the_cheaper(keys, n_components, d_out, want):
 
   def batched(mode):
     s = objective.Settings(topk=1.0, attribution_mode=mode)
-    return lambda c, xb: objective.attributions(
-        tgt, s, C.component_weights(c), xb, {})
+    return lambda c, xb: objective.attributions(tgt, s, c, xb)[0]
 
   assert attribution.choose_mode(batched, comps, x) == want

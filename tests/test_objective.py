@@ -21,7 +21,7 @@ def test_topk_with_k_equal_C_is_the_full_decomposition(mlp, keys):
   tgt, comps, x = make(mlp, keys)
   P = C.component_weights(comps)
   full = tgt.batch(x, C.summed_weights(P))[0]
-  masked, _ = objective.masked_forward(tgt, P, jnp.ones((8, 4)), x)
+  masked, _ = objective.masked_forward(tgt, comps, jnp.ones((8, 4)), x)
   np.testing.assert_allclose(masked, full, rtol=1e-5, atol=1e-5)
   # And the top-k mask with k = C selects every component.
   s = objective.Settings(topk=4.0)

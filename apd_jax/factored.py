@@ -1,0 +1,330 @@
+"""Runs a target with its decomposed leaves kept in factored form.
+
+The target's `apply_fn` multiplies activations by plain weight matrices. APD
+wants it to multiply by weights `W = W0 + Σ_c α_c U_c V_c` without ever
+materialising `C` full-size matrices, i.e. to compute
+
+.. math::  a W = a W_0 + Σ_c α_c (a U_c) V_c
+
+in `O(C·m·(i + o))` instead of `O(C·i·o)`. `trace` turns the per-example
+function `forward(weights, x)` into a jaxpr once; `run` evaluates that jaxpr
+with each decomposed leaf bound to a `Factored` value. A `dot_general` that
+contracts a `Factored` weight (or its transpose) with an activation is
+computed in the form above; calls (`jit`, `custom_jvp`, ...) are entered;
+any other use of a `Factored` value materialises it, so every `apply_fn`
+runs correctly, and the common ones run fast.
+
+Each factored product is an *occurrence* (a leaf used twice, like TMS's `W`
+and `Wᵀ`, has two). `run` returns every occurrence's input `a_k` and can add
+a probe `δ_k` to its output `a_k W + δ_k`; gradient attributions
+differentiate with respect to those probes (`attribution.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from typing import Callable
+from typing import Mapping
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jcore
+
+Array = jax.Array
+_CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
+          "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint")
+_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+@dataclasses.dataclass(frozen=True)
+class Factored:
+  """`W0 + Σ_c coef_c U_c V_c` (`W0` or the factors may be absent).
+
+  Attributes:
+    base: `W0 [i, o]` or None.
+    U: `[C, i, m]` or None (then only `base`).
+    V: `[C, m, o]` or None.
+    coef: `[C]` coefficients α.
+    transposed: the value stands for `Wᵀ`.
+    name: the decomposed leaf it stands for.
+  """
+  base: Array | None
+  U: Array | None = None
+  V: Array | None = None
+  coef: Array | None = None
+  transposed: bool = False
+  name: str = ""
+
+  def T(self) -> Factored:
+    return dataclasses.replace(self, transposed=not self.transposed)
+
+  def factors(self) -> tuple[Array, Array]:
+    """`(U, V)` of the value as used, i.e. of `Wᵀ` if transposed."""
+    if not self.transposed:
+      return self.U, self.V
+    return (jnp.swapaxes(self.V, 1, 2), jnp.swapaxes(self.U, 1, 2))
+
+  def dense(self) -> Array:
+    w = 0.0 if self.base is None else self.base
+    if self.U is not None:
+      w = w + jnp.einsum("c,cim,cmo->io", self.coef, self.U, self.V)
+    return w.T if self.transposed else w
+
+  def matmul(self, a: Array) -> Array:
+    """`a @ W` for `a [..., i]` in factored form."""
+    out = 0.0
+    if self.base is not None:
+      out = a @ (self.base.T if self.transposed else self.base)
+    if self.U is not None:
+      U, V = self.factors()
+      z = jnp.einsum("...i,cim->...cm", a, U) * self.coef[:, None]
+      out = out + jnp.einsum("...cm,cmo->...o", z, V)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Occurrence:
+  """One factored product `a_k W_l` met while running: leaf and direction."""
+  name: str
+  transposed: bool
+
+
+def trace(forward: Callable[[Mapping[str, Array], Array], Any],
+          weights: Mapping[str, Any], x: Any) -> tuple[jcore.ClosedJaxpr, Any]:
+  """`(jaxpr, out_tree)` of `forward(weights, x)` for the given shapes."""
+  closed, out_shape = jax.make_jaxpr(forward, return_shape=True)(weights, x)
+  return closed, jax.tree.structure(out_shape)
+
+
+def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
+        weights: Mapping[str, Factored | Array], x: Array,
+        probes: Sequence[Array] | None = None, log: dict | None = None
+        ) -> tuple[Any, list[Array], list[Occurrence]]:
+  """Evaluates a jaxpr from `trace` with (possibly) factored weights.
+
+  Args:
+    closed, out_tree: from `trace`, traced with a dict over `names`.
+    names: the decomposed leaves, in the dict order used by `trace`.
+    weights: each leaf as a `Factored` value or a plain array.
+    x: the example.
+    probes: one array per occurrence, added to that product's output.
+    log: if given, `log["materialised"]` is set to the leaves some operation
+      needed as full matrices.
+
+  Returns:
+    `(outputs, inputs, occurrences)`: the function's output pytree, each
+    occurrence's input `a_k` and what it multiplied.
+  """
+  flat_w = [weights[n] for n in sorted(names)]
+  inputs, occ = [], []
+  ctx = dict(probes=probes, inputs=inputs, occ=occ, materialised=set())
+  outs = _eval(closed.jaxpr, closed.consts, [*flat_w, x], ctx)
+  if log is not None:
+    log["materialised"] = ctx["materialised"]
+  return jax.tree.unflatten(out_tree, outs), inputs, occ
+
+
+def _eval(jaxpr, consts, args, ctx) -> list[Any]:
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jcore.Literal) else env[v]
+
+  for v, val in zip(jaxpr.constvars, consts, strict=True):
+    env[v] = val
+  for v, val in zip(jaxpr.invars, args, strict=True):
+    env[v] = val
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    if any(isinstance(v, Factored) for v in invals):
+      outs = _factored_eqn(eqn, invals, ctx)
+    else:
+      outs = _bind(eqn, invals)
+    for v, val in zip(eqn.outvars, outs, strict=True):
+      env[v] = val
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _factored_eqn(eqn, invals, ctx) -> list[Any]:
+  name, params = eqn.primitive.name, eqn.params
+  if name == "transpose" and tuple(params["permutation"]) == (1, 0):
+    return [invals[0].T()]
+  if name in ("copy", "copy_p", "optimization_barrier"):
+    return list(invals)
+  if (name == "convert_element_type"
+      and params["new_dtype"] == _dtype(invals[0])):
+    return [invals[0]]
+  if name == "dot_general":
+    out = _factored_dot(invals, params, ctx)
+    if out is not None:
+      return [out]
+  if name in _CALLS:
+    sub = next((params[p] for p in _JAXPR_PARAMS if p in params), None)
+    if sub is not None:
+      inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
+      consts = sub.consts if hasattr(sub, "consts") else []
+      return _eval(inner, consts, invals, ctx)
+  ctx["materialised"].update(v.name for v in invals
+                             if isinstance(v, Factored))
+  return _bind(eqn, [v.dense() if isinstance(v, Factored) else v
+                     for v in invals])
+
+
+def _bind(eqn, invals) -> list[Any]:
+  params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = []
+  if isinstance(params, tuple):  # older JAX: (subfuns, params)
+    subfuns, params = params
+  outs = eqn.primitive.bind(*subfuns, *invals, **params)
+  return outs if eqn.primitive.multiple_results else [outs]
+
+
+def _dtype(f: Factored):
+  return (f.base if f.base is not None else f.U).dtype
+
+
+def _factored_dot(invals, params, ctx) -> Array | None:
+  """`a @ W` or `W @ a` patterns of `dot_general`; None if not one."""
+  (lc, rc), (lb, rb) = params["dimension_numbers"]
+  lhs, rhs = invals
+  if lb or rb or len(lc) != 1 or isinstance(lhs, Factored) == isinstance(
+      rhs, Factored):
+    return None
+  w_is_rhs = isinstance(rhs, Factored)
+  w, a = (rhs, lhs) if w_is_rhs else (lhs, rhs)
+  w_dim, a_dim = (rc[0], lc[0]) if w_is_rhs else (lc[0], rc[0])
+  if w_dim == 1:
+    w = w.T()
+  a = jnp.moveaxis(a, a_dim, -1)
+  k = len(ctx["inputs"])
+  ctx["inputs"].append(a)
+  ctx["occ"].append(Occurrence(w.name, w.transposed))
+  out = w.matmul(a)
+  if ctx["probes"] is not None:
+    out = out + ctx["probes"][k]
+  out = out.astype(params.get("preferred_element_type") or out.dtype)
+  return out if w_is_rhs else jnp.moveaxis(out, -1, 0)
+
+
+
+class Model:
+  """A target's per-example forward pass, traced once, run factored.
+
+  `Model(forward, weights, x)` traces `forward(weights, x) -> (y, acts)` for
+  one example `x`; the methods below run it on one example (vmap for a
+  batch).
+  """
+
+  def __init__(self, forward, weights: Mapping[str, Array], x: Array):
+    self.names = tuple(sorted(weights))
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+    self.jaxpr, self.out_tree = trace(
+        forward, {n: spec(w) for n, w in weights.items()}, spec(x))
+    log = {}
+    jax.eval_shape(lambda xb: self({n: Factored(w, name=n)
+                                    for n, w in weights.items()}, xb,
+                                   log=log)[0], spec(x))
+    # Leaves used other than in products: attributions need their P_c.
+    self.materialised = frozenset(log["materialised"])
+
+  def __call__(self, weights, x, probes=None, log=None):
+    return run(self.jaxpr, self.out_tree, self.names, weights, x, probes,
+               log)
+
+  def occurrences(self, weights: Mapping[str, Any], x: Any
+                  ) -> list[Occurrence]:
+    """The factored products one pass meets, in order (traced only)."""
+    found = []
+
+    def probe(xb):
+      out, _, occ = self({n: Factored(weights[n], name=n)
+                          for n in self.names}, xb)
+      found.extend(occ)
+      return out
+
+    jax.eval_shape(probe, x)
+    return found
+
+  def masked(self, U: Mapping[str, Array], V: Mapping[str, Array],
+             mask: Array, x: Array) -> Any:
+    """`forward(W(mask), x)` with `W_l(α) = Σ_c α_c U_{l,c} V_{l,c}`."""
+    weights = {n: Factored(None, U[n], V[n], mask, name=n) for n in U}
+    return self(weights, x)[0]
+
+  def attributions(self, base: Mapping[str, Array], U: Mapping[str, Array],
+                   V: Mapping[str, Array], x: Array, *, mode: str = "forward",
+                   contract: str | Sequence[str] = "direct",
+                   projections: int = 0, key: Array | None = None
+                   ) -> tuple[Array, Any]:
+    """`(A² [C], forward(base, x))`: gradient attributions at `base`.
+
+    `A_c² = Σ_o (Σ_k ⟨∂y_o/∂δ_k, a_k U_c V_c⟩)²`, the output's derivative
+    along component c, from probes `δ_k` on each product's output. Forward
+    mode pushes the C direct effects `a_k U_c V_c` through the network;
+    reverse mode pulls back the outputs' cotangents `G_k = ∂y/∂δ_k` and
+    contracts them per occurrence, either with the direct effects
+    ('direct': `G_k (a_k U V)ᵀ`) or through the factors ('cotangent':
+    `(G_k Vᵀ)·(a_k U)`, cheap when `G_k` does not depend on the example).
+
+    With `projections = k > 0` (reverse mode), the d_out outputs are replaced
+    by k random projections `R y`, `R ~ N(0, 1/k)^{k×d_out}` drawn from
+    `key`: `E_R ||R J_c||² = ||J_c||²`, so the estimate is unbiased and costs
+    k instead of d_out cotangents.
+    """
+    weights = {n: Factored(base[n], name=n) for n in self.names}
+    out, inputs, occ = self(weights, x)
+    shapes = [a.shape[:-1] + (_out_dim(U, V, o),)
+              for a, o in zip(inputs, occ, strict=True)]
+    zeros = [jnp.zeros(s, inputs[0].dtype) for s in shapes]
+
+    project = None
+    if projections:
+      d_out = jax.eval_shape(lambda: out[0]).size
+      project = jax.random.normal(key, (projections, d_out),
+                                  inputs[0].dtype) / projections ** 0.5
+
+    def probed(deltas):
+      y = self(weights, x, deltas)[0][0]
+      return y if project is None else project @ y.reshape(-1)
+
+    C = next(iter(U.values())).shape[0]
+    if mode == "forward" and not projections:
+      direct = [_direct(a, U, V, o) for a, o in zip(inputs, occ, strict=True)]
+      J = jax.vmap(lambda t: jax.jvp(probed, (zeros,), (t,))[1])(direct)
+      J = J.reshape(C, -1).T
+    else:
+      if isinstance(contract, str):
+        contract = (contract,) * len(occ)
+      G = jax.jacrev(probed)(zeros)
+      J = sum(_contract(g, a, U, V, o, how)
+              for g, a, o, how in zip(G, inputs, occ, contract, strict=True))
+    return jnp.sum(J ** 2, axis=0), out
+
+
+def _factors(U, V, occ: Occurrence) -> tuple[Array, Array]:
+  u, v = U[occ.name], V[occ.name]
+  if occ.transposed:
+    return jnp.swapaxes(v, 1, 2), jnp.swapaxes(u, 1, 2)
+  return u, v
+
+
+def _out_dim(U, V, occ: Occurrence) -> int:
+  return _factors(U, V, occ)[1].shape[-1]
+
+
+def _direct(a: Array, U, V, occ: Occurrence) -> Array:
+  """`a U_c V_c` for every c: `[C, ..., o]`."""
+  u, v = _factors(U, V, occ)
+  return jnp.einsum("c...m,cmo->c...o", jnp.einsum("...i,cim->c...m", a, u), v)
+
+def _contract(g: Array, a: Array, U, V, occ: Occurrence, how: str) -> Array:
+  """`J[d, c] = ⟨G[d], a U_c V_c⟩` with `g [*y, ..., o]`: `[d_out, C]`."""
+  u, v = _factors(U, V, occ)
+  lead = a.ndim - 1
+  g = g.reshape((-1,) + g.shape[g.ndim - lead - 1:])       # [d, ..., o]
+  if how == "direct":
+    return jnp.einsum("d...o,c...o->dc", g, _direct(a, U, V, occ))
+  q = jnp.einsum("d...o,cmo->d...cm", g, v)
+  return jnp.einsum("d...cm,...cm->dc", q, jnp.einsum("...i,cim->...cm", a, u))

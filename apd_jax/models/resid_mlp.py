@@ -1,0 +1,123 @@
+"""Residual MLP for compressed computation: 100 functions on 50 neurons.
+
+.. math::  h_0 = x W_E, \\quad h_{l+1} = h_l + ReLU(h_l W^{in}_l) W^{out}_l,
+           \\quad ŷ = h_L W_E^T
+
+`W_E: [n_features, d_resid]` is a fixed random embedding with unit-norm rows
+and the unembedding is its transpose; the MLPs (`d_mlp` neurons split evenly
+across `n_layers`, no biases) are trained so that `ŷ_i ≈ x_i + ReLU(x_i)`.
+Data: each feature independently active with probability p, value
+`U[-1, 1]`. `apply` returns the output and, by name, each MLP's input
+(`['layers'][l]['W_in']`), its post-ReLU activations (`['layers'][l]['W_out']`,
+the input of `W_out`, also under `post_relu_<l>`), for activation
+attributions and hidden-activation reconstruction.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from apd_jax import optim
+
+Array = jax.Array
+
+
+def init(key: Array, *, n_features: int = 100, d_resid: int = 1000,
+         d_mlp: int = 50, n_layers: int = 1) -> dict:
+  """Unit-norm random `W_E`; Kaiming-uniform `W_in`, `W_out` per layer."""
+  if d_mlp % n_layers:
+    raise ValueError(f"d_mlp={d_mlp} does not split over {n_layers} layers")
+  width = d_mlp // n_layers
+  k_embed, *k_layers = jax.random.split(key, 1 + 2 * n_layers)
+  W_E = jax.random.normal(k_embed, (n_features, d_resid))
+  W_E = W_E / jnp.linalg.norm(W_E, axis=1, keepdims=True)
+
+  def uniform(k, fan_in, shape):
+    bound = 1.0 / fan_in ** 0.5
+    return jax.random.uniform(k, shape, minval=-bound, maxval=bound)
+
+  layers = [{"W_in": uniform(k_layers[2 * j], d_resid, (d_resid, width)),
+             "W_out": uniform(k_layers[2 * j + 1], width, (width, d_resid))}
+            for j in range(n_layers)]
+  return {"W_E": W_E, "layers": layers}
+
+
+def apply(params: dict, x: Array) -> tuple[Array, dict[str, Array]]:
+  """`(ŷ [B, n_features], activations)` for a batch `x [B, n_features]`."""
+  h = x @ params["W_E"]
+  acts = {}
+  for j, layer in enumerate(params["layers"]):
+    mid = jax.nn.relu(h @ layer["W_in"])
+    acts[f"['layers'][{j}]['W_in']"] = h
+    acts[f"['layers'][{j}]['W_out']"] = mid
+    acts[f"post_relu_{j}"] = mid
+    h = h + mid @ layer["W_out"]
+  return h @ params["W_E"].T, acts
+
+
+def output(params: dict, x: Array) -> Array:
+  """`ŷ` alone."""
+  return apply(params, x)[0]
+
+
+def labels(x: Array) -> Array:
+  """The target function, `y_i = x_i + ReLU(x_i)` per feature."""
+  return x + jax.nn.relu(x)
+
+
+def sample(key: Array, batch_size: int, *, n_features: int,
+           feature_probability: float) -> Array:
+  """Sparse features: each on with prob. p, value `U[-1, 1]`: `[B, n]`."""
+  k_on, k_val = jax.random.split(key)
+  on = jax.random.uniform(k_on, (batch_size, n_features)) < feature_probability
+  value = jax.random.uniform(k_val, (batch_size, n_features), minval=-1.0,
+                             maxval=1.0)
+  return jnp.where(on, value, 0.0)
+
+
+def sampler(*, n_features: int, feature_probability: float):
+  """`sample_fn(key, batch_size)` for `decompose`."""
+  return functools.partial(sample, n_features=n_features,
+                           feature_probability=feature_probability)
+
+
+def train(key: Array, *, n_features: int = 100, d_resid: int = 1000,
+          d_mlp: int = 50, n_layers: int = 1,
+          feature_probability: float = 0.01, steps: int = 10_000,
+          batch_size: int = 2048, lr: float = 3e-3,
+          weight_decay: float = 0.01) -> tuple[dict, Array]:
+  """Trains the MLPs (AdamW, cosine schedule, MSE to `labels`); `W_E` fixed.
+
+  Returns:
+    `(params, losses [steps])`.
+  """
+  init_key, data_key = jax.random.split(key)
+  params = init(init_key, n_features=n_features, d_resid=d_resid,
+                d_mlp=d_mlp, n_layers=n_layers)
+  W_E = params["W_E"]
+  opt = optax.adamw(optim.schedule(lr, steps, kind="cosine"),
+                    weight_decay=weight_decay)
+  draw = sampler(n_features=n_features, feature_probability=feature_probability)
+
+  def loss(layers, x):
+    y = output({"W_E": W_E, "layers": layers}, x)
+    return jnp.mean((y - labels(x)) ** 2)
+
+  @jax.jit
+  def run(layers):
+    def step(carry, i):
+      p, s = carry
+      x = draw(jax.random.fold_in(data_key, i), batch_size)
+      value, g = jax.value_and_grad(loss)(p, x)
+      updates, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, updates), s), value
+    (p, _), values = jax.lax.scan(step, (layers, opt.init(layers)),
+                                  jnp.arange(steps))
+    return p, values
+
+  layers, values = run(params["layers"])
+  return {"W_E": W_E, "layers": layers}, values

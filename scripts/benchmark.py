@@ -1,0 +1,12 @@
+r"""Benchmark of the APD step; see `apd_jax/benchmark.py`.
+
+  python scripts/benchmark.py --quick        # < 1 min
+  python scripts/benchmark.py --out=/tmp/bench
+"""
+
+from absl import app
+
+from apd_jax import benchmark
+
+if __name__ == "__main__":
+  app.run(benchmark.main)

@@ -1,0 +1,120 @@
+"""The factored evaluator against the plain model with materialised weights."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_components
+
+from apd_jax import attribution
+from apd_jax import components as C
+from apd_jax import factored
+from apd_jax import objective
+from apd_jax import selection
+from apd_jax.models import resid_mlp
+from apd_jax.models import tms
+from apd_jax.target import Target
+
+
+class Linen(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(nn.relu(nn.Dense(6)(x)))
+
+
+def weight_as_lhs(params, x):
+  """`(Wᵀ xᵀ)ᵀ`, plus a use of W that is not a product (materialised)."""
+  return (params["w"].T @ x.T).T + jnp.sum(params["w"] ** 2)
+
+
+def cases():
+  key = jax.random.PRNGKey(0)
+  k1, k2 = jax.random.split(key)
+  p_tms = tms.init(k1, n_features=5, n_hidden=2, n_hidden_layers=1)
+  p_res = resid_mlp.init(k1, n_features=6, d_resid=12, d_mlp=4, n_layers=2)
+  linen = Linen()
+  p_lin = linen.init(k1, jnp.ones((1, 4)))
+  return {
+      "tms": (Target(tms.apply, p_tms, ("['W']", "['hidden'][0]")),
+              jax.random.uniform(k2, (3, 5))),
+      "resid_mlp": (Target(resid_mlp.apply, p_res, selection.select_leaves(
+          p_res, "W_in|W_out"), has_aux=True),
+                    jax.random.uniform(k2, (3, 6), minval=-1.0)),
+      "linen": (Target(linen.apply, p_lin, selection.select_leaves(
+          p_lin, "kernel")), jax.random.normal(k2, (3, 4))),
+      "lhs": (Target(weight_as_lhs, {"w": jax.random.normal(k1, (4, 3))},
+                     ("['w']",)), jax.random.normal(k2, (3, 4))),
+  }
+
+
+def setup(name):
+  tgt, x = cases()[name]
+  shapes = {n: w.shape for n, w in tgt.weights.items()}
+  comps = random_components(jax.random.PRNGKey(7), shapes, 4, 2)
+  comps = comps.replace(U={n: 3.0 * u for n, u in comps.U.items()})
+  return tgt, comps, x, factored.Model(tgt.forward, tgt.weights, x[0])
+
+
+@pytest.mark.parametrize("name", ["tms", "resid_mlp", "linen", "lhs"])
+def test_masked_pass_equals_materialised_weights(name):
+  tgt, comps, x, model = setup(name)
+  P = C.component_weights(comps)
+  mask = jax.random.uniform(jax.random.PRNGKey(3), (x.shape[0], 4))
+  for m, xb in zip(mask, x, strict=True):
+    want_y, want_acts = tgt.forward(C.masked_weights(P, m), xb)
+    got_y, got_acts = model.masked(comps.U, comps.V, m, xb)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+    for k in want_acts:
+      np.testing.assert_allclose(got_acts[k], want_acts[k], rtol=1e-5,
+                                 atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tms", "resid_mlp", "linen", "lhs"])
+@pytest.mark.parametrize("mode,contract", [
+    ("forward", "direct"), ("reverse", "direct"), ("reverse", "cotangent")])
+def test_attributions_equal_the_dense_form(name, mode, contract):
+  tgt, comps, x, model = setup(name)
+  P = C.component_weights(comps)
+  if model.materialised:  # objective.attributions takes the dense path
+    assert name == "lhs" and model.materialised == {"['w']"}
+    return
+  for xb in x:
+    want = attribution.gradient(tgt.output, tgt.weights, P, xb)
+    got, (y, _) = model.attributions(tgt.weights, comps.U, comps.V, xb,
+                                     mode=mode, contract=contract)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(y, tgt.output(tgt.weights, xb), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_objective_falls_back_for_non_product_uses(mode):
+  tgt, comps, x, _ = setup("lhs")
+  P = C.component_weights(comps)
+  s = objective.Settings(topk=1.0, attribution_mode=mode)
+  got = objective.attributions(tgt, s, comps, x)[0]
+  want = jax.vmap(lambda xb: attribution.gradient(
+      tgt.output, tgt.weights, P, xb))(x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # The non-product use carries attribution too.
+  assert not np.allclose(want, 0.0)
+
+
+def test_occurrences_of_a_leaf_used_twice():
+  tgt, _, x, model = setup("tms")
+  occ = model.occurrences(tgt.weights, x[0])
+  # x Wᵀ, then h H (the hidden layer), then h W.
+  assert [(o.name, o.transposed) for o in occ] == [
+      ("['W']", True), ("['hidden'][0]", False), ("['W']", False)]
+
+
+def test_rank_one_direct_effect_is_an_outer_product():
+  """`a U_c V_c` for rank 1 is `(a·u_c) v_c`."""
+  u = jnp.arange(6.0).reshape(2, 3, 1)
+  v = jnp.arange(8.0).reshape(2, 1, 4)
+  a = jnp.array([1.0, -1.0, 2.0])
+  occ = factored.Occurrence("w", False)
+  got = factored._direct(a, {"w": u}, {"w": v}, occ)  # noqa: SLF001
+  want = jnp.stack([(a @ u[c, :, 0]) * v[c, 0] for c in range(2)])
+  np.testing.assert_allclose(got, want)
