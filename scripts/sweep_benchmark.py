@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -67,8 +68,8 @@ def main(argv):
   config = tms_5_2.get_config()
   config.steps = FLAGS.steps
   kw = {k: config[k] for k in experiment.DECOMPOSE_ARGS if k != "seed"}
-  apply_fn, params, sample_fn = experiment.make_target(
-      config.target, 0, "/tmp")
+  apply_fn, params, sample_fn, _ = experiment.make_target(
+      config.target, 0, tempfile.mkdtemp())
   seeds = list(range(FLAGS.runs))
 
   def mmcs(d):
