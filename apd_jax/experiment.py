@@ -7,6 +7,7 @@ mesh, and writes to `workdir` (files from process 0 only):
   config.json            the config as run
   target_params.msgpack  the target's params (flax serialization)
   metrics.jsonl          one line per log: step, losses, L0, steps/s
+  events.out.tfevents.*  TensorBoard: the logged scalars and the figures
   components.npz         the factors U, V of every decomposed leaf
   summary.json           final metrics (faithfulness, L0, dead components;
                          MMCS/ML2R for TMS; feature recovery and
@@ -23,6 +24,9 @@ mesh, and writes to `workdir` (files from process 0 only):
                          process); a run started again in the same workdir
                          resumes from the latest
   decomposition/         the finished decomposition (`export.load` it)
+
+Only process 0 writes files. A config whose `sweep` section lists values is
+run by `sweep_experiment.train_and_evaluate` instead.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from apd_jax import distributed
 from apd_jax import export
 from apd_jax import metrics as metrics_lib
 from apd_jax import plotting
+from apd_jax import runlog
 from apd_jax import sharding
 from apd_jax.models import gated
 from apd_jax.models import resid_mlp
@@ -95,6 +100,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(  # not a decompose argument
       data=-1,                 # devices splitting the batch; -1: the rest
       component=1))            # devices splitting C (factors, Adam moments)
+  # Sweep: every combination of the listed values trains in one program
+  # (empty: not swept); see apd_jax/sweep.py.
+  c.sweep = ml_collections.ConfigDict(dict(
+      seed=(), topk=(), faithfulness_coeff=(), minimality_coeff=(),
+      simplicity_coeff=(), hidden_act_coeff=(), schatten_p=(), lr=(),
+      select="topk_recon",     # the metric that picks the best run
+      select_mode="min",       # 'min' or 'max'
+      mmcs_threshold=0.99))    # TMS: seeds at MMCS >= this count as success
   return c
 
 
@@ -156,9 +169,7 @@ def make_target(t: ml_collections.ConfigDict, seed: int, workdir: str):
   trains and saves it unless `t.path` names saved params."""
   if t.name == "gated":  # built, not trained
     apply_fn, params, sample_fn = gated.make(t, seed)
-    if distributed.is_main():
-      with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
-        f.write(flax.serialization.to_bytes(params))
+    _save_params(workdir, params)
     return apply_fn, params, sample_fn, False
   if t.name not in TARGETS:
     raise ValueError(f"unknown target {t.name!r}; known: "
@@ -176,9 +187,7 @@ def make_target(t: ml_collections.ConfigDict, seed: int, workdir: str):
                                   **{k: t[k] for k in train_args})
     logging.info("trained target: loss %.4g -> %.4g in %.1fs",
                  float(losses[0]), float(losses[-1]), time.perf_counter() - t0)
-  if distributed.is_main():
-    with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
-      f.write(flax.serialization.to_bytes(params))
+  _save_params(workdir, params)
   sample_fn = module.sampler(n_features=t.n_features,
                             feature_probability=t.feature_probability)
   return module.apply, params, sample_fn, t.name == "resid_mlp"
@@ -218,6 +227,12 @@ def _resume_logs(workdir: str, config: ml_collections.ConfigDict):
   return config
 
 
+def _save_params(workdir, params):
+  if runlog.is_writer():
+    with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
+      f.write(flax.serialization.to_bytes(params))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains the target, decomposes it, writes the outputs; returns summary.
@@ -226,36 +241,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   one, so a run started again after an interruption ends where an
   uninterrupted one would.
   """
-  main = distributed.is_main()
   os.makedirs(workdir, exist_ok=True)
   run_config = config
   config = _resume_logs(workdir, config)
-  if main:
+  if runlog.is_writer():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(run_config.to_json_best_effort(indent=2))
   apply_fn, params, sample_fn, has_aux = make_target(
       config.target, config.seed, workdir)
-  log_path = os.path.join(workdir, "metrics.jsonl")
-  with open(log_path, "a") if main else open(os.devnull, "w") as log:
-
-    def write(step, record):
-      log.write(json.dumps(record) + "\n")
-      log.flush()
-
+  with runlog.RunLog(workdir, append=True) as log:
     t0 = time.perf_counter()
     result = api.decompose(
-        apply_fn, params, sample_fn, callback=write, has_aux=has_aux,
+        apply_fn, params, sample_fn, callback=log.write, has_aux=has_aux,
         mesh=sharding.make_mesh(**config.mesh),
         checkpoint_dir=os.path.join(workdir, "checkpoints"),
         **_decompose_args(config))
+    summary = summarize(result, total_seconds=time.perf_counter() - t0)
+    export.save(result, os.path.join(workdir, "decomposition"),
+                config=json.loads(run_config.to_json_best_effort()))
+    return write_outputs(config, workdir, result, sample_fn, summary, log)
+
+
+def summarize(result: api.Decomposition, **extra) -> dict:
+  """The final metrics, `extra`, and the median training rate."""
   rates = [r["steps_per_s"] for r in result.history[1:]]  # first compiles
-  summary = dict(result.metrics, total_seconds=time.perf_counter() - t0,
-                 steps_per_s=float(np.median(rates)) if rates
-                 else config.steps / result.metrics["wall_seconds"])
-  export.save(result, os.path.join(workdir, "decomposition"),
-              config=json.loads(run_config.to_json_best_effort()))
-  if not main:
+  steps = result.metrics["steps"]
+  return dict(result.metrics, **extra,
+              steps_per_s=float(np.median(rates)) if rates
+              else steps / result.metrics["wall_seconds"])
+
+
+def write_outputs(config: ml_collections.ConfigDict, workdir: str,
+                  result: api.Decomposition, sample_fn, summary: dict,
+                  log: runlog.RunLog) -> dict:
+  """Writes the factors, the target's analyses and figures (also to `log`'s
+  TensorBoard file), `summary.json` and the loss curves.
+
+  Returns `summary` with the analyses' metrics (on process 0; elsewhere
+  nothing is written and `summary` comes back as it is).
+  """
+  if not runlog.is_writer():
     return summary
+  summary = dict(summary)
   np.savez(os.path.join(workdir, "components.npz"),
            **{f"U{n}": np.asarray(u) for n, u in result.components.U.items()},
            **{f"V{n}": np.asarray(v) for n, v in result.components.V.items()})
@@ -268,6 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   plotting.plot_history(result.history, os.path.join(workdir, "losses.png"))
+  log.figures(result.metrics["steps"], workdir)
   return summary
 
 

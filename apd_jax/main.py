@@ -3,6 +3,9 @@ r"""Command line: decompose a target model as a config file says.
   python -m apd_jax.main --config=configs/tms_5_2.py --workdir=/tmp/tms_5_2 \
       --config.steps=2000
 
+A config whose `sweep` section lists values runs a sweep (every combination
+in one program), e.g. `--config.sweep.seed=0,1,2,3 --config.sweep.topk=0.2,0.3`.
+
 On several hosts (a TPU pod slice, a SLURM job) run the same command on
 every host with `--multihost`; elsewhere give the coordinator explicitly:
 
@@ -25,6 +28,7 @@ from ml_collections import config_flags
 
 from apd_jax import distributed
 from apd_jax import experiment
+from apd_jax import sweep_experiment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -58,8 +62,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # process 0 logs
   logging.info("JAX %s, process %d of %d, devices %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
+  run = (sweep_experiment.train_and_evaluate
+         if sweep_experiment.is_sweep(FLAGS.config)
+         else experiment.train_and_evaluate)
   try:
-    summary = experiment.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    summary = run(FLAGS.config, FLAGS.workdir)
   except distributed.Preempted as e:
     logging.warning("%s", e)
     sys.exit(143)

@@ -1,4 +1,9 @@
-"""Top-k masks from attributions. Masks are 0/1 floats and carry no gradient."""
+"""Top-k masks from attributions. Masks are 0/1 floats and carry no gradient.
+
+`k` is a Python number, or a traced scalar when it varies across the runs of a
+sweep (vmapped); `lax.top_k` needs a static size, so the traced form takes the
+top-k of a static bound `k_max ≥ k` and keeps its first `⌊k·B⌋` entries.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +45,39 @@ def batch_topk_mask(attributions: Array, k: float) -> Array:
   return mask.reshape(B, C)
 
 
-def make_mask(attributions: Array, k: float, *, batch_topk: bool) -> Array:
-  """Batch or per-example top-k mask of `attributions [B, C]`."""
+def traced_mask(attributions: Array, k: Array, *, k_max: float,
+                batch_topk: bool) -> Array:
+  """`make_mask` for a traced `k ≤ k_max`, with `k_max` a Python number.
+
+  Batch top-k keeps the `⌊k·B⌋` top entries of the whole `[B, C]` array
+  (`k·B` computed in `k`'s dtype), per-example top-k the `⌊k⌋` top of each
+  row: the first of the `lax.top_k` for `k_max` (sorted, ties to the lower
+  index), so the selection is the one `lax.top_k` makes for `k`.
+  """
+  attributions = jax.lax.stop_gradient(attributions)
+  B, C = attributions.shape
+  if batch_topk:
+    n_max = batch_topk_count(k_max, B)
+    _, idx = jax.lax.top_k(attributions.reshape(-1), n_max)
+    keep = jnp.arange(n_max) < jnp.floor(k * B).astype(jnp.int32)
+    mask = jnp.zeros(B * C, attributions.dtype).at[idx].set(keep)
+    return mask.reshape(B, C)
+  _, idx = jax.lax.top_k(attributions, int(k_max))
+  keep = jnp.arange(int(k_max)) < jnp.floor(k).astype(jnp.int32)
+  mask = jnp.sum(jax.nn.one_hot(idx, C) * keep[:, None], axis=-2)
+  return mask.astype(attributions.dtype)
+
+
+def make_mask(attributions: Array, k: float | Array, *, batch_topk: bool,
+              k_max: float | None = None) -> Array:
+  """Batch or per-example top-k mask of `attributions [B, C]`.
+
+  A traced `k` needs `k_max`, a Python number bounding it.
+  """
+  if isinstance(k, jax.Array):
+    if k_max is None:
+      raise ValueError("a traced top-k needs k_max, a static bound")
+    return traced_mask(attributions, k, k_max=k_max, batch_topk=batch_topk)
   if batch_topk:
     return batch_topk_mask(attributions, k)
   return topk_mask(attributions, int(k))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,29 @@ class Settings:
   # run the target in factored form (False: with [C, i, o] component weights,
   # which costs less overhead when the decomposed layers are tiny)
   factored: bool = True
+
+
+class Hypers(NamedTuple):
+  """The numeric hyperparameters that may differ between the runs of a sweep.
+
+  Given to `loss_fn` (and the train step) as traced scalars, they replace the
+  `Settings` fields of the same names, so runs that differ only in these
+  values share one compiled program. A traced `topk` must not exceed
+  `Settings.topk`, which bounds it statically. `lr_scale` multiplies the
+  optimizer's updates (Adam's update is proportional to its learning rate).
+  """
+  topk: float | Array
+  faithfulness_coeff: float | Array
+  minimality_coeff: float | Array
+  simplicity_coeff: float | Array
+  hidden_act_coeff: float | Array
+  schatten_p: float | Array
+  lr_scale: float | Array = 1.0
+
+  @classmethod
+  def of(cls, s: Settings) -> Hypers:
+    """The values `s` holds (Python floats: top-k stays static)."""
+    return cls(**{f: getattr(s, f) for f in cls._fields if f != "lr_scale"})
 
 
 def attributions(target: Target, s: Settings, comps: comp_lib.Components,
@@ -119,10 +143,14 @@ def select_acts(acts: dict[str, Array], pattern: str) -> dict[str, Array]:
 
 
 def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
-            s: Settings, key: Array | None = None
+            s: Settings, key: Array | None = None,
+            hypers: Hypers | None = None
             ) -> tuple[Array, dict[str, Array]]:
   """`(L, metrics)` for one batch `x`; differentiable in `comps`. `key`
-  draws the random projections of `attribution_projections`."""
+  draws the random projections of `attribution_projections`; `hypers`, if
+  given, overrides the numeric fields of `s` (see `Hypers`).
+  """
+  h = Hypers.of(s) if hypers is None else hypers
   n_params = comp_lib.n_parameters(comps)
   faith = losses.faithfulness(target.weights,
                               comp_lib.summed_from_factors(comps))
@@ -131,7 +159,8 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
   terms = {"faithfulness": faith}
   if s.sparsity == "topk":
     attr = jax.lax.stop_gradient(attr)
-    mask = masking.make_mask(attr, s.topk, batch_topk=s.batch_topk)
+    mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk,
+                             k_max=s.topk)
     out, acts = masked_forward(target, comps, mask, x, s.factored)
     recon = losses.kl if s.recon == "kl" else losses.mse
     terms["minimality"] = recon(target_out, out)
@@ -146,11 +175,11 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
     weights = losses.lp_weights(attr, d_out, s.lp_p)
     mask = (attr > 0).astype(attr.dtype)
   terms["simplicity"] = losses.simplicity(
-      comps.U, comps.V, weights, s.schatten_p, n_params)
-  coeffs = {"faithfulness": s.faithfulness_coeff,
-            "minimality": s.minimality_coeff,
-            "hidden_act": s.hidden_act_coeff,
-            "simplicity": s.simplicity_coeff}
+      comps.U, comps.V, weights, h.schatten_p, n_params)
+  coeffs = {"faithfulness": h.faithfulness_coeff,
+            "minimality": h.minimality_coeff,
+            "hidden_act": h.hidden_act_coeff,
+            "simplicity": h.simplicity_coeff}
   total = sum(coeffs[k] * v for k, v in terms.items())
   metrics = dict(terms, loss=total, l0=jnp.mean(jnp.sum(mask, axis=-1)))
   return total, metrics

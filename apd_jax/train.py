@@ -54,10 +54,13 @@ def make_train_step(target: Target, settings: objective.Settings,
                     ) -> Callable[[TrainState, Array], tuple[TrainState, dict]]:
   """The pure APD step: sample, attribute, mask, take gradients, update.
 
-  With a `mesh`, the batch is sharded over its data axis.
+  With a `mesh`, the batch is sharded over its data axis. The step takes
+  optional `hypers` (`objective.Hypers`, traced) that override the numeric
+  settings and scale the updates by `hypers.lr_scale`.
   """
 
-  def train_step(state: TrainState, key: Array):
+  def train_step(state: TrainState, key: Array,
+                 hypers: objective.Hypers | None = None):
     step_key = jax.random.fold_in(key, state.step)
     x = sample_fn(step_key, batch_size)
     if mesh is not None:
@@ -65,8 +68,10 @@ def make_train_step(target: Target, settings: objective.Settings,
     comps = optim.renormalize(state.components, settings.unit_norm_matrices)
     grad_fn = jax.value_and_grad(objective.loss_fn, has_aux=True)
     (_, metrics), grads = grad_fn(comps, x, target, settings,
-                                  jax.random.fold_in(step_key, 1))
+                                  jax.random.fold_in(step_key, 1), hypers)
     updates, opt_state = optimizer.update(grads, state.opt_state, comps)
+    if hypers is not None:
+      updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
     comps = optax.apply_updates(comps, updates)
     return TrainState(state.step + 1, comps, opt_state), metrics
 

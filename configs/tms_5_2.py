@@ -6,7 +6,12 @@ Paper: MMCS 0.998, ML2R 0.893 (20k steps at batch 2048; attributions taken at
 the sum of components, the paper's adjustment for this model).
 Pass `configs/tms_5_2.py:quick` for a 2k-step smoke run, `:identity` for the
 variant with an identity hidden layer (where the paper's APD failed), or
-both (`:identity,quick`).
+both (`:identity,quick`); `:sweep` trains 72 runs in one program (top-k ×
+simplicity coefficient × 8 seeds of the decomposition, all on the seed-0
+target):
+
+  python -m apd_jax.main --config=configs/tms_5_2.py:sweep \
+      --workdir=/tmp/tms_5_2_sweep
 """
 
 from apd_jax import experiment
@@ -27,10 +32,16 @@ def get_config(arg=None):
   c.simplicity_coeff = 0.7
   c.schatten_p = 1.0
   c.attribution_point = "components"
+  c.sweep.select = "mmcs"        # best run of a sweep: highest MMCS
+  c.sweep.select_mode = "max"
   args = set((arg or "").split(","))
   if "identity" in args:        # an identity hidden layer between W and Wᵀ
     c.target.n_hidden_layers = 1
     c.include = r"\['W'\]|\['hidden'\]"   # decompose it too
+  if "sweep" in args:
+    c.sweep.seed = tuple(range(8))
+    c.sweep.topk = (0.17, 0.211, 0.25)
+    c.sweep.simplicity_coeff = (0.35, 0.7, 1.4)
   if "quick" in args:
     c.steps = 2000
     c.log_every = 500

@@ -36,6 +36,13 @@ def test_cli_writes_every_output_and_a_rerun_resumes(tmp_path):
                "decomposition/decomposition.json"):
     assert (tmp_path / name).stat().st_size > 0, name
   assert json.loads((tmp_path / "config.json").read_text())["steps"] == 200
+  (events,) = tmp_path.glob("events.out.tfevents.*")
+  data = events.read_bytes()
+  assert b"brain.Event:2" in data and b"topk_recon" not in data
+  for tag in (b"loss", b"faithfulness", b"minimality", b"simplicity",
+              b"steps_per_s", b"components", b"\x89PNG"):
+    assert tag in data, tag
+
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
       "100", "200"]
 

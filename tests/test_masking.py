@@ -46,3 +46,25 @@ def test_bad_k_rejected():
     masking.batch_topk_mask(jnp.ones((4, 3)), 0.1)
   with pytest.raises(ValueError, match="integer k"):
     masking.topk_mask(jnp.ones((4, 3)), 0)
+
+
+@pytest.mark.parametrize("batch_topk,ks", [(True, (0.211, 1.0, 2.5, 3.0)),
+                                           (False, (1, 2, 3))])
+def test_traced_k_selects_what_lax_top_k_selects(batch_topk, ks):
+  # Integer-valued attributions: many ties, which both forms break by index.
+  attr = jax.random.randint(jax.random.PRNGKey(3), (40, 3), 0, 4)
+  attr = attr.astype(jnp.float32)
+  traced = jax.jit(jax.vmap(
+      lambda k: masking.make_mask(attr, k, batch_topk=batch_topk,
+                                  k_max=max(ks))))(
+          jnp.array(ks, jnp.float32))
+  for k, mask in zip(ks, traced, strict=True):
+    np.testing.assert_array_equal(
+        mask, masking.make_mask(attr, k, batch_topk=batch_topk))
+
+
+def test_traced_batch_topk_count_is_floor_kB():
+  attr = jax.random.uniform(jax.random.PRNGKey(4), (2048, 5))
+  mask = jax.jit(lambda k: masking.make_mask(attr, k, batch_topk=True,
+                                             k_max=1.0))(jnp.float32(0.211))
+  assert int(mask.sum()) == 432           # ⌊0.211·2048⌋ = ⌊432.128⌋

@@ -1,0 +1,165 @@
+"""`train_and_evaluate(config, workdir)` for a config whose `sweep` section
+lists values: all combinations train in one program (`apd_jax.sweep`).
+
+Writes to `workdir`:
+
+  config.json, target_params.msgpack   as a single run
+  runs/run_<i>/          each run as a normal decomposition workdir (its own
+                         metrics.jsonl, TensorBoard events, summary.json,
+                         components.npz and figures)
+  sweep.csv, sweep.md    every run's swept values and final metrics; with
+                         seeds swept, sweep.md also pools each setting's seeds
+  sweep_<name>.png       each metric against each swept value
+  sweep.json             the pooled table, the best run, timings
+  best/                  the best run (by `config.sweep.select`) as a normal
+                         decomposition workdir, its config.json holding the
+                         run's values
+
+Point TensorBoard at `workdir/runs` to compare the runs' curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import ml_collections
+from absl import logging
+
+from apd_jax import experiment
+from apd_jax import runlog
+from apd_jax import sweep
+from apd_jax import sweep_report
+
+METRICS = ("loss", "faithfulness", "topk_recon", "l0", "dead_components")
+# Each target's own measures of success (from experiment's reports).
+TARGET_METRICS = {
+    "tms": ("mmcs", "ml2r"),
+    "resid_mlp": ("features_recovered", "distinct_best_components",
+                  "mean_best_cosine"),
+    "gated": ("mean_function_recovery",),
+}
+
+
+def swept(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """The swept names and their values (those with any values)."""
+  return {n: tuple(config.sweep[n]) for n in sweep.SWEEPABLE
+          if len(config.sweep[n])}
+
+
+def is_sweep(config: ml_collections.ConfigDict) -> bool:
+  return bool(swept(config))
+
+
+def run_config(config: ml_collections.ConfigDict,
+               run: dict) -> ml_collections.ConfigDict:
+  """`config` as a single run with `run`'s values (sweep section emptied)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for k, v in run.items():
+      c[k] = v
+    for n in sweep.SWEEPABLE:
+      c.sweep[n] = ()
+  return c
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict:
+  """Trains every run of the sweep, writes the outputs; returns a summary."""
+  os.makedirs(workdir, exist_ok=True)
+  if runlog.is_writer():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  apply_fn, params, sample_fn, has_aux = experiment.make_target(
+      config.target, config.seed, workdir)
+  values = swept(config)
+  runs = sweep.grid(values)
+  dirs = [os.path.join(workdir, "runs", f"run_{i:03d}")
+          for i in range(len(runs))]
+  logs = [runlog.RunLog(d) for d in dirs]
+  logging.info("sweep of %d runs over %s", len(runs), values)
+
+  def write(step, records):
+    for log, record in zip(logs, records, strict=True):
+      log.write(step, record)
+
+  t0 = time.perf_counter()
+  result = sweep.decompose_sweep(
+      apply_fn, params, sample_fn, sweep=values, callback=write,
+      has_aux=has_aux, **{k: config[k] for k in experiment.DECOMPOSE_ARGS})
+  total = time.perf_counter() - t0
+  tms = config.target.name == "tms"
+  metrics = METRICS + TARGET_METRICS.get(config.target.name, ())
+  rows = []
+  for i, (run, d) in enumerate(zip(runs, result.decompositions,
+                                   strict=True)):
+    rc = run_config(config, run)
+    finite = d.metrics["finite"]
+    summary = experiment.summarize(d, total_seconds=total)
+    summary["loss"] = d.history[-1]["loss"] if d.history else float("nan")
+    if finite:
+      summary = experiment.write_outputs(rc, dirs[i], d, sample_fn, summary,
+                                         logs[i])
+    logs[i].close()
+    rows.append(dict(run=i, **run, **{m: summary.get(m, float("nan"))
+                                      for m in metrics}))
+  names = list(values)
+  pooled = []
+  if "seed" in values:
+    pooled = sweep_report.by_setting(
+        rows, names, metrics, success="mmcs" if tms else None,
+        threshold=config.sweep.mmcs_threshold)
+  best = sweep.best_index([r[config.sweep.select] for r in rows],
+                          config.sweep.select_mode)
+  if runlog.is_writer():
+    _write_reports(workdir, config, rows, names, metrics, pooled, tms)
+    _export_best(workdir, dirs[best], run_config(config, runs[best]))
+  summary = dict(
+      n_runs=len(runs), swept=values, train_seconds=result.wall_seconds,
+      total_seconds=total,
+      run_steps_per_s=len(runs) * config.steps / result.wall_seconds,
+      best_run=best, best_values=runs[best], best_metrics=rows[best],
+      by_setting=pooled)
+  if runlog.is_writer():
+    with open(os.path.join(workdir, "sweep.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def _write_reports(workdir, config, rows, names, metrics, pooled, tms):
+  extra = ""
+  if pooled:
+    cols = [n for n in names if n != "seed"] + ["seeds"] + list(metrics)
+    shown = [{**p, **{m: f"{sweep_report.fmt(p[m])} ± "
+                         f"{sweep_report.fmt(p[m + '_sd'])}"
+                      for m in metrics}} for p in pooled]
+    if tms:
+      cols.append("success_frac")
+    extra = ("Seeds pooled per setting (mean ± population sd"
+             + (f"; success_frac: fraction of seeds with MMCS >= "
+                f"{config.sweep.mmcs_threshold}" if tms else "") + "):\n\n"
+             + sweep_report.markdown(shown, cols))
+  sweep_report.write_table(
+      rows, ["run"] + names + list(metrics),
+      os.path.join(workdir, "sweep.csv"), os.path.join(workdir, "sweep.md"),
+      heading=f"Sweep of {len(rows)} runs, {config.steps} steps each "
+              f"(best by {config.sweep.select_mode} "
+              f"{config.sweep.select}).", extra_md=extra)
+  plotted = [n for n in names if n != "seed"] or names
+  for name in plotted:
+    others = [n for n in plotted if n != name]
+    sweep_report.plot_sweep(rows, name, metrics,
+                            os.path.join(workdir, f"sweep_{name}.png"),
+                            hue=others[0] if others else None)
+
+
+def _export_best(workdir, run_dir, config):
+  best = os.path.join(workdir, "best")
+  if os.path.exists(best):
+    shutil.rmtree(best)
+  shutil.copytree(run_dir, best)
+  shutil.copy(os.path.join(workdir, "target_params.msgpack"), best)
+  with open(os.path.join(best, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))

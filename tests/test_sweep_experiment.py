@@ -1,0 +1,97 @@
+"""A sweep from a config: tables, plots, per-run workdirs and the best run."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from apd_jax import sweep_experiment
+from apd_jax import sweep_report
+from configs import tms_5_2
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("sweep")
+  c = tms_5_2.get_config()
+  c.update(steps=40, log_every=20, eval_batches=2, batch_size=512)
+  c.target.steps = 300
+  c.sweep.seed = (0, 1)
+  c.sweep.topk = (0.211, 0.3)
+  summary = sweep_experiment.train_and_evaluate(c, str(workdir))
+  return workdir, summary
+
+
+def test_is_sweep_only_with_values():
+  c = tms_5_2.get_config()
+  assert not sweep_experiment.is_sweep(c)
+  c.sweep.lr = (0.01,)
+  assert sweep_experiment.swept(c) == {"lr": (0.01,)}
+
+
+def test_table_holds_every_runs_final_metrics(swept):
+  workdir, summary = swept
+  with open(workdir / "sweep.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(int(r["seed"]), float(r["topk"])) for r in rows] == [
+      (0, 0.211), (0, 0.3), (1, 0.211), (1, 0.3)]
+  md = (workdir / "sweep.md").read_text()
+  for i, row in enumerate(rows):
+    run = json.loads(
+        (workdir / "runs" / f"run_{i:03d}" / "summary.json").read_text())
+    for key in ("mmcs", "ml2r", "faithfulness", "topk_recon", "l0"):
+      assert float(row[key]) == run[key], key
+      assert sweep_report.fmt(run[key]) in md
+    log = (workdir / "runs" / f"run_{i:03d}" / "metrics.jsonl").read_text()
+    assert [json.loads(x)["step"] for x in log.splitlines()] == [20, 40]
+    assert float(row["loss"]) == json.loads(log.splitlines()[-1])["loss"]
+    assert list((workdir / "runs" / f"run_{i:03d}").glob("*tfevents*"))
+  assert summary["n_runs"] == 4
+
+
+def test_seeds_pooled_per_setting(swept):
+  workdir, summary = swept
+  with open(workdir / "sweep.csv") as f:
+    rows = list(csv.DictReader(f))
+  for pooled in summary["by_setting"]:
+    mine = [float(r["mmcs"]) for r in rows
+            if float(r["topk"]) == pooled["topk"]]
+    assert pooled["seeds"] == 2
+    np.testing.assert_allclose(pooled["mmcs"], np.mean(mine), rtol=1e-12)
+    np.testing.assert_allclose(pooled["mmcs_sd"], np.std(mine), rtol=1e-9)
+    assert pooled["success_frac"] == np.mean(np.array(mine) >= 0.99)
+
+
+def test_plot_holds_the_runs_numbers(swept, tmp_path):
+  workdir, _ = swept
+  assert (workdir / "sweep_topk.png").stat().st_size > 0
+  with open(workdir / "sweep.csv") as f:
+    rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+  fig = sweep_report.plot_sweep(rows, "topk", ["mmcs", "l0"],
+                                str(tmp_path / "p.png"))
+  for ax, metric in zip(fig.axes, ["mmcs", "l0"], strict=True):
+    np.testing.assert_array_equal(
+        ax.collections[0].get_offsets(),
+        [[r["topk"], r[metric]] for r in rows])
+  fig = sweep_report.plot_sweep(rows, "topk", ["mmcs"],
+                                str(tmp_path / "q.png"), hue="seed")
+  for seed, points in zip((0, 1), fig.axes[0].collections, strict=True):
+    np.testing.assert_array_equal(
+        points.get_offsets(),
+        [[r["topk"], r["mmcs"]] for r in rows if r["seed"] == seed])
+
+
+def test_best_run_exported_as_a_decomposition(swept):
+  workdir, summary = swept
+  with open(workdir / "sweep.csv") as f:
+    mmcs = [float(r["mmcs"]) for r in csv.DictReader(f)]
+  best = int(np.argmax(mmcs))
+  assert summary["best_run"] == best
+  run = json.loads((workdir / "best" / "summary.json").read_text())
+  assert run["mmcs"] == mmcs[best]
+  config = json.loads((workdir / "best" / "config.json").read_text())
+  assert (config["seed"], config["topk"]) == (best // 2, (0.211, 0.3)[best % 2])
+  for name in ("components.npz", "components.png", "losses.png",
+               "metrics.jsonl", "target_params.msgpack"):
+    assert (workdir / "best" / name).stat().st_size > 0, name
