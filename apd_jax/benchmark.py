@@ -34,10 +34,14 @@ from apd_jax.models import resid_mlp
 from apd_jax.models import tms
 from apd_jax.target import Target
 
-flags.DEFINE_bool("quick", False, "Small step counts; no scaling sweep.")
-flags.DEFINE_string("out", "", "Directory for the JSON files and figure.")
-flags.DEFINE_integer("steps", 0, "Timed steps per case (0: automatic).")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags (defined on use, so importing is free)."""
+  flags.DEFINE_bool("quick", False, "Small step counts; no scaling sweep.")
+  flags.DEFINE_string("out", "", "Directory for the JSON files and figure.")
+  flags.DEFINE_integer("steps", 0, "Timed steps per case (0: automatic).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,11 +195,18 @@ def plot_scaling(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  steps = FLAGS.steps or (3 if FLAGS.quick else 10)
+  run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps)
+
+
+def run(*, quick: bool = False, out: str = "", steps: int = 0) -> dict:
+  """Measures every case (and, unless `quick`, the scaling); prints the
+  table, writes JSON (and the figure) to `out` if given; returns the
+  results."""
+  steps = steps or (3 if quick else 10)
   peak = matmul_gflops()
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}; dense "
         f"matmul {peak:.1f} GFLOP/s")
-  cases = CASES[:1] + CASES[3:4] if FLAGS.quick else CASES
+  cases = CASES[:1] + CASES[3:4] if quick else CASES
   rows = []
   header = (f"{'case':22s} {'compile s':>9s} {'steps/s':>8s} {'ex/s':>9s} "
             f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'% matmul':>8s} "
@@ -211,18 +222,20 @@ def main(argv):
           f"{r['memory_mib']:7.0f}  {r['attribution']}", flush=True)
   result = dict(jax=jax.__version__, device=jax.devices()[0].device_kind,
                 matmul_gflops=peak, cases=rows)
-  if FLAGS.out:
-    os.makedirs(FLAGS.out, exist_ok=True)
-    with open(os.path.join(FLAGS.out, "benchmark.json"), "w") as f:
+  if out:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "benchmark.json"), "w") as f:
       json.dump(result, f, indent=2)
-  if not FLAGS.quick:
+  if not quick:
     print("scaling (resid_mlp_1_m1):")
-    rows = scaling(max(steps // 2, 2))
-    if FLAGS.out:
-      with open(os.path.join(FLAGS.out, "scaling.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-      plot_scaling(rows, os.path.join(FLAGS.out, "scaling.png"))
+    result["scaling"] = scaling(max(steps // 2, 2))
+    if out:
+      with open(os.path.join(out, "scaling.json"), "w") as f:
+        json.dump(result["scaling"], f, indent=2)
+      plot_scaling(result["scaling"], os.path.join(out, "scaling.png"))
+  return result
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

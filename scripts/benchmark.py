@@ -9,4 +9,5 @@ from absl import app
 from apd_jax import benchmark
 
 if __name__ == "__main__":
+  benchmark.define_flags()
   app.run(benchmark.main)
