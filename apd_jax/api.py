@@ -248,6 +248,9 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                                   or attribution_mode == "forward"):
     raise ValueError("attribution_projections needs attribution_type="
                      "'gradient' and attribution_mode 'auto' or 'reverse'")
+  if attribution_projections and factored is False:
+    raise ValueError("attribution_projections needs the factored form "
+                     "(factored=None or True)")
   if not 0 <= warmup_frac < 1:
     raise ValueError(f"warmup_frac must be in [0, 1), got {warmup_frac}")
   tgt = Target(apply_fn, params, names, has_aux)
@@ -293,7 +296,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       attribution_projections=int(attribution_projections),
       recon=recon, sparsity=sparsity, lp_p=lp_p,
       unit_norm_matrices=unit_norm_matrices,
-      factored=(_factored_by_default(tgt.weights) if factored is None
+      factored=((_factored_by_default(tgt.weights)
+                 or bool(attribution_projections)) if factored is None
                 else bool(factored)))
   if attribution_mode == "auto" and attribution_type == "gradient":
     settings = _cheapest_attribution(tgt, settings, state.components,

@@ -6,7 +6,8 @@
 One call computes, for a batch: per-example attributions (vmapped; their
 pass at θ* also gives the target's outputs), the top-k mask (no gradient),
 the masked forward pass (vmapped, in factored form) and every loss term.
-No `[C, i, o]` component weights are formed on the gradient path.
+In the factored form no `[C, i, o]` component weights are formed on the
+gradient path.
 """
 
 from __future__ import annotations

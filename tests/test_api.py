@@ -39,6 +39,10 @@ def tiny(**kw):
     (dict(lr_schedule="linear"), "lr_schedule must be one of"),
     (dict(attribution_type="activation"), "decomposed leaf's input"),
     (dict(hidden_act_coeff=1.0), "needs has_aux=True"),
+    (dict(attribution_projections=-1), "non-negative integer"),
+    (dict(attribution_projections=4, attribution_mode="forward"),
+     "attribution_mode 'auto' or 'reverse'"),
+    (dict(attribution_projections=4, factored=False), "factored form"),
 ])
 def test_bad_input_raises_before_compiling(monkeypatch, kw, message):
   def never(*a, **k):
