@@ -351,8 +351,7 @@ def _cheapest_attribution(tgt, settings, comps, sample_fn, batch_size
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           comps)
   x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
-  n = len(factored.Model(tgt.forward, tgt.weights, x0).occurrences(
-      tgt.weights, x0))
+  n = len(factored.Model(tgt.forward, tgt.weights, x0).occurrences)
 
   def cost(mode, contract):
     s = dataclasses.replace(settings, attribution_mode=mode,

@@ -222,30 +222,23 @@ class Model:
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
     self.jaxpr, self.out_tree = trace(
         forward, {n: spec(w) for n, w in weights.items()}, spec(x))
-    log = {}
-    jax.eval_shape(lambda xb: self({n: Factored(w, name=n)
-                                    for n, w in weights.items()}, xb,
-                                   log=log)[0], spec(x))
+    log, found = {}, []
+
+    def probe(xb):
+      out, _, occ = self({n: Factored(w, name=n) for n, w in weights.items()},
+                         xb, log=log)
+      found.extend(occ)
+      return out
+
+    jax.eval_shape(probe, spec(x))
+    # The factored products one pass meets, in order.
+    self.occurrences = tuple(found)
     # Leaves used other than in products: attributions need their P_c.
     self.materialised = frozenset(log["materialised"])
 
   def __call__(self, weights, x, probes=None, log=None):
     return run(self.jaxpr, self.out_tree, self.names, weights, x, probes,
                log)
-
-  def occurrences(self, weights: Mapping[str, Any], x: Any
-                  ) -> list[Occurrence]:
-    """The factored products one pass meets, in order (traced only)."""
-    found = []
-
-    def probe(xb):
-      out, _, occ = self({n: Factored(weights[n], name=n)
-                          for n in self.names}, xb)
-      found.extend(occ)
-      return out
-
-    jax.eval_shape(probe, x)
-    return found
 
   def masked(self, U: Mapping[str, Array], V: Mapping[str, Array],
              mask: Array, x: Array) -> Any:

@@ -102,8 +102,8 @@ def test_objective_falls_back_for_non_product_uses(mode):
 
 
 def test_occurrences_of_a_leaf_used_twice():
-  tgt, _, x, model = setup("tms")
-  occ = model.occurrences(tgt.weights, x[0])
+  _, _, _, model = setup("tms")
+  occ = model.occurrences
   # x Wᵀ, then h H (the hidden layer), then h W.
   assert [(o.name, o.transposed) for o in occ] == [
       ("['W']", True), ("['hidden'][0]", False), ("['W']", False)]
