@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from apd_jax import optim
+from apd_jax.models import training
 
 Array = jax.Array
 
@@ -107,17 +108,6 @@ def train(key: Array, *, n_features: int = 100, d_resid: int = 1000,
     y = output({"W_E": W_E, "layers": layers}, x)
     return jnp.mean((y - labels(x)) ** 2)
 
-  @jax.jit
-  def run(layers):
-    def step(carry, i):
-      p, s = carry
-      x = draw(jax.random.fold_in(data_key, i), batch_size)
-      value, g = jax.value_and_grad(loss)(p, x)
-      updates, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, updates), s), value
-    (p, _), values = jax.lax.scan(step, (layers, opt.init(layers)),
-                                  jnp.arange(steps))
-    return p, values
-
-  layers, values = run(params["layers"])
+  layers, values = training.fit(loss, params["layers"], opt, draw, data_key,
+                                steps=steps, batch_size=batch_size)
   return {"W_E": W_E, "layers": layers}, values

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from apd_jax.models import training
+
 Array = jax.Array
 
 
@@ -71,17 +73,6 @@ def train(key: Array, *, n_features: int, n_hidden: int,
   def loss(p, x):
     return jnp.mean((apply({**p, **fixed}, x) - x) ** 2)
 
-  @jax.jit
-  def run(trained):
-    def step(carry, i):
-      p, s = carry
-      x = draw(jax.random.fold_in(data_key, i), batch_size)
-      value, g = jax.value_and_grad(loss)(p, x)
-      updates, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, updates), s), value
-    (p, _), values = jax.lax.scan(step, (trained, opt.init(trained)),
-                                  jnp.arange(steps))
-    return p, values
-
-  trained, values = run(trained)
+  trained, values = training.fit(loss, trained, opt, draw, data_key,
+                                 steps=steps, batch_size=batch_size)
   return {**trained, **fixed}, values
