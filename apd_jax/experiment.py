@@ -121,6 +121,22 @@ DECOMPOSE_ARGS = (
     "eval_batches", "log_every", "checkpoint_every", "keep_checkpoints")
 
 
+def tms_variants(c: ml_collections.ConfigDict, arg: str | None) -> set:
+  """The TMS configs' shared options; `arg`: comma-separated 'identity' (an
+  identity hidden layer between W and Wᵀ, decomposed too), 'quick' (a 2k-step
+  smoke run). Returns the set of args, for config-specific ones."""
+  c.sweep.select = "mmcs"        # best run of a sweep: highest MMCS
+  c.sweep.select_mode = "max"
+  args = set((arg or "").split(","))
+  if "identity" in args:
+    c.target.n_hidden_layers = 1
+    c.include = r"\['W'\]|\['hidden'\]"
+  if "quick" in args:
+    c.steps = 2000
+    c.log_every = 500
+  return args
+
+
 def residual_config(n_layers: int, args: str | None):
   """Shared settings of the residual-MLP configs; `args`: comma-separated
   'rank1' (rank-1 components), 'quick' (a short smoke run)."""

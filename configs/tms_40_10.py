@@ -25,13 +25,5 @@ def get_config(arg=None):
   c.minimality_coeff = 10.0
   c.simplicity_coeff = 20.0
   c.schatten_p = 0.9
-  c.sweep.select = "mmcs"        # best run of a sweep: highest MMCS
-  c.sweep.select_mode = "max"
-  args = set((arg or "").split(","))
-  if "identity" in args:        # an identity hidden layer between W and Wᵀ
-    c.target.n_hidden_layers = 1
-    c.include = r"\['W'\]|\['hidden'\]"   # decompose it too
-  if "quick" in args:
-    c.steps = 2000
-    c.log_every = 500
+  experiment.tms_variants(c, arg)
   return c

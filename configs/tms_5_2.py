@@ -32,17 +32,9 @@ def get_config(arg=None):
   c.simplicity_coeff = 0.7
   c.schatten_p = 1.0
   c.attribution_point = "components"
-  c.sweep.select = "mmcs"        # best run of a sweep: highest MMCS
-  c.sweep.select_mode = "max"
-  args = set((arg or "").split(","))
-  if "identity" in args:        # an identity hidden layer between W and Wᵀ
-    c.target.n_hidden_layers = 1
-    c.include = r"\['W'\]|\['hidden'\]"   # decompose it too
+  args = experiment.tms_variants(c, arg)
   if "sweep" in args:
     c.sweep.seed = tuple(range(8))
     c.sweep.topk = (0.17, 0.211, 0.25)
     c.sweep.simplicity_coeff = (0.35, 0.7, 1.4)
-  if "quick" in args:
-    c.steps = 2000
-    c.log_every = 500
   return c
