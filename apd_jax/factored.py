@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
+from apd_jax import sparse
+
 Array = jax.Array
 _CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
           "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint")
@@ -49,6 +51,9 @@ class Factored:
     coef: `[C]` coefficients α.
     transposed: the value stands for `Wᵀ`.
     name: the decomposed leaf it stands for.
+    capacity: if set (a masked pass, `coef` a mask), vmapping computes only
+      the at most `capacity` nonzero (example, component) entries of the
+      batched mask (`sparse.py`).
   """
   base: Array | None
   U: Array | None = None
@@ -56,6 +61,7 @@ class Factored:
   coef: Array | None = None
   transposed: bool = False
   name: str = ""
+  capacity: int | None = None
 
   def T(self) -> Factored:
     return dataclasses.replace(self, transposed=not self.transposed)
@@ -79,8 +85,10 @@ class Factored:
       out = a @ (self.base.T if self.transposed else self.base)
     if self.U is not None:
       U, V = self.factors()
-      z = jnp.einsum("...i,cim->...cm", a, U) * self.coef[:, None]
-      out = out + jnp.einsum("...cm,cmo->...o", z, V)
+      if self.capacity:
+        out = out + sparse.masked_matmul(a, U, V, self.coef, self.capacity)
+      else:
+        out = out + sparse.dense_masked_matmul(a, U, V, self.coef)
     return out
 
 
@@ -241,9 +249,14 @@ class Model:
                log)
 
   def masked(self, U: Mapping[str, Array], V: Mapping[str, Array],
-             mask: Array, x: Array) -> Any:
-    """`forward(W(mask), x)` with `W_l(α) = Σ_c α_c U_{l,c} V_{l,c}`."""
-    weights = {n: Factored(None, U[n], V[n], mask, name=n) for n in U}
+             mask: Array, x: Array, capacity: int | None = None) -> Any:
+    """`forward(W(mask), x)` with `W_l(α) = Σ_c α_c U_{l,c} V_{l,c}`.
+
+    With `capacity`, a bound on the nonzero entries of the batched mask,
+    vmapping this skips the components the mask switches off.
+    """
+    weights = {n: Factored(None, U[n], V[n], mask, name=n, capacity=capacity)
+               for n in U}
     return self(weights, x)[0]
 
   def attributions(self, base: Mapping[str, Array], U: Mapping[str, Array],

@@ -60,6 +60,9 @@ class Settings:
   # run the target in factored form (False: with [C, i, o] component weights,
   # which costs less overhead when the decomposed layers are tiny)
   factored: bool = True
+  # the factored masked pass computes only the kept (example, component)
+  # pairs of the top-k mask, where that is cheaper than the dense form
+  sparse_masked: bool = True
 
 
 class Hypers(NamedTuple):
@@ -125,18 +128,34 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
 
 
 def masked_forward(target: Target, comps: comp_lib.Components, mask: Array,
-                   x: Array, factored_form: bool = True
+                   x: Array, factored_form: bool = True,
+                   capacity: int | None = None
                    ) -> tuple[Array, dict[str, Array]]:
   """`f(x_b; W(s_b))` for every example b, each with its own mask: in
   factored form `a W(s) = Σ_c s_c (a U_c) V_c`, or with per-example
-  weights `W(s_b) = Σ_c s_bc P_c` (cheaper for tiny layers)."""
+  weights `W(s_b) = Σ_c s_bc P_c` (cheaper for tiny layers). In factored
+  form, `capacity` (a bound on the mask's nonzero entries) makes each
+  product skip the switched-off components (`sparse.py`)."""
   if not factored_form:
     P = comp_lib.component_weights(comps)
     return jax.vmap(lambda m, xb: target.forward(
         comp_lib.masked_weights(P, m), xb))(mask, x)
   model = factored.Model(target.forward, target.weights, x[0])
-  return jax.vmap(lambda m, xb: model.masked(comps.U, comps.V, m, xb))(
-      mask, x)
+  return jax.vmap(lambda m, xb: model.masked(comps.U, comps.V, m, xb,
+                                             capacity))(mask, x)
+
+
+def mask_capacity(s: Settings, batch_size: int, n_components: int
+                  ) -> int | None:
+  """The most nonzero entries a top-k mask has, if the sparse masked pass
+  pays off (it keeps at most a quarter of the `B·C` entries), else None."""
+  if not (s.sparse_masked and s.factored and s.sparsity == "topk"):
+    return None
+  if s.batch_topk:
+    k = masking.batch_topk_count(s.topk, batch_size)
+  else:
+    k = batch_size * int(s.topk)
+  return k if 4 * k <= batch_size * n_components else None
 
 
 def select_acts(acts: dict[str, Array], pattern: str) -> dict[str, Array]:
@@ -162,7 +181,8 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
     attr = jax.lax.stop_gradient(attr)
     mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk,
                              k_max=s.topk)
-    out, acts = masked_forward(target, comps, mask, x, s.factored)
+    capacity = mask_capacity(s, *mask.shape)
+    out, acts = masked_forward(target, comps, mask, x, s.factored, capacity)
     recon = losses.kl if s.recon == "kl" else losses.mse
     terms["minimality"] = recon(target_out, out)
     if s.hidden_act_coeff:
