@@ -113,7 +113,7 @@ def _positive(**values):
 
 CHOICES = dict(attribution_type=objective.ATTRIBUTIONS,
                attribution_point=objective.POINTS,
-               attribution_mode=("auto", "forward", "reverse"),
+               attribution_mode=("auto", "forward", "reverse", "lazy"),
                recon=objective.RECONS, sparsity=objective.SPARSITIES,
                init=INITS, lr_schedule=optim.SCHEDULES)
 
@@ -194,11 +194,14 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     rank: m, each component's rank per leaf; None: full rank `min(i, o)`.
     attribution_type: 'gradient', 'ablation' or 'activation'.
     attribution_point: 'target' (gradients at θ*) or 'components' (at Σ P).
-    attribution_mode: 'auto' (cheaper by XLA's cost analysis), 'forward' or
-      'reverse' autodiff for gradient attributions.
+    attribution_mode: 'auto' (cheapest by XLA's cost analysis), 'forward'
+      or 'reverse' autodiff for gradient attributions, or 'lazy' (forward
+      mode with tangents as per-example coefficients times bases shared by
+      the batch; factored form only).
     attribution_projections: k > 0 estimates gradient attributions during
       training from k random projections of the outputs (unbiased; reverse
-      mode); 0 computes them exactly. Evaluation is always exact.
+      mode); 0 computes them exactly. With 'auto', exact attributions are
+      used instead where they cost no more. Evaluation is always exact.
     recon: 'mse', or 'kl' for logit outputs (classes on the last axis).
     sparsity: 'topk' (the paper's method) or 'lp' (the L_p variant, weight
       `minimality_coeff` and exponent `lp_p`).
@@ -245,7 +248,7 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     raise ValueError(f"attribution_projections must be a non-negative "
                      f"integer, got {attribution_projections!r}")
   if attribution_projections and (attribution_type != "gradient"
-                                  or attribution_mode == "forward"):
+                                  or attribution_mode in ("forward", "lazy")):
     raise ValueError("attribution_projections needs attribution_type="
                      "'gradient' and attribution_mode 'auto' or 'reverse'")
   if attribution_projections and factored is False:
@@ -344,8 +347,9 @@ def _random_factors(key, shapes, n_components, ranks, gain):
 
 def _cheapest_attribution(tgt, settings, comps, sample_fn, batch_size
                           ) -> objective.Settings:
-  """Forward or reverse mode, and in reverse mode each factored product's
-  contraction, whichever XLA's cost analysis says costs fewest flops."""
+  """Lazy, forward or reverse mode, and in reverse mode each factored
+  product's contraction, whichever XLA's cost analysis says costs fewest
+  flops."""
   x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
                      jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
@@ -353,8 +357,8 @@ def _cheapest_attribution(tgt, settings, comps, sample_fn, batch_size
   x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
   n = len(factored.Model(tgt.forward, tgt.weights, x0).occurrences)
 
-  def cost(mode, contract):
-    s = dataclasses.replace(settings, attribution_mode=mode,
+  def cost(mode, contract, base=settings):
+    s = dataclasses.replace(base, attribution_mode=mode,
                             attribution_contract=contract)
     return attribution.flops(
         lambda c, xb: objective.attributions(
@@ -367,9 +371,13 @@ def _cheapest_attribution(tgt, settings, comps, sample_fn, batch_size
     trial_cost = cost("reverse", trial)
     if trial_cost < best:
       contract, best = trial, trial_cost
-  if (not settings.attribution_projections
-      and cost("forward", contract) <= best):
-    return dataclasses.replace(settings, attribution_mode="forward")
+  # Exact forward-mode attributions win ties, and win over an estimate from
+  # projections when they cost no more.
+  exact = dataclasses.replace(settings, attribution_projections=0)
+  for mode in ("lazy", "forward"):
+    trial_cost = cost(mode, contract, exact)
+    if trial_cost <= best:
+      return dataclasses.replace(exact, attribution_mode=mode)
   return dataclasses.replace(settings, attribution_mode="reverse",
                              attribution_contract=contract)
 

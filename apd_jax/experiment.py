@@ -85,7 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.schatten_p = 1.0
   c.attribution_type = "gradient"   # 'gradient', 'ablation', 'activation'
   c.attribution_point = "target"    # 'target' (θ*) or 'components' (Σ P)
-  c.attribution_mode = "auto"       # 'auto', 'forward', 'reverse'
+  c.attribution_mode = "auto"       # 'auto', 'forward', 'reverse', 'lazy'
   c.attribution_projections = 0     # > 0: estimate from k output projections
   c.recon = "mse"                   # 'mse' or 'kl'
   c.sparsity = "topk"               # 'topk' or 'lp'

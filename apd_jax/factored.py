@@ -35,9 +35,9 @@ from jax.extend import core as jcore
 from apd_jax import sparse
 
 Array = jax.Array
-_CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
+CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
           "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint")
-_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +149,7 @@ def _eval(jaxpr, consts, args, ctx) -> list[Any]:
     if any(isinstance(v, Factored) for v in invals):
       outs = _factored_eqn(eqn, invals, ctx)
     else:
-      outs = _bind(eqn, invals)
+      outs = bind(eqn, invals)
     for v, val in zip(eqn.outvars, outs, strict=True):
       env[v] = val
   return [read(v) for v in jaxpr.outvars]
@@ -168,19 +168,19 @@ def _factored_eqn(eqn, invals, ctx) -> list[Any]:
     out = _factored_dot(invals, params, ctx)
     if out is not None:
       return [out]
-  if name in _CALLS:
-    sub = next((params[p] for p in _JAXPR_PARAMS if p in params), None)
+  if name in CALLS:
+    sub = next((params[p] for p in JAXPR_PARAMS if p in params), None)
     if sub is not None:
       inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
       consts = sub.consts if hasattr(sub, "consts") else []
       return _eval(inner, consts, invals, ctx)
   ctx["materialised"].update(v.name for v in invals
                              if isinstance(v, Factored))
-  return _bind(eqn, [v.dense() if isinstance(v, Factored) else v
+  return bind(eqn, [v.dense() if isinstance(v, Factored) else v
                      for v in invals])
 
 
-def _bind(eqn, invals) -> list[Any]:
+def bind(eqn, invals) -> list[Any]:
   params = eqn.primitive.get_bind_params(eqn.params)
   subfuns = []
   if isinstance(params, tuple):  # older JAX: (subfuns, params)
@@ -193,8 +193,11 @@ def _dtype(f: Factored):
   return (f.base if f.base is not None else f.U).dtype
 
 
-def _factored_dot(invals, params, ctx) -> Array | None:
-  """`a @ W` or `W @ a` patterns of `dot_general`; None if not one."""
+def product(params, invals) -> tuple[Factored, Array, int, bool] | None:
+  """`(w, a, a_dim, w_is_rhs)` if a `dot_general` is `a @ W` or `W @ a` with
+  one factored operand, `w` oriented so the product is
+  `moveaxis(a, a_dim, -1) @ w` (moved to the front if `W` was the lhs);
+  else None."""
   (lc, rc), (lb, rb) = params["dimension_numbers"]
   lhs, rhs = invals
   if lb or rb or len(lc) != 1 or isinstance(lhs, Factored) == isinstance(
@@ -203,8 +206,15 @@ def _factored_dot(invals, params, ctx) -> Array | None:
   w_is_rhs = isinstance(rhs, Factored)
   w, a = (rhs, lhs) if w_is_rhs else (lhs, rhs)
   w_dim, a_dim = (rc[0], lc[0]) if w_is_rhs else (lc[0], rc[0])
-  if w_dim == 1:
-    w = w.T()
+  return (w.T() if w_dim == 1 else w), a, a_dim, w_is_rhs
+
+
+def _factored_dot(invals, params, ctx) -> Array | None:
+  """`a @ W` or `W @ a` patterns of `dot_general`; None if not one."""
+  found = product(params, invals)
+  if found is None:
+    return None
+  w, a, a_dim, w_is_rhs = found
   a = jnp.moveaxis(a, a_dim, -1)
   k = len(ctx["inputs"])
   ctx["inputs"].append(a)
@@ -214,7 +224,6 @@ def _factored_dot(invals, params, ctx) -> Array | None:
     out = out + ctx["probes"][k]
   out = out.astype(params.get("preferred_element_type") or out.dtype)
   return out if w_is_rhs else jnp.moveaxis(out, -1, 0)
-
 
 
 class Model:
@@ -273,12 +282,19 @@ class Model:
     contracts them per occurrence, either with the direct effects
     ('direct': `G_k (a_k U V)ᵀ`) or through the factors ('cotangent':
     `(G_k Vᵀ)·(a_k U)`, cheap when `G_k` does not depend on the example).
+    Mode 'lazy' is forward mode with the tangents kept as per-example
+    coefficients times bases shared by the batch (`tangents.py`).
 
     With `projections = k > 0` (reverse mode), the d_out outputs are replaced
     by k random projections `R y`, `R ~ N(0, 1/k)^{k×d_out}` drawn from
     `key`: `E_R ||R J_c||² = ||J_c||²`, so the estimate is unbiased and costs
     k instead of d_out cotangents.
     """
+    if mode == "lazy":
+      if projections:
+        raise ValueError("projections need mode 'reverse', not 'lazy'")
+      from apd_jax import tangents  # noqa: PLC0415  (it builds on this module)
+      return tangents.attributions(self, base, U, V, x)
     weights = {n: Factored(base[n], name=n) for n in self.names}
     out, inputs, occ = self(weights, x)
     shapes = [a.shape[:-1] + (_out_dim(U, V, o),)
@@ -309,7 +325,7 @@ class Model:
     return jnp.sum(J ** 2, axis=0), out
 
 
-def _factors(U, V, occ: Occurrence) -> tuple[Array, Array]:
+def factors_of(U, V, occ: Occurrence) -> tuple[Array, Array]:
   u, v = U[occ.name], V[occ.name]
   if occ.transposed:
     return jnp.swapaxes(v, 1, 2), jnp.swapaxes(u, 1, 2)
@@ -317,17 +333,17 @@ def _factors(U, V, occ: Occurrence) -> tuple[Array, Array]:
 
 
 def _out_dim(U, V, occ: Occurrence) -> int:
-  return _factors(U, V, occ)[1].shape[-1]
+  return factors_of(U, V, occ)[1].shape[-1]
 
 
 def _direct(a: Array, U, V, occ: Occurrence) -> Array:
   """`a U_c V_c` for every c: `[C, ..., o]`."""
-  u, v = _factors(U, V, occ)
+  u, v = factors_of(U, V, occ)
   return jnp.einsum("c...m,cmo->c...o", jnp.einsum("...i,cim->c...m", a, u), v)
 
 def _contract(g: Array, a: Array, U, V, occ: Occurrence, how: str) -> Array:
   """`J[d, c] = ⟨G[d], a U_c V_c⟩` with `g [*y, ..., o]`: `[d_out, C]`."""
-  u, v = _factors(U, V, occ)
+  u, v = factors_of(U, V, occ)
   lead = a.ndim - 1
   g = g.reshape((-1,) + g.shape[g.ndim - lead - 1:])       # [d, ..., o]
   if how == "direct":

@@ -47,7 +47,9 @@ class Settings:
   schatten_p: float = 1.0
   attribution: str = "gradient"    # one of ATTRIBUTIONS
   attribution_point: str = "target"  # gradient at θ* or at Σ_c P_c
-  attribution_mode: str = "forward"  # 'forward' or 'reverse' autodiff
+  # 'forward' or 'reverse' autodiff, or 'lazy': forward mode with tangents
+  # kept as per-example coefficients × shared bases (factored form only)
+  attribution_mode: str = "forward"
   # reverse mode: per factored product, 'direct' or 'cotangent' contraction
   attribution_contract: str | tuple[str, ...] = "direct"
   # > 0: estimate gradient attributions from this many random projections of
@@ -117,8 +119,9 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
   P = comp_lib.component_weights(comps)
   if s.attribution == "gradient":  # dense form chosen, or a non-product use
     base = target.weights if at_target else comp_lib.summed_weights(P)
+    mode = "reverse" if s.attribution_mode == "reverse" else "forward"
     attr = jax.vmap(lambda xb: attribution.gradient(
-        target.output, base, P, xb, mode=s.attribution_mode))(x)
+        target.output, base, P, xb, mode=mode))(x)
   elif s.attribution == "ablation":
     attr = jax.vmap(lambda xb: attribution.ablation(target.output, P, xb))(x)
   else:

@@ -194,8 +194,9 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   api._positive(**{n: kw[n] for n in ("n_components", "steps", "batch_size",
                                       "eval_batches", "log_every")})
   p = kw["attribution_projections"]
+  forward = kw["attribution_mode"] in ("forward", "lazy")
   if p != int(p) or p < 0 or (p and (kw["attribution_type"] != "gradient"
-                                     or kw["attribution_mode"] == "forward")):
+                                     or forward)):
     raise ValueError(f"attribution_projections={p!r} needs a non-negative "
                      f"integer, gradient attributions and a mode of 'auto' "
                      f"or 'reverse'")

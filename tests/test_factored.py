@@ -72,7 +72,8 @@ def test_masked_pass_equals_materialised_weights(name):
 
 @pytest.mark.parametrize("name", ["tms", "resid_mlp", "linen", "lhs"])
 @pytest.mark.parametrize("mode,contract", [
-    ("forward", "direct"), ("reverse", "direct"), ("reverse", "cotangent")])
+    ("forward", "direct"), ("reverse", "direct"), ("reverse", "cotangent"),
+    ("lazy", "direct")])
 def test_attributions_equal_the_dense_form(name, mode, contract):
   tgt, comps, x, model = setup(name)
   P = C.component_weights(comps)

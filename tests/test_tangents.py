@@ -1,0 +1,100 @@
+"""Lazy forward-mode attributions against the dense explicit Jacobian."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_components
+
+from apd_jax import attribution
+from apd_jax import components as C
+from apd_jax import factored
+from apd_jax import objective
+from apd_jax import tangents
+from apd_jax.target import Target
+
+
+def odd_apply(params, x):
+  """Products in both orientations, a scalar multiple, a difference, leading
+  and last-axis reshapes, a concatenation and a per-example nonlinearity."""
+  h = x @ params["a"]                                   # [B, 6]
+  h = 2.0 * h - jnp.tanh(h)
+  g = (params["b"] @ h.T).T                             # W @ a
+  z = h.reshape(h.shape[0], 2, 3)                       # splits the last axis
+  w = jnp.sum(z * z, axis=-1)                           # [B, 2]
+  out = jnp.concatenate([g, w, -h], axis=-1) @ params["c"]
+  return out.reshape(out.shape[0], 1, 3)[:, 0]          # leading axes only
+
+
+def odd_problem():
+  k = jax.random.split(jax.random.PRNGKey(4), 5)
+  params = {"a": jax.random.normal(k[0], (4, 6)),
+            "b": jax.random.normal(k[1], (6, 6)),
+            "c": jax.random.normal(k[2], (14, 3))}
+  tgt = Target(odd_apply, params, ("['a']", "['b']", "['c']"))
+  shapes = {n: w.shape for n, w in tgt.weights.items()}
+  comps = random_components(k[3], shapes, 5, 2)
+  return tgt, comps, jax.random.normal(k[4], (3, 4))
+
+
+def test_lazy_attributions_equal_the_explicit_jacobian():
+  tgt, comps, x = odd_problem()
+  model = factored.Model(tgt.forward, tgt.weights, x[0])
+  assert not model.materialised
+  P = C.component_weights(comps)
+  for xb in x:
+    want = attribution.gradient(tgt.output, tgt.weights, P, xb)
+    got, (y, _) = tangents.attributions(model, tgt.weights, comps.U, comps.V,
+                                        xb)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y, tgt.output(tgt.weights, xb), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_squared_norms_equal_the_dense_tangent():
+  k = jax.random.split(jax.random.PRNGKey(0), 6)
+  Cn, lead, o = 4, (2,), 7
+  terms = (
+      (jax.random.normal(k[0], (Cn, *lead, 3)),
+       jax.random.normal(k[1], (3, o))),
+      (jax.random.normal(k[2], (Cn, *lead, 2)),
+       jax.random.normal(k[3], (Cn, 2, o))),
+      (jax.random.normal(k[4], (Cn, *lead, o)), None),
+      (jax.random.normal(k[5], (Cn, *lead, o)), None),
+  )
+  t = tangents.Lazy(terms)
+  dense = t.dense()
+  assert dense.shape == (Cn, *lead, o)
+  want = jnp.sum(dense.reshape(Cn, -1) ** 2, axis=1)
+  np.testing.assert_allclose(tangents.squared_norms(t), want, rtol=1e-5)
+
+
+def test_a_term_is_multiplied_out_when_the_basis_would_widen_it():
+  coef = jnp.ones((2, 5))
+  t = tangents.Lazy(((coef, None),))
+  narrow = t.times(jnp.ones((5, 3)))         # r = 5 > o = 3: multiplied out
+  assert narrow.terms[0][1] is None and narrow.terms[0][0].shape == (2, 3)
+  wide = t.times(jnp.ones((5, 8)))           # r = 5 <= 8: kept as a basis
+  assert wide.terms[0][0].shape == (2, 5) and wide.terms[0][1].shape == (5, 8)
+  np.testing.assert_allclose(wide.dense(), 5.0 * jnp.ones((2, 8)))
+
+
+@pytest.mark.parametrize("factored_form", [True, False])
+def test_objective_accepts_lazy_in_either_form(factored_form):
+  """Without the factored form 'lazy' means plain forward mode."""
+  tgt, comps, x = odd_problem()
+  P = C.component_weights(comps)
+  s = objective.Settings(topk=1.0, attribution_mode="lazy",
+                         factored=factored_form)
+  got = objective.attributions(tgt, s, comps, x)[0]
+  want = jax.vmap(lambda xb: attribution.gradient(
+      tgt.output, tgt.weights, P, xb))(x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_projections_need_reverse_mode():
+  tgt, comps, x = odd_problem()
+  model = factored.Model(tgt.forward, tgt.weights, x[0])
+  with pytest.raises(ValueError, match="reverse"):
+    model.attributions(tgt.weights, comps.U, comps.V, x[0], mode="lazy",
+                       projections=2, key=jax.random.PRNGKey(0))
