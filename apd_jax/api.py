@@ -374,7 +374,7 @@ def _cheapest_attribution(tgt, settings, comps, sample_fn, batch_size
   # Exact forward-mode attributions win ties, and win over an estimate from
   # projections when they cost no more.
   exact = dataclasses.replace(settings, attribution_projections=0)
-  for mode in ("lazy", "forward"):
+  for mode in (("lazy", "forward") if settings.factored else ("forward",)):
     trial_cost = cost(mode, contract, exact)
     if trial_cost <= best:
       return dataclasses.replace(exact, attribution_mode=mode)

@@ -109,7 +109,10 @@ def build(case: Case):
       jax.random.PRNGKey(1), shapes, n_components=case.n_components,
       rank={n: case.rank or comp_lib.default_rank(s)
             for n, s in shapes.items()})
-  settings = objective.Settings(**case.settings,
+  settings = dict(case.settings)
+  settings.setdefault("factored", api._factored_by_default(  # noqa: SLF001
+      tgt.weights))  # as decompose() chooses: dense form for tiny layers
+  settings = objective.Settings(**settings,
                                 attribution_projections=case.projections,
                                 attribution_mode="reverse")
   settings = api._cheapest_attribution(  # noqa: SLF001
