@@ -127,7 +127,8 @@ def measure(case: Case, steps: int) -> dict:
   """Compile time, steps/s, memory and FLOPs of one case's step."""
   step, state, settings = build(case)
   key = jax.random.PRNGKey(2)
-  single = jax.jit(step).lower(state, key).compile()
+  single = jax.jit(step, compiler_options=dict(
+      train.compiler_options())).lower(state, key).compile()
   cost = single.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   mem = single.memory_analysis()

@@ -126,7 +126,8 @@ def _gram(a: Array, b: Array) -> Array:
 
 def _pair(a: Array, b: Array) -> Array:
   """`Σ_{…, r} a[c, …, r] b[c, …, r]` per c."""
-  return jnp.sum((a * b).reshape(a.shape[0], -1), axis=1)
+  a = a.reshape(a.shape[0], -1)
+  return jnp.einsum("cr,cr->c", a, b.reshape(a.shape))
 
 
 def _eval(jaxpr, consts, args, factors):

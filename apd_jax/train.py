@@ -11,6 +11,7 @@ its data axis and the state keeps the shardings of `sharding.train_state`.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -78,6 +79,25 @@ def make_train_step(target: Target, settings: objective.Settings,
   return train_step
 
 
+# XLA:CPU's XNNPACK-based ("ynn") fusions made the residual-MLP steps 1.3-1.6x
+# slower (a product-and-reduce fusion took half the rank-1 step; see
+# benchmark.py), so the step is compiled without them on CPU.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_options() -> tuple[tuple[str, str], ...]:
+  """The XLA options for the compiled steps: `_CPU_OPTIONS` on a CPU backend
+  whose XLA knows them, else none."""
+  if jax.default_backend() != "cpu":
+    return ()
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS)(0.0)
+  except Exception:  # noqa: BLE001 - an XLA without the option
+    return ()
+  return tuple(_CPU_OPTIONS.items())
+
+
 def make_runner(train_step, state_shardings: Any = None
                 ) -> Callable[[TrainState, Array, int], Any]:
   """`run(state, key, n)`: n steps in one compiled program (state donated).
@@ -92,11 +112,14 @@ def make_runner(train_step, state_shardings: Any = None
     state, metrics = jax.lax.scan(body, state, None, length=n)
     return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
+  options = dict(compiler_options())
   if state_shardings is None:
-    return jax.jit(run, static_argnums=2, donate_argnums=0)
+    return jax.jit(run, static_argnums=2, donate_argnums=0,
+                   compiler_options=options)
   mesh = jax.tree.leaves(state_shardings)[0].mesh
   return jax.jit(run, static_argnums=2, donate_argnums=0,
-                 out_shardings=(state_shardings, sharding.replicated(mesh)))
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 compiler_options=options)
 
 
 def fit(state: TrainState, train_step, key: Array, *, steps: int,
