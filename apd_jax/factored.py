@@ -36,7 +36,7 @@ from apd_jax import sparse
 
 Array = jax.Array
 CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
-          "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint")
+         "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint")
 JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
@@ -177,7 +177,7 @@ def _factored_eqn(eqn, invals, ctx) -> list[Any]:
   ctx["materialised"].update(v.name for v in invals
                              if isinstance(v, Factored))
   return bind(eqn, [v.dense() if isinstance(v, Factored) else v
-                     for v in invals])
+                    for v in invals])
 
 
 def bind(eqn, invals) -> list[Any]:

@@ -119,8 +119,10 @@ def _gram(a: Array, b: Array) -> Array:
   """`a bᵀ` over the last axis, per component if either is `[C, r, o]`."""
   if a.ndim == 2 and b.ndim == 2:
     return a @ b.T
-  a = a if a.ndim == 3 else a[None]
-  b = b if b.ndim == 3 else b[None]
+  if a.ndim == 2:
+    return jnp.einsum("ro,cso->crs", a, b)
+  if b.ndim == 2:
+    return jnp.einsum("cro,so->crs", a, b)
   return jnp.einsum("cro,cso->crs", a, b)
 
 
