@@ -155,7 +155,9 @@ def _eval(jaxpr, consts, args, ctx) -> list[Any]:
   return [read(v) for v in jaxpr.outvars]
 
 
-def _factored_eqn(eqn, invals, ctx) -> list[Any]:
+def passed_on(eqn, invals) -> list[Any] | None:
+  """The outputs of a transpose, copy or same-dtype conversion of a
+  `Factored` value (still factored); None for any other operation."""
   name, params = eqn.primitive.name, eqn.params
   if name == "transpose" and tuple(params["permutation"]) == (1, 0):
     return [invals[0].T()]
@@ -164,16 +166,31 @@ def _factored_eqn(eqn, invals, ctx) -> list[Any]:
   if (name == "convert_element_type"
       and params["new_dtype"] == _dtype(invals[0])):
     return [invals[0]]
-  if name == "dot_general":
-    out = _factored_dot(invals, params, ctx)
+  return None
+
+
+def call_body(eqn) -> tuple[Any, Sequence[Any]] | None:
+  """`(jaxpr, consts)` of a call (`jit`, `custom_jvp_call`, ...); else None."""
+  if eqn.primitive.name not in CALLS:
+    return None
+  sub = next((eqn.params[p] for p in JAXPR_PARAMS if p in eqn.params), None)
+  if sub is None:
+    return None
+  return (sub.jaxpr if hasattr(sub, "jaxpr") else sub,
+          getattr(sub, "consts", []))
+
+
+def _factored_eqn(eqn, invals, ctx) -> list[Any]:
+  outs = passed_on(eqn, invals)
+  if outs is not None:
+    return outs
+  if eqn.primitive.name == "dot_general":
+    out = _factored_dot(invals, eqn.params, ctx)
     if out is not None:
       return [out]
-  if name in CALLS:
-    sub = next((params[p] for p in JAXPR_PARAMS if p in params), None)
-    if sub is not None:
-      inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
-      consts = sub.consts if hasattr(sub, "consts") else []
-      return _eval(inner, consts, invals, ctx)
+  body = call_body(eqn)
+  if body is not None:
+    return _eval(*body, invals, ctx)
   ctx["materialised"].update(v.name for v in invals
                              if isinstance(v, Factored))
   return bind(eqn, [v.dense() if isinstance(v, Factored) else v

@@ -88,11 +88,12 @@ def batched_masked_matmul(a: Array, U: Array, V: Array, s: Array,
   T = rows_per_tile or tile_rows(K, C)
   n_tiles = (K + C * (T - 1)) // T
   # Kept pairs sorted by component (then example); unused slots hold B·C.
-  flat = jnp.nonzero(s.T.reshape(-1), size=K, fill_value=B * C)[0]
+  by_comp = s.T.reshape(-1)
+  flat = jnp.nonzero(by_comp, size=K, fill_value=B * C)[0]
   valid = flat < B * C
   comp = jnp.where(valid, flat // B, C)
   ex = jnp.where(valid, flat % B, B)
-  weight = jnp.where(valid, s.T.reshape(-1)[jnp.minimum(flat, B * C - 1)], 0)
+  weight = jnp.where(valid, by_comp[jnp.minimum(flat, B * C - 1)], 0)
   # Group c owns tiles [tile_start_c, tile_start_c + ⌈n_c/T⌉).
   counts = jnp.zeros(C + 1, jnp.int32).at[comp].add(1)[:C]
   tiles = (counts + T - 1) // T

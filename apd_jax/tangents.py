@@ -33,7 +33,6 @@ from jax.extend import core as jcore
 from apd_jax import factored
 
 Array = jax.Array
-_ENTER = tuple(c for c in factored.CALLS if not c.startswith("custom_jvp"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,13 +157,13 @@ def _eqn(eqn, ins, factors):
   per_example = any(i[2] for i in ins)
   name = eqn.primitive.name
   has_leaf = any(isinstance(v, factored.Factored) for v in vals)
-  if name in factored.CALLS and (has_leaf or name in _ENTER):
-    sub = next((eqn.params[p] for p in factored.JAXPR_PARAMS
-                if p in eqn.params), None)
-    if sub is not None:
-      inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
-      return _eval(inner, getattr(sub, "consts", []), ins, factors)
+  body = factored.call_body(eqn)
+  if body is not None and (has_leaf or not name.startswith("custom_jvp")):
+    return _eval(*body, ins, factors)
   if has_leaf:
+    outs = factored.passed_on(eqn, vals)
+    if outs is not None:
+      return [(o, t, p) for o, (_, t, p) in zip(outs, ins, strict=True)]
     return [_leaf(eqn, ins, factors)]
   if all(t is None for t in tans):
     return [(o, None, per_example) for o in factored.bind(eqn, vals)]
@@ -176,16 +175,10 @@ def _eqn(eqn, ins, factors):
 
 
 def _leaf(eqn, ins, factors):
-  """A decomposed leaf: transposed or passed on, or multiplied: where its
-  components' direct effects `a U_c V_c` enter as `coef = a U`, `B = V`."""
+  """A product with a decomposed leaf: where its components' direct effects
+  `a U_c V_c` enter as `coef = a U`, `B = V`."""
   w = next(v for v, _, _ in ins if isinstance(v, factored.Factored))
   name = eqn.primitive.name
-  if name == "transpose" and tuple(eqn.params["permutation"]) == (1, 0):
-    return w.T(), None, False
-  if name in ("copy", "copy_p", "optimization_barrier") or (
-      name == "convert_element_type"
-      and eqn.params["new_dtype"] == w.base.dtype):
-    return w, None, False
   found = (factored.product(eqn.params, [v for v, _, _ in ins])
            if name == "dot_general" else None)
   if found is None:
