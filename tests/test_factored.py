@@ -40,7 +40,9 @@ def cases():
               jax.random.uniform(k2, (3, 5))),
       "resid_mlp": (Target(resid_mlp.apply, p_res, selection.select_leaves(
           p_res, "W_in|W_out"), has_aux=True),
-                    jax.random.uniform(k2, (3, 6), minval=-1.0)),
+                    # inputs on which both MLP layers have active neurons
+                    jax.random.uniform(jax.random.PRNGKey(2), (3, 6),
+                                       minval=-1.0)),
       "linen": (Target(linen.apply, p_lin, selection.select_leaves(
           p_lin, "kernel")), jax.random.normal(k2, (3, 4))),
       "lhs": (Target(weight_as_lhs, {"w": jax.random.normal(k1, (4, 3))},
@@ -80,6 +82,9 @@ def test_attributions_equal_the_dense_form(name, mode, contract):
   if model.materialised:  # objective.attributions takes the dense path
     assert name == "lhs" and model.materialised == {"['w']"}
     return
+  if name == "resid_mlp":  # else a dead layer's tangents go unchecked
+    acts = tgt.forward(tgt.weights, x)[1]
+    assert all(jnp.any(acts[f"post_relu_{j}"] > 0) for j in range(2))
   for xb in x:
     want = attribution.gradient(tgt.output, tgt.weights, P, xb)
     got, (y, _) = model.attributions(tgt.weights, comps.U, comps.V, xb,

@@ -10,7 +10,9 @@ from apd_jax import attribution
 from apd_jax import components as C
 from apd_jax import factored
 from apd_jax import objective
+from apd_jax import selection
 from apd_jax import tangents
+from apd_jax.models import resid_mlp
 from apd_jax.target import Target
 
 
@@ -98,3 +100,27 @@ def test_projections_need_reverse_mode():
   with pytest.raises(ValueError, match="reverse"):
     model.attributions(tgt.weights, comps.U, comps.V, x[0], mode="lazy",
                        projections=2, key=jax.random.PRNGKey(0))
+
+
+def test_residual_stream_is_carried_in_its_narrow_form():
+  """`h = x W_E + Σ_l ReLU(h W_in) W_out` is tracked as coefficients
+  `[x, mid_1, mid_2]` (width 6 + 2 + 2 < 12) times shared bases, and the
+  form's value is the stream's."""
+  p = resid_mlp.init(jax.random.PRNGKey(0), n_features=6, d_resid=12,
+                     d_mlp=4, n_layers=2)
+  tgt = Target(resid_mlp.apply, p, selection.select_leaves(p, "W_in|W_out"),
+               has_aux=True)
+  comps = random_components(jax.random.PRNGKey(1), {
+      n: w.shape for n, w in tgt.weights.items()}, 3, 2)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (6,), minval=-1.0)
+  model = factored.Model(tgt.forward, tgt.weights, x)
+  flat = [factored.Factored(tgt.weights[n], name=n) for n in model.names]
+  args = [(w, None, False, None) for w in flat] + [(x, None, True, None)]
+  outs = tangents._eval(model.jaxpr.jaxpr, model.jaxpr.consts, args,  # noqa: SLF001
+                        (comps.U, comps.V))
+  acts = jax.tree.unflatten(model.out_tree, outs)[1]
+  value, _, _, form = acts["['layers'][1]['W_in']"]  # the stream at layer 2
+  assert [c.shape for c, _ in form.terms] == [(1, 6), (1, 2)]
+  np.testing.assert_allclose(form.dense()[0], value, rtol=1e-5, atol=1e-6)
+  mid = acts["post_relu_0"][0]                        # per example: no form
+  assert acts["post_relu_0"][3] is None and mid.shape == (2,)
