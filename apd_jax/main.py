@@ -13,7 +13,8 @@ every host with `--multihost`; elsewhere give the coordinator explicitly:
       --num_processes=2 --process_id=0
 
 Started again with the same workdir, a run resumes from its latest
-checkpoint. On SIGTERM it checkpoints and exits with status 143.
+checkpoint (refusing if the config differs; `--fresh` starts again). On
+SIGTERM it checkpoints and exits with status 143.
 """
 
 import json
@@ -26,14 +27,18 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from apd_jax import distributed
-from apd_jax import experiment
-from apd_jax import sweep_experiment
+from apd_jax.cli import experiment
+from apd_jax.cli import sweep_experiment
+from apd_jax.training import distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for outputs.")
+flags.DEFINE_bool("fresh", False,
+                  "Delete a previous run's checkpoints, logs and config in "
+                  "--workdir and start again (by default a run resumes, and "
+                  "refuses a workdir whose run had other settings).")
 flags.DEFINE_bool("multihost", False,
                   "Join the other processes with jax.distributed.initialize "
                   "(auto-detected on TPU pods and SLURM).")
@@ -62,6 +67,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # process 0 logs
   logging.info("JAX %s, process %d of %d, devices %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
+  if FLAGS.fresh:
+    experiment.start_afresh(FLAGS.workdir)
   run = (sweep_experiment.train_and_evaluate
          if sweep_experiment.is_sweep(FLAGS.config)
          else experiment.train_and_evaluate)

@@ -10,13 +10,16 @@ Pass `configs/gated_functions.py:quick` for a 2k-step smoke run.
 
 import ml_collections
 
-from apd_jax import experiment
+from apd_jax.cli import config as common
+from apd_jax.targets import gated
 
 
 def get_config(arg=None):
-  c = experiment.default_config()
+  args = common.parse_arg(arg, quick=False)
+  c = common.default_config()
   c.target = ml_collections.ConfigDict(dict(
-      name="gated",              # models/gated.py, built, not trained
+      name="gated",              # apd_jax/targets/gated.py, built
+      path="",                   # load params from this msgpack file if set
       n_functions=4,             # control bits, one function each
       neurons_per_function=10,   # m: ReLU neurons (knots) per function
       n_layers=2,                # MLPs the neurons are dealt to
@@ -41,7 +44,8 @@ def get_config(arg=None):
   c.simplicity_coeff = 5.0
   c.schatten_p = 1.0
   c.log_every = 5000
-  if arg == "quick":
+  c.sweep.select, c.sweep.select_mode = gated.SELECT
+  if args.quick:
     c.steps = 2000
     c.batch_size = 2048
     c.log_every = 500

@@ -9,14 +9,18 @@ rank-1 components (a feature's computation is rank 1 in each matrix), and
 `:quick` (combinable, e.g. `:rank1,quick`) is a 1k-step smoke run.
 """
 
-from apd_jax import experiment
+from apd_jax.cli import config as common
+from apd_jax.targets import resid_mlp
 
 
 def get_config(arg=None):
-  c = experiment.residual_config(1, arg)
+  args = common.parse_arg(arg, rank1=False, quick=False)
+  c = common.default_config()
+  resid_mlp.configure(c, n_layers=1)
   c.n_components = 130
-  c.steps = 40_000 if "quick" not in (arg or "") else c.steps
+  c.steps = 40_000
   c.minimality_coeff = 1.0
   c.simplicity_coeff = 10.0
   c.unit_norm_matrices = True
+  resid_mlp.variants(c, rank1=args.rank1, quick=args.quick)
   return c

@@ -6,13 +6,17 @@ Paper: features computed across both layers are each recovered by a single
 component spanning the two layers. `:rank1` and `:quick` as in resid_mlp_1.
 """
 
-from apd_jax import experiment
+from apd_jax.cli import config as common
+from apd_jax.targets import resid_mlp
 
 
 def get_config(arg=None):
-  c = experiment.residual_config(2, arg)
+  args = common.parse_arg(arg, rank1=False, quick=False)
+  c = common.default_config()
+  resid_mlp.configure(c, n_layers=2)
   c.n_components = 200
-  c.steps = 10_000 if "quick" not in (arg or "") else c.steps
+  c.steps = 10_000
   c.minimality_coeff = 2.0
   c.simplicity_coeff = 7.0
+  resid_mlp.variants(c, rank1=args.rank1, quick=args.quick)
   return c

@@ -8,11 +8,13 @@ variant with an identity hidden layer (where the paper's APD failed), or
 both (`:identity,quick`).
 """
 
-from apd_jax import experiment
+from apd_jax.cli import config as common
+from apd_jax.targets import tms
 
 
 def get_config(arg=None):
-  c = experiment.default_config()
+  args = common.parse_arg(arg, identity=False, quick=False)
+  c = common.default_config()
   c.target.update(n_features=40, n_hidden=10, steps=2000, batch_size=2048)
   c.n_components = 50
   c.rank = 11                   # the reference's min(n_features, n_hidden) + 1
@@ -25,5 +27,5 @@ def get_config(arg=None):
   c.minimality_coeff = 10.0
   c.simplicity_coeff = 20.0
   c.schatten_p = 0.9
-  experiment.tms_variants(c, arg)
+  tms.variants(c, identity=args.identity, quick=args.quick)
   return c

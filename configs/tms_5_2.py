@@ -14,11 +14,13 @@ target):
       --workdir=/tmp/tms_5_2_sweep
 """
 
-from apd_jax import experiment
+from apd_jax.cli import config as common
+from apd_jax.targets import tms
 
 
 def get_config(arg=None):
-  c = experiment.default_config()
+  args = common.parse_arg(arg, identity=False, quick=False, sweep=False)
+  c = common.default_config()
   c.target.update(n_features=5, n_hidden=2, steps=5000, batch_size=1024)
   c.n_components = 5
   c.rank = 3                    # the reference's min(n_features, n_hidden) + 1
@@ -32,8 +34,8 @@ def get_config(arg=None):
   c.simplicity_coeff = 0.7
   c.schatten_p = 1.0
   c.attribution_point = "components"
-  args = experiment.tms_variants(c, arg)
-  if "sweep" in args:
+  tms.variants(c, identity=args.identity, quick=args.quick)
+  if args.sweep:
     c.sweep.seed = tuple(range(8))
     c.sweep.topk = (0.17, 0.211, 0.25)
     c.sweep.simplicity_coeff = (0.35, 0.7, 1.4)

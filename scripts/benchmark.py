@@ -1,4 +1,4 @@
-r"""Benchmark of the APD step; see `apd_jax/benchmark.py`.
+r"""Benchmark of the APD step; see `apd_jax/cli/benchmark.py`.
 
   python scripts/benchmark.py --quick        # < 1 min
   python scripts/benchmark.py --out=/tmp/bench
@@ -6,7 +6,7 @@ r"""Benchmark of the APD step; see `apd_jax/benchmark.py`.
 
 from absl import app
 
-from apd_jax import benchmark
+from apd_jax.cli import benchmark
 
 if __name__ == "__main__":
   benchmark.define_flags()

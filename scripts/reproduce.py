@@ -17,7 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from apd_jax import experiment
+from apd_jax.cli import experiment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.")

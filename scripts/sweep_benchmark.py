@@ -60,14 +60,16 @@ def main(argv):
 
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
   from apd_jax import decompose  # noqa: PLC0415
-  from apd_jax import experiment  # noqa: PLC0415
-  from apd_jax import metrics  # noqa: PLC0415
-  from apd_jax.sweep import decompose_sweep  # noqa: PLC0415
+  from apd_jax.cli import config as cli_config  # noqa: PLC0415
+  from apd_jax.cli import experiment  # noqa: PLC0415
+  from apd_jax.core import metrics  # noqa: PLC0415
+  from apd_jax.engine.sweep import decompose_sweep  # noqa: PLC0415
   from configs import tms_5_2  # noqa: PLC0415
 
   config = tms_5_2.get_config()
   config.steps = FLAGS.steps
-  kw = {k: config[k] for k in experiment.DECOMPOSE_ARGS if k != "seed"}
+  method, training = cli_config.method_and_training(config)
+  kw = dict(include=config.include, method=method)
   apply_fn, params, sample_fn, _ = experiment.make_target(
       config.target, 0, tempfile.mkdtemp())
   seeds = list(range(FLAGS.runs))
@@ -77,10 +79,11 @@ def main(argv):
 
   t0 = time.perf_counter()
   if FLAGS.arm == "sweep":
-    runs = decompose_sweep(apply_fn, params, sample_fn,
+    runs = decompose_sweep(apply_fn, params, sample_fn, training=training,
                            sweep={"seed": seeds}, **kw).decompositions
   else:
-    runs = [decompose(apply_fn, params, sample_fn, seed=s, **kw)
+    runs = [decompose(apply_fn, params, sample_fn,
+                      training=training.replace(seed=s), **kw)
             for s in seeds]
   seconds = time.perf_counter() - t0
   print(json.dumps(dict(seconds=seconds, mmcs=[mmcs(d) for d in runs],

@@ -28,9 +28,9 @@ def tutorial(workdir: str, steps: int = 10_000, model_steps: int = 5000):
   import optax
   from flax import nnx
 
-  from apd_jax import decompose
-  from apd_jax import metrics
-  from apd_jax import plotting
+  import apd_jax
+  from apd_jax.analysis import plotting
+  from apd_jax.core import metrics
 
   class Superposition(nnx.Module):
     """5 sparse features through 2 hidden units and back: relu(x Wᵀ W + b)."""
@@ -64,11 +64,14 @@ def tutorial(workdir: str, steps: int = 10_000, model_steps: int = 5000):
   params = nnx.to_pure_dict(state)
   apply_fn = lambda p, x: nnx.merge(graphdef, p)(x)  # noqa: E731
 
-  # 3. Decompose W (not b) into 5 components, with the paper's TMS settings.
-  result = decompose(apply_fn, params, sample_fn, include="W",
-                     n_components=5, rank=3, topk=0.211, steps=steps,
-                     batch_size=2048, lr=0.03, warmup_frac=0.05,
-                     simplicity_coeff=0.7, attribution_point="components")
+  # 3. Decompose W (not b) into 5 components, with the paper's TMS settings:
+  #    what is optimised (the method) and how it is trained, as two objects.
+  method = apd_jax.APD(n_components=5, rank=3, topk=0.211,
+                       simplicity_coeff=0.7, attribution_point="components")
+  training = apd_jax.Training(steps=steps, batch_size=2048, lr=0.03,
+                              warmup_frac=0.05, log_every=steps // 4)
+  result = apd_jax.decompose(apply_fn, params, sample_fn, include="W",
+                             method=method, training=training)
   print(result.metrics)
 
   # 4. The components: each feature's column of W beside each component's.

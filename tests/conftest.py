@@ -34,7 +34,7 @@ def mlp():
 
 
 def random_components(key, shapes, C, m):
-  from apd_jax import components  # noqa: PLC0415
+  from apd_jax.core import components  # noqa: PLC0415
   return components.init_random(key, shapes, n_components=C,
                                 rank={n: m for n in shapes})
 
@@ -46,3 +46,18 @@ def keys():
 
 def allclose(a, b, **kw):
   return bool(jnp.allclose(a, b, **kw))
+
+
+def apd_and_plan(n_components=64, **options):
+  """`(APD, Plan)` from one set of keywords (each to the object with that
+  field; `n_components` is only validated: the loss takes C from the
+  factors)."""
+  import dataclasses  # noqa: PLC0415
+
+  from apd_jax.methods.apd import APD  # noqa: PLC0415
+  from apd_jax.methods.apd_objective import Plan  # noqa: PLC0415
+  names = {f.name for f in dataclasses.fields(Plan)}
+  plan = Plan(**{k: v for k, v in options.items() if k in names})
+  method = APD(n_components=n_components,
+               **{k: v for k, v in options.items() if k not in names})
+  return method, plan

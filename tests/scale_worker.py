@@ -25,8 +25,10 @@ STEPS = 40
 
 
 def run(mesh=(1, 1), *, checkpoint_dir=None, checkpoint_every=0,
-        callback=None, steps=STEPS):
-  """Decomposes a TMS 5-2 target (C=8) for `steps` steps at batch 64.
+        callback=None, steps=STEPS, sweep=False):
+  """Decomposes a TMS 5-2 target (C=8) for `steps` steps at batch 64 (with
+  `sweep`, four runs in one program: U and V stacked, the last run's history
+  and metrics).
 
   Returns:
     `{"U": [C, 2, 3], "V": [C, 3, 5], "history": [...], "metrics": {...}}`.
@@ -34,29 +36,46 @@ def run(mesh=(1, 1), *, checkpoint_dir=None, checkpoint_every=0,
   import jax
   import numpy as np
 
-  from apd_jax import api
-  from apd_jax import sharding
-  from apd_jax.models import tms
+  from apd_jax import APD
+  from apd_jax import Training
+  from apd_jax import decompose
+  from apd_jax import decompose_sweep
+  from apd_jax.targets import tms
+  from apd_jax.training import sharding
 
   params, _ = tms.train(jax.random.PRNGKey(0), n_features=5, n_hidden=2,
                         steps=300)
-  result = api.decompose(
-      tms.apply, params, tms.sampler(n_features=5, feature_probability=0.05),
-      include="W", n_components=8, topk=0.5, rank=3, steps=steps,
-      batch_size=64, lr=3e-2, warmup_frac=0.05, simplicity_coeff=0.7,
-      attribution_point="components", eval_batches=2, log_every=10,
-      mesh=sharding.make_mesh(*mesh), checkpoint_dir=checkpoint_dir,
-      checkpoint_every=checkpoint_every, callback=callback)
+  method = APD(n_components=8, topk=0.5, rank=3, simplicity_coeff=0.7,
+               attribution_point="components")
+  training = Training(
+      steps=steps, batch_size=64, lr=3e-2, warmup_frac=0.05, eval_batches=2,
+      log_every=10, mesh=None if sweep else sharding.make_mesh(*mesh),
+      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+      callback=callback)
+  sample_fn = tms.sampler(n_features=5, feature_probability=0.05)
+  if sweep:  # two seeds and two top-k in one program
+    r = decompose_sweep(tms.apply, params, sample_fn, include="W",
+                        method=method, training=training,
+                        sweep=dict(seed=(0, 1), topk=(0.5, 1.0)))
+    return dict(U=np.stack([d.components.U["['W']"]
+                            for d in r.decompositions]),
+                V=np.stack([d.components.V["['W']"]
+                            for d in r.decompositions]),
+                history=r.decompositions[-1].history,
+                metrics=r.decompositions[-1].metrics,
+                devices=jax.device_count(), processes=jax.process_count())
+  result = decompose(tms.apply, params, sample_fn, include="W",
+                     method=method, training=training)
   return dict(U=np.asarray(result.components.U["['W']"]),
               V=np.asarray(result.components.V["['W']"]),
               history=result.history, metrics=result.metrics,
               devices=jax.device_count(), processes=jax.process_count())
 
 
-@functools.lru_cache(maxsize=1)
-def reference():
+@functools.lru_cache(maxsize=2)
+def reference(sweep=False):
   """`run()` on this process's first device, computed once per session."""
-  return run()
+  return run(sweep=sweep)
 
 
 def assert_same_run(a, b):
@@ -118,13 +137,14 @@ def main():
   p.add_argument("--checkpoint_dir")
   p.add_argument("--checkpoint_every", type=int, default=0)
   p.add_argument("--signal_at", default="")
+  p.add_argument("--sweep", action="store_true")
   args = p.parse_args()
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count="
                              f"{args.devices}")
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, ROOT)
-  from apd_jax import distributed
+  from apd_jax.training import distributed
 
   if args.coordinator:
     distributed.initialize(args.coordinator, args.num_processes,
@@ -133,15 +153,16 @@ def main():
   if args.signal_at:
     at, name = args.signal_at.split(":")
 
-    def callback(step, record):
-      del record
+    def callback(step, records):
+      del records
       if step == int(at):
         os.kill(os.getpid(), getattr(signal, name))
 
   for mesh in args.meshes.split(","):
     shape = tuple(int(n) for n in mesh.split("x"))
     out = run(shape, checkpoint_dir=args.checkpoint_dir,
-              checkpoint_every=args.checkpoint_every, callback=callback)
+              checkpoint_every=args.checkpoint_every, callback=callback,
+              sweep=args.sweep)
     if distributed.is_main():
       save(f"{args.out}.{mesh}.npz", out)
 

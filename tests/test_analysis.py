@@ -3,14 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import apd_and_plan
 
-from apd_jax import analysis
-from apd_jax import api
-from apd_jax import components as C
-from apd_jax import objective
-from apd_jax.models import gated
-from apd_jax.models import resid_mlp
-from apd_jax.target import Target
+from apd_jax.analysis import features as analysis
+from apd_jax.core import components as C
+from apd_jax.core.target import Target
+from apd_jax.engine import api
+from apd_jax.targets import gated
+from apd_jax.targets import resid_mlp
 
 NAMES = ("['layers'][0]['W_in']", "['layers'][0]['W_out']")
 
@@ -34,7 +34,7 @@ def ideal(params):
        NAMES[1]: layer["W_out"][:, None, :]}               # [n, 1, d]
   comps = C.Components(U=U, V=V)
   tgt = Target(resid_mlp.apply, params, NAMES, has_aux=True)
-  return api.Decomposition(tgt, objective.Settings(topk=1.0), comps, {}, [])
+  return api.Decomposition(tgt, *apd_and_plan(topk=1.0), comps, {}, [])
 
 
 def test_contributions_by_hand():

@@ -1,5 +1,6 @@
 """The public `decompose` contract: validation, results, reproducibility."""
 
+import dataclasses
 import pathlib
 import re
 
@@ -8,20 +9,29 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import apd_jax
+from apd_jax import APD
+from apd_jax import Training
 from apd_jax import decompose
-from apd_jax import train
-from apd_jax.models import tms
+from apd_jax.targets import tms
+from apd_jax.training import train
 
 README = pathlib.Path(__file__).parent.parent / "README.md"
 
 
-def tiny(**kw):
+APD_FIELDS = {f.name for f in dataclasses.fields(APD)}
+
+
+def tiny(include="W", **kw):
+  """A 20-step TMS run; `kw` go to the `APD` or the `Training` object."""
   params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
-  args = dict(include="W", n_components=5, topk=1.0, steps=20,
-              batch_size=64, lr=1e-2, log_every=10, eval_batches=2)
-  args.update(kw)
+  m = dict(n_components=5, topk=1.0)
+  t = dict(steps=20, batch_size=64, lr=1e-2, log_every=10, eval_batches=2)
+  for k, v in kw.items():
+    (m if k in APD_FIELDS else t)[k] = v
   return decompose(tms.apply, params, tms.sampler(
-      n_features=5, feature_probability=0.05), **args)
+      n_features=5, feature_probability=0.05), include=include,
+      method=APD(**m), training=Training(**t))
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -35,8 +45,12 @@ def tiny(**kw):
     (dict(n_components=0), "n_components must be positive"),
     (dict(lr=0.0), "lr must be positive"),
     (dict(rank=0), "rank must be positive"),
+    (dict(schatten_p=0.0), "schatten_p must be positive"),
     (dict(attribution_type="magic"), "attribution_type must be one of"),
+    (dict(init="zeros"), "init must be one of"),
     (dict(lr_schedule="linear"), "lr_schedule must be one of"),
+    (dict(warmup_frac=1.0), "warmup_frac must be in"),
+    (dict(checkpoint_every=15), "multiple of log_every=10"),
     (dict(attribution_type="activation"), "decomposed leaf's input"),
     (dict(hidden_act_coeff=1.0), "needs has_aux=True"),
     (dict(attribution_projections=-1), "non-negative integer"),
@@ -54,10 +68,11 @@ def test_bad_input_raises_before_compiling(monkeypatch, kw, message):
 
 def test_sample_fn_rejected_by_apply_fn(monkeypatch):
   params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
-  wrong = lambda key, n: jnp.zeros((n, 7))  # noqa: E731  7 != 5 features
-  with pytest.raises(ValueError, match="apply_fn\\(params, x\\) rejects"):
-    decompose(tms.apply, params, wrong, include="W", n_components=5,
-              topk=1.0, steps=10)
+  wrong = lambda key, n: jax.random.uniform(key, (n, 7))  # noqa: E731  7 != 5
+  with pytest.raises(ValueError, match="apply_fn\\(params, x\\) failed"):
+    decompose(tms.apply, params, wrong, include="W",
+              method=APD(n_components=5, topk=1.0),
+              training=Training(steps=10))
 
 
 def test_failing_sample_fn_is_named():
@@ -67,8 +82,9 @@ def test_failing_sample_fn_is_named():
     raise RuntimeError("boom")
 
   with pytest.raises(ValueError, match="sample_fn\\(key, 64\\) failed.*boom"):
-    decompose(tms.apply, params, broken, include="W", n_components=5,
-              topk=1.0, steps=10, batch_size=64)
+    decompose(tms.apply, params, broken, include="W",
+              method=APD(n_components=5, topk=1.0),
+              training=Training(steps=10, batch_size=64))
 
 
 def test_result_exposes_the_contract():
@@ -113,19 +129,28 @@ def test_flax_linen_model_decomposes():
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
   sample = lambda k, n: jax.random.normal(k, (n, 4))  # noqa: E731
   r = decompose(model.apply, params, sample, include="kernel",
-                n_components=6, topk=2.0, steps=20, batch_size=32,
-                log_every=10, eval_batches=1, recon="kl")
+                method=APD(n_components=6, topk=2.0, recon="kl"),
+                training=Training(steps=20, batch_size=32, log_every=10,
+                                  eval_batches=1))
   assert set(r.component_weights) == {
       "['params']['layers_0']['kernel']", "['params']['layers_2']['kernel']"}
 
 
-def test_readme_snippet_runs():
+def test_readme_snippets_run(capsys):
+  """The quick example (at most 15 lines), then the loop of one's own."""
   text = README.read_text()
   snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
   assert len(snippet.strip().splitlines()) <= 15
   scope = {}
   exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102
   assert scope["result"].metrics["faithfulness"] < 1e-3
+  loop = re.search(r"A loop of your own.*?```python\n(.*?)```", text,
+                   re.S).group(1)
+  capsys.readouterr()
+  exec(compile(loop, "README.md", "exec"), scope)  # noqa: S102
+  printed = capsys.readouterr().out
+  assert "'faithfulness'" in printed and "'topk_recon'" in printed
+  assert int(scope["state"].step) == 200
 
 
 def mlp_with_inputs(params, x):
@@ -147,10 +172,103 @@ def test_every_option_trains_end_to_end(kw):
   params = {"w1": jax.random.normal(k1, (4, 6)),
             "w2": jax.random.normal(k2, (6, 3))}
   sample = lambda k, n: jax.random.normal(k, (n, 4))  # noqa: E731
-  args = dict(include="w", n_components=4, topk=1.5, steps=40,
-              batch_size=32, lr=1e-2, log_every=20, eval_batches=1,
-              has_aux=True)
-  args.update(kw)
-  r = decompose(mlp_with_inputs, params, sample, **args)
+  method = APD(**{**dict(n_components=4, topk=1.5), **kw})
+  r = decompose(mlp_with_inputs, params, sample, include="w", has_aux=True,
+                method=method, training=Training(
+                    steps=40, batch_size=32, lr=1e-2, log_every=20,
+                    eval_batches=1))
   first, last = r.history[0], r.history[-1]
   assert np.isfinite(last["loss"]) and last["loss"] < first["loss"]
+
+
+def test_keyword_shortcut_is_the_objects():
+  """`decompose(..., n_components=5, steps=20)` is the same run as with the
+  objects; an unknown keyword is named."""
+  params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+  sample = tms.sampler(n_features=5, feature_probability=0.05)
+  a = decompose(tms.apply, params, sample, include="W", n_components=5,
+                topk=1.0, steps=20, batch_size=64, log_every=10,
+                eval_batches=1)
+  b = decompose(tms.apply, params, sample, include="W",
+                method=APD(n_components=5, topk=1.0),
+                training=Training(steps=20, batch_size=64, log_every=10,
+                                  eval_batches=1))
+  np.testing.assert_array_equal(a.components.U["['W']"],
+                                b.components.U["['W']"])
+  assert a.method == b.method
+  with pytest.raises(ValueError, match="unknown options \\['topk_typo'\\]"):
+    decompose(tms.apply, params, sample, include="W", topk_typo=1.0,
+              method=APD(n_components=5, topk=1.0))
+
+
+def test_progress_and_matched_leaves_are_shown_unless_quiet(capsys):
+  tiny()
+  err = capsys.readouterr().err
+  assert "include='W' matched 1 leaves: ['W'] (2, 5)" in err
+  assert re.search(r"step 20/20  loss \S+ .* steps/s  ETA \d+s", err)
+  tiny(progress=False)
+  assert capsys.readouterr().err == ""
+
+
+def test_numpy_sample_fn_is_rejected():
+  params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+  batch = np.random.default_rng(0).random((64, 5)).astype(np.float32)
+  with pytest.raises(ValueError, match="same batch whatever the key"):
+    decompose(tms.apply, params, lambda key, n: batch[:n], include="W",
+              method=APD(n_components=5, topk=1.0),
+              training=Training(steps=10, batch_size=64))
+
+
+def test_rank_above_min_dim_is_warned(caplog):
+  tiny(rank=3, steps=10, log_every=10, progress=False)
+  assert "rank=3 exceeds min(i, o)=2 of ['W'] (2, 5)" in caplog.text
+
+
+def test_linen_params_subtree_is_named():
+  import flax.linen as nn  # noqa: PLC0415
+
+  model = nn.Dense(3)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+  sample = lambda k, n: jax.random.normal(k, (n, 4))  # noqa: E731
+  with pytest.raises(ValueError, match="whole `variables` dict"):
+    decompose(model.apply, variables["params"], sample, include="kernel",
+              method=APD(n_components=2, topk=1.0),
+              training=Training(steps=10, batch_size=8))
+
+
+def test_objects_are_frozen_and_hashable():
+  m = APD(n_components=5, topk=0.211)
+  assert hash(m) == hash(APD(n_components=5, topk=0.211))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    m.topk = 0.3
+  assert m.replace(topk=0.3).topk == 0.3
+  with pytest.raises(ValueError, match="topk must be positive"):
+    m.replace(topk=0.0)
+
+
+def test_own_loop_from_the_building_blocks():
+  """The building blocks make a loop of ten lines whose run is
+  `decompose`'s."""
+  params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+  sample = tms.sampler(n_features=5, feature_probability=0.05)
+  method = APD(n_components=5, topk=1.0)
+  training = Training(steps=20, batch_size=64, log_every=20, eval_batches=1,
+                      progress=False)
+  target = apd_jax.make_target(tms.apply, params, "W", log=False)
+  state = apd_jax.init_state(method, target, training)
+  plan = method.plan(target, sample, training.batch_size, state.components)
+  step = jax.jit(apd_jax.make_train_step(method, plan, target, sample,
+                                         training))
+  data_key = apd_jax.run_keys(training.seed)[1]
+  for _ in range(training.steps):
+    state, _ = step(state, data_key)
+  want = decompose(tms.apply, params, sample, include="W", method=method,
+                   training=training)
+  np.testing.assert_allclose(state.components.U["['W']"],
+                             want.components.U["['W']"], rtol=1e-5,
+                             atol=1e-6)
+  result = apd_jax.Decomposition(target, method, plan, state.components, {},
+                                 [])
+  metrics = apd_jax.evaluate(result, sample, jax.random.PRNGKey(1),
+                             batch_size=64, n_batches=1)
+  assert set(metrics) >= {"faithfulness", "topk_recon", "l0"}

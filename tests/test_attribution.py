@@ -4,13 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import apd_and_plan
 from conftest import random_components
 
-from apd_jax import attribution
-from apd_jax import components as C
-from apd_jax import objective
-from apd_jax import selection
-from apd_jax.target import Target
+from apd_jax.core import attribution
+from apd_jax.core import components as C
+from apd_jax.core import selection
+from apd_jax.core.target import Target
+from apd_jax.methods import apd_objective as objective
 
 
 def setup(mlp, keys):
@@ -42,9 +43,9 @@ def test_gradient_attribution_equals_explicit(mlp, keys, mode, contract,
   tgt, comps, x = setup(mlp, keys)
   P = C.component_weights(comps)
   base = tgt.weights if point == "target" else C.summed_weights(P)
-  s = objective.Settings(topk=1.0, attribution_point=point,
+  s = apd_and_plan(topk=1.0, attribution_point=point,
                          attribution_mode=mode, attribution_contract=contract)
-  got, y, _ = objective.attributions(tgt, s, comps, x)
+  got, y, _ = objective.attributions(tgt, *s, comps, x)
   want = jnp.stack([explicit(tgt, base, P, xb) for xb in x])
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(y, tgt.batch(x)[0], rtol=1e-5, atol=1e-6)
@@ -94,7 +95,7 @@ def test_choose_mode_picks_the_cheaper(keys, n_components, d_out, want):
   x = jax.ShapeDtypeStruct((32, 16), jnp.float32)
 
   def batched(mode):
-    s = objective.Settings(topk=1.0, attribution_mode=mode)
-    return lambda c, xb: objective.attributions(tgt, s, c, xb)[0]
+    s = apd_and_plan(topk=1.0, attribution_mode=mode)
+    return lambda c, xb: objective.attributions(tgt, *s, c, xb)[0]
 
   assert attribution.choose_mode(batched, comps, x) == want

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from apd_jax import benchmark
+from apd_jax.cli import benchmark
 
 
 def test_measure_reports_consistent_figures():

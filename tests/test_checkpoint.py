@@ -8,28 +8,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scale_worker
+from conftest import apd_and_plan
 
-from apd_jax import checkpoint
-from apd_jax import components as C
-from apd_jax import distributed
-from apd_jax import objective
-from apd_jax import optim
-from apd_jax import selection
-from apd_jax import train
-from apd_jax.models import tms
-from apd_jax.target import Target
+from apd_jax.engine import api
+from apd_jax.targets import tms
+from apd_jax.training import checkpoint
+from apd_jax.training import distributed
+from apd_jax.training import train
+from apd_jax.training.options import Training
 
 
 def tiny_fit_setup():
   params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
-  tgt = Target(tms.apply, params, selection.select_leaves(params, "W"))
-  comps = C.init_random(jax.random.PRNGKey(1), {"['W']": (2, 5)},
-                        n_components=5, rank={"['W']": 2})
-  opt = optim.make_optimizer(1e-2, 50)
-  step = train.make_train_step(
-      tgt, objective.Settings(topk=1.0), tms.sampler(
-          n_features=5, feature_probability=0.2), 32, opt)
-  return train.init_state(comps, opt), step
+  target = api.make_target(tms.apply, params, "W")
+  method, plan = apd_and_plan(n_components=5, topk=1.0, rank=2)
+  training = Training(steps=50, batch_size=32, lr=1e-2)
+  step = api.make_train_step(method, plan, target, tms.sampler(
+      n_features=5, feature_probability=0.2), training)
+  return api.init_state(method, target, training, seed=1), step
 
 
 def test_saves_every_n_steps_and_keeps_the_last_two(tmp_path):
@@ -105,3 +101,19 @@ def test_rerun_after_sigkill_ends_as_uninterrupted(tmp_path):
   assert checkpoint.latest_step(d) in (10, 20, 30)
   resumed = scale_worker.run(checkpoint_dir=d, checkpoint_every=10)
   scale_worker.assert_same_run(resumed, scale_worker.reference())
+
+
+def test_sweep_rerun_after_sigkill_ends_as_uninterrupted(tmp_path):
+  """The same for a sweep of four runs in one program: killed at step 30,
+  started again, every run ends as in the uninterrupted sweep."""
+  d = str(tmp_path / "ckpt")
+  run = scale_worker.launch(tmp_path / "out", f"--checkpoint_dir={d}",
+                            "--checkpoint_every=10", "--signal_at=30:SIGKILL",
+                            "--sweep")
+  assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+  assert checkpoint.latest_step(d) in (10, 20, 30)
+  resumed = scale_worker.run(checkpoint_dir=d, checkpoint_every=10,
+                             sweep=True)
+  want = scale_worker.reference(sweep=True)
+  assert resumed["U"].shape == (4, 8, 2, 3)
+  scale_worker.assert_same_run(resumed, want)

@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from apd_jax import components as C
-from apd_jax import losses
+from apd_jax.core import components as C
+from apd_jax.core import losses
 
 
 def test_component_and_masked_weights_match_einsum(keys):

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import scale_worker
 
-from apd_jax import distributed
+from apd_jax.training import distributed
 
 
 def test_two_processes_give_the_one_process_run(tmp_path):

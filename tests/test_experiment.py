@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from apd_jax import experiment
+from apd_jax.cli import experiment
 
 ROOT = pathlib.Path(__file__).parent.parent
 

@@ -10,25 +10,27 @@ import jax
 import numpy as np
 import pytest
 
-from apd_jax import api
-from apd_jax import export
-from apd_jax.models import tms
-from apd_jax.target import Target
+from apd_jax.core.target import Target
+from apd_jax.engine import api
+from apd_jax.engine import export
+from apd_jax.methods.apd import APD
+from apd_jax.targets import tms
+from apd_jax.training.options import Training
 
 ROOT = pathlib.Path(__file__).parent.parent
 LOAD = """
 import json, sys
 import jax
-from apd_jax import export
-from apd_jax.models import tms
-from apd_jax.target import Target
+from apd_jax.engine import export
+from apd_jax.targets import tms
+from apd_jax.core.target import Target
 r = export.load(sys.argv[1])
 x = tms.sample(jax.random.PRNGKey(7), 16, n_features=5,
                feature_probability=0.3)
 print(json.dumps(dict(attr=r.attributions(x).tolist(),
                       y=r.apply(x, r.topk_mask(x)).tolist(),
                       metrics=r.metrics, steps=[h["step"] for h in r.history],
-                      topk=r.settings.topk, names=list(r.target.names),
+                      topk=r.method.topk, names=list(r.target.names),
                       config=export.load_config(sys.argv[1]))))
 """
 
@@ -39,8 +41,9 @@ def result():
                         steps=200)
   return api.decompose(
       tms.apply, params, tms.sampler(n_features=5, feature_probability=0.05),
-      include="W", n_components=5, topk=0.5, rank=2, steps=20, batch_size=64,
-      log_every=10, eval_batches=1)
+      include="W", method=APD(n_components=5, topk=0.5, rank=2),
+      training=Training(steps=20, batch_size=64, log_every=10,
+                        eval_batches=1))
 
 
 def test_another_process_loads_the_same_decomposition(result, tmp_path):
@@ -69,7 +72,7 @@ def test_a_lambda_target_needs_its_apply_fn_again(result, tmp_path):
                      r"it as load\(\.\.\., apply_fn=\.\.\.\)"):
     export.load(str(tmp_path))
   back = export.load(str(tmp_path), apply_fn=fn)
-  assert back.settings == result.settings
+  assert back.method == result.method and back.plan == result.plan
   for a, b in zip(jax.tree.leaves(back.components),
                   jax.tree.leaves(result.components), strict=True):
     np.testing.assert_array_equal(a, b)

@@ -5,16 +5,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import apd_and_plan
 from conftest import random_components
 
-from apd_jax import attribution
-from apd_jax import components as C
-from apd_jax import factored
-from apd_jax import objective
-from apd_jax import selection
-from apd_jax.models import resid_mlp
-from apd_jax.models import tms
-from apd_jax.target import Target
+from apd_jax.core import attribution
+from apd_jax.core import components as C
+from apd_jax.core import selection
+from apd_jax.core.target import Target
+from apd_jax.fast import attribute as fast_attribute
+from apd_jax.fast import factored
+from apd_jax.methods import apd_objective as objective
+from apd_jax.targets import resid_mlp
+from apd_jax.targets import tms
 
 
 class Linen(nn.Module):
@@ -87,8 +89,9 @@ def test_attributions_equal_the_dense_form(name, mode, contract):
     assert all(jnp.any(acts[f"post_relu_{j}"] > 0) for j in range(2))
   for xb in x:
     want = attribution.gradient(tgt.output, tgt.weights, P, xb)
-    got, (y, _) = model.attributions(tgt.weights, comps.U, comps.V, xb,
-                                     mode=mode, contract=contract)
+    got, (y, _) = fast_attribute.attributions(
+        model, tgt.weights, comps.U, comps.V, xb, mode=mode,
+        contract=contract)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(y, tgt.output(tgt.weights, xb), rtol=1e-5,
                                atol=1e-6)
@@ -98,8 +101,8 @@ def test_attributions_equal_the_dense_form(name, mode, contract):
 def test_objective_falls_back_for_non_product_uses(mode):
   tgt, comps, x, _ = setup("lhs")
   P = C.component_weights(comps)
-  s = objective.Settings(topk=1.0, attribution_mode=mode)
-  got = objective.attributions(tgt, s, comps, x)[0]
+  s = apd_and_plan(topk=1.0, attribution_mode=mode)
+  got = objective.attributions(tgt, *s, comps, x)[0]
   want = jax.vmap(lambda xb: attribution.gradient(
       tgt.output, tgt.weights, P, xb))(x)
   np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -130,8 +133,8 @@ def test_projected_attributions_are_unbiased():
   """The mean over many random projections approaches the exact value."""
   tgt, comps, x, model = setup("resid_mlp")
   xb = x[0]
-  exact, _ = model.attributions(tgt.weights, comps.U, comps.V, xb,
-                                mode="reverse")
+  exact, _ = fast_attribute.attributions(model, tgt.weights, comps.U,
+                                         comps.V, xb, mode="reverse")
   keys = jax.random.split(jax.random.PRNGKey(11), 4000)
   est = jax.vmap(lambda k: model.attributions(
       tgt.weights, comps.U, comps.V, xb, mode="reverse", projections=3,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from apd_jax.models import gated
+from apd_jax.targets import gated
 
 N, M, L = 4, 10, 2          # functions, neurons per function, layers
 DELTA = 5.0 / (M - 1)       # knot spacing on [0, 5]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from conftest import x64
 from jax.test_util import check_grads
 
-from apd_jax import losses
+from apd_jax.core import losses
 
 
 def test_faithfulness_hand_value():

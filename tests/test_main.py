@@ -77,3 +77,35 @@ def test_saved_target_is_reloaded(tmp_path):
   assert ((first / "target_params.msgpack").read_bytes()
           == (second / "target_params.msgpack").read_bytes())
 
+
+
+def test_restart_with_other_settings_is_refused_unless_fresh(tmp_path):
+  base = [sys.executable, "-m", "apd_jax.main",
+          "--config=configs/tms_5_2.py", f"--workdir={tmp_path}",
+          "--config.log_every=10", "--config.eval_batches=1",
+          "--config.target.steps=50"]
+  first = subprocess.run(base + ["--config.steps=10"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-3000:]
+  other = subprocess.run(base + ["--config.steps=20", "--config.topk=0.3"],
+                         cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+  assert other.returncode != 0
+  assert "steps: 10 -> 20, topk: 0.211 -> 0.3" in other.stderr
+  assert json.loads((tmp_path / "config.json").read_text())["steps"] == 10
+  fresh = subprocess.run(base + ["--config.steps=20", "--config.topk=0.3",
+                                 "--fresh"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+  assert fresh.returncode == 0, fresh.stderr[-3000:]
+  assert "step 10/20" in fresh.stderr and "resuming" not in fresh.stderr
+  assert json.loads((tmp_path / "config.json").read_text())["topk"] == 0.3
+
+
+def test_unknown_config_argument_is_rejected(tmp_path):
+  run = subprocess.run(
+      [sys.executable, "-m", "apd_jax.main",
+       "--config=configs/tms_5_2.py:quikc", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert run.returncode != 0
+  assert "unknown config argument 'quikc'" in run.stderr
+  assert not (tmp_path / "config.json").exists()

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from apd_jax import masking
+from apd_jax.core import masking
 
 
 @pytest.mark.parametrize("k,B,C", [(0.211, 2048, 5), (1.0, 64, 50),

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apd_jax import metrics
+from apd_jax.core import metrics
 
 
 def one_column_per_component(W, scale=1.0):

@@ -3,8 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from apd_jax import components as C
-from apd_jax import optim
+from apd_jax.core import components as C
+from apd_jax.methods import apd
+from apd_jax.training import optim
 
 
 def test_schedule_warms_up_from_zero_then_holds():
@@ -31,7 +32,7 @@ def test_projection_removes_parallel_part(keys):
   comps = C.normalize_u(C.init_random(keys[0], {"a": (5, 3)}, n_components=2,
                                       rank={"a": 2}))
   grads = jax.tree.map(jnp.ones_like, comps)
-  tx = optim.project_out_parallel()
+  tx = apd.project_out_parallel()
   out, _ = tx.update(grads, tx.init(comps), comps)
   dots = jnp.sum(out.U["a"] * comps.U["a"], axis=1)
   np.testing.assert_allclose(dots, 0.0, atol=1e-6)

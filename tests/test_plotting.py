@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from apd_jax import plotting
+from apd_jax.analysis import plotting
 
 
 @pytest.mark.parametrize("shape,C", [((2, 5), 5), ((10, 40), 50)])

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from apd_jax.models import resid_mlp
+from apd_jax.targets import resid_mlp
 
 
 @pytest.mark.parametrize("n_layers,width", [(1, 50), (2, 25), (3, 17)])

@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import pytest
 
-from apd_jax import selection
+from apd_jax.core import selection
 
 
 def params():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import scale_worker
 
-from apd_jax import components as C
-from apd_jax import optim
-from apd_jax import sharding
-from apd_jax import train
+from apd_jax.core import components as C
+from apd_jax.training import sharding
+from apd_jax.training import train
+from apd_jax.training.options import Training
 
 
 def test_mesh_takes_every_device_and_names_its_axes():
@@ -34,12 +34,12 @@ def test_mesh_axes_must_divide_batch_and_components():
 
 def test_factors_and_adam_moments_are_split_over_components():
   mesh = sharding.make_mesh()
-  opt = optim.make_optimizer(1e-2, 100, warmup_frac=0.1)
+  opt = Training(lr=1e-2, steps=100, warmup_frac=0.1).make_optimizer()
 
   def new():
     comps = C.init_random(jax.random.PRNGKey(0), {"a": (2, 5), "b": (5, 3)},
                           n_components=4, rank={"a": 2, "b": 1})
-    return train.init_state(comps, opt)
+    return train.TrainState.create(comps, opt)
 
   state = sharding.init(new, lambda s: sharding.train_state(mesh, s, opt))
   specs = jax.tree.map(lambda a: tuple(a.sharding.spec), state)

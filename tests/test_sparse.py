@@ -4,16 +4,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import apd_and_plan
 from conftest import random_components
 
-from apd_jax import factored
-from apd_jax import masking
-from apd_jax import objective
-from apd_jax import selection
-from apd_jax import sparse
-from apd_jax.models import resid_mlp
-from apd_jax.models import tms
-from apd_jax.target import Target
+from apd_jax.core import masking
+from apd_jax.core import selection
+from apd_jax.core.target import Target
+from apd_jax.fast import factored
+from apd_jax.fast import sparse
+from apd_jax.methods import apd_objective as objective
+from apd_jax.targets import resid_mlp
+from apd_jax.targets import tms
 
 
 def problem(B=32, C=11, i=9, m=3, o=7, lead=(), k=1.4, seed=0):
@@ -100,14 +101,14 @@ def resid_problem():
 def test_loss_and_gradients_equal_the_dense_masked_pass():
   tgt, comps, x = resid_problem()
   base = dict(topk=1.5, hidden_act_coeff=1.0, hidden_acts="post_relu")
-  sparse_s = objective.Settings(**base)
-  dense_s = objective.Settings(**base, sparse_masked=False)
-  assert objective.mask_capacity(sparse_s, 64, 10) == 96
-  assert objective.mask_capacity(dense_s, 64, 10) is None
+  sparse_s = apd_and_plan(**base)
+  dense_s = apd_and_plan(**base, sparse_masked=False)
+  assert objective.mask_capacity(*sparse_s, 64, 10) == 96
+  assert objective.mask_capacity(*dense_s, 64, 10) is None
 
   def grad(s):
     return jax.jit(jax.value_and_grad(
-        lambda c: objective.loss_fn(c, x, tgt, s)[0]))(comps)
+        lambda c: objective.loss_fn(c, x, tgt, *s)[0]))(comps)
 
   (l_sp, g_sp), (l_de, g_de) = grad(sparse_s), grad(dense_s)
   np.testing.assert_allclose(l_sp, l_de, rtol=1e-5)
@@ -117,13 +118,13 @@ def test_loss_and_gradients_equal_the_dense_masked_pass():
 
 
 def test_capacity_is_left_out_where_dense_is_cheaper():
-  s = objective.Settings(topk=3.0)
-  assert objective.mask_capacity(s, 64, 10) is None        # 192 > 640 / 4
-  assert objective.mask_capacity(s, 64, 20) == 192
-  per_example = objective.Settings(topk=2, batch_topk=False)
-  assert objective.mask_capacity(per_example, 64, 40) == 128
+  s = apd_and_plan(topk=3.0)
+  assert objective.mask_capacity(*s, 64, 10) is None        # 192 > 640 / 4
+  assert objective.mask_capacity(*s, 64, 20) == 192
+  per_example = apd_and_plan(topk=2, batch_topk=False)
+  assert objective.mask_capacity(*per_example, 64, 40) == 128
   assert objective.mask_capacity(
-      objective.Settings(topk=1.0, factored=False), 64, 40) is None
+      *apd_and_plan(topk=1.0, factored=False), 64, 40) is None
 
 
 def test_transposed_leaf_in_factored_model():

@@ -1,13 +1,16 @@
 """A sweep trains its runs in one program, and each run is the run that
 `decompose` gives for the same values."""
 
+import chex
 import jax
 import numpy as np
 import pytest
 
+from apd_jax import APD
+from apd_jax import Training
 from apd_jax import decompose
-from apd_jax import sweep
-from apd_jax.models import tms
+from apd_jax.engine import sweep
+from apd_jax.targets import tms
 
 
 @pytest.fixture(scope="module")
@@ -17,18 +20,29 @@ def tms_target():
   return params, tms.sampler(n_features=5, feature_probability=0.05)
 
 
-BASE = dict(include="W", n_components=5, topk=0.211, rank=3, steps=60,
-            batch_size=256, lr=0.03, warmup_frac=0.05, simplicity_coeff=0.7,
-            attribution_point="components", log_every=30, eval_batches=2)
+METHOD = APD(n_components=5, topk=0.211, rank=3, simplicity_coeff=0.7,
+             attribution_point="components")
+TRAINING = Training(steps=60, batch_size=256, lr=0.03, warmup_frac=0.05,
+                    log_every=30, eval_batches=2, progress=False)
+BASE = dict(include="W", method=METHOD, training=TRAINING)
+
+
+def alone(params, sample_fn, run, training=TRAINING):
+  """The single run with `run`'s values, as `decompose` trains it."""
+  t = {k: v for k, v in run.items() if k in Training.SWEEPABLE}
+  m = {k: v for k, v in run.items() if k not in Training.SWEEPABLE}
+  return decompose(tms.apply, params, sample_fn, include="W",
+                   method=METHOD.replace(**m), training=training.replace(**t))
 
 
 def test_grid_is_every_combination_last_name_fastest():
-  runs = sweep.grid({"topk": (0.2, 0.3), "seed": (0, 1), "lr": ()})
+  names = sweep.sweepable(METHOD)
+  runs = sweep.grid({"topk": (0.2, 0.3), "seed": (0, 1), "lr": ()}, names)
   assert runs == [dict(seed=0, topk=0.2), dict(seed=0, topk=0.3),
                   dict(seed=1, topk=0.2), dict(seed=1, topk=0.3)]
-  assert sweep.grid({}) == [{}]           # nothing swept: one run
+  assert sweep.grid({}, names) == [{}]           # nothing swept: one run
   with pytest.raises(ValueError, match="cannot sweep \\['rank'\\]"):
-    sweep.grid({"rank": (1, 2)})
+    sweep.grid({"rank": (1, 2)}, names)
 
 
 def test_sweep_runs_equal_separate_runs(tms_target):
@@ -41,10 +55,9 @@ def test_sweep_runs_equal_separate_runs(tms_target):
                                  **BASE)
   assert len(result.runs) == 4
   for run, got in zip(result.runs, result.decompositions, strict=True):
-    want = decompose(tms.apply, params, sample_fn, **{**BASE, **run})
-    for a, b in zip(jax.tree.leaves(got.components),
-                    jax.tree.leaves(want.components), strict=True):
-      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    want = alone(params, sample_fn, run)
+    chex.assert_trees_all_close(got.components, want.components, atol=1e-5,
+                                rtol=1e-5)
     for key in ("faithfulness", "topk_recon", "l0", "dead_components"):
       np.testing.assert_allclose(got.metrics[key], want.metrics[key],
                                  rtol=1e-4, atol=1e-9)
@@ -58,7 +71,7 @@ def test_best_skips_non_finite_and_follows_mode(tms_target):
   params, sample_fn = tms_target
   result = sweep.decompose_sweep(
       tms.apply, params, sample_fn, sweep=dict(topk=(0.211, 1.0)),
-      **{**BASE, "steps": 30})
+      **BASE, steps=30)
   recon = [m["topk_recon"] for m in result.metrics]
   assert result.best("topk_recon") == int(np.argmin(recon))
   assert result.best("topk_recon", "max") == int(np.argmax(recon))
@@ -74,19 +87,20 @@ def test_bad_sweep_values_rejected(tms_target):
   with pytest.raises(ValueError, match="lr must be positive"):
     sweep.decompose_sweep(tms.apply, params, sample_fn,
                           sweep=dict(lr=(0.0,)), **BASE)
-  with pytest.raises(ValueError, match="unknown decompose arguments"):
+  with pytest.raises(ValueError, match="unknown options \\['topk_typo'\\]"):
     sweep.decompose_sweep(tms.apply, params, sample_fn, sweep={},
                           **BASE, topk_typo=1)
 
 
 def test_a_diverging_run_leaves_the_others_alone(tms_target):
   params, sample_fn = tms_target
-  kw = {**BASE, "steps": 30, "warmup_frac": 0.0}
-  result = sweep.decompose_sweep(tms.apply, params, sample_fn,
-                                 sweep=dict(lr=(0.01, 1e30)), **kw)
+  training = TRAINING.replace(steps=30, warmup_frac=0.0)
+  result = sweep.decompose_sweep(tms.apply, params, sample_fn, include="W",
+                                 method=METHOD, training=training,
+                                 sweep=dict(lr=(0.01, 1e30)))
   assert [m["finite"] for m in result.metrics] == [True, False]
   assert not np.isfinite(result.decompositions[1].history[-1]["loss"])
-  alone = decompose(tms.apply, params, sample_fn, **{**kw, "lr": 0.01})
+  want = alone(params, sample_fn, dict(lr=0.01), training)
   np.testing.assert_allclose(result.metrics[0]["topk_recon"],
-                             alone.metrics["topk_recon"], rtol=1e-4)
+                             want.metrics["topk_recon"], rtol=1e-4)
   assert result.best("topk_recon") == 0

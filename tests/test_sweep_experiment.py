@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from apd_jax import sweep_experiment
-from apd_jax import sweep_report
+from apd_jax.cli import sweep_experiment
+from apd_jax.cli import sweep_report
 from configs import tms_5_2
 
 

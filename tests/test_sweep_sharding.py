@@ -12,8 +12,8 @@ ROOT = pathlib.Path(__file__).parent.parent
 
 SCRIPT = textwrap.dedent("""
     import json, jax
-    from apd_jax import sweep
-    from apd_jax.models import tms
+    from apd_jax.engine import sweep
+    from apd_jax.targets import tms
     params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
     r = sweep.decompose_sweep(
         tms.apply, params, tms.sampler(n_features=5, feature_probability=0.05),

@@ -4,16 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import apd_and_plan
 from conftest import random_components
 
-from apd_jax import attribution
-from apd_jax import components as C
-from apd_jax import factored
-from apd_jax import objective
-from apd_jax import selection
-from apd_jax import tangents
-from apd_jax.models import resid_mlp
-from apd_jax.target import Target
+from apd_jax.core import attribution
+from apd_jax.core import components as C
+from apd_jax.core import selection
+from apd_jax.core.target import Target
+from apd_jax.fast import attribute as fast_attribute
+from apd_jax.fast import factored
+from apd_jax.fast import tangents
+from apd_jax.methods import apd_objective as objective
+from apd_jax.targets import resid_mlp
 
 
 def odd_apply(params, x):
@@ -86,9 +88,9 @@ def test_objective_accepts_lazy_in_either_form(factored_form):
   """Without the factored form 'lazy' means plain forward mode."""
   tgt, comps, x = odd_problem()
   P = C.component_weights(comps)
-  s = objective.Settings(topk=1.0, attribution_mode="lazy",
+  s = apd_and_plan(topk=1.0, attribution_mode="lazy",
                          factored=factored_form)
-  got = objective.attributions(tgt, s, comps, x)[0]
+  got = objective.attributions(tgt, *s, comps, x)[0]
   want = jax.vmap(lambda xb: attribution.gradient(
       tgt.output, tgt.weights, P, xb))(x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -98,8 +100,9 @@ def test_projections_need_reverse_mode():
   tgt, comps, x = odd_problem()
   model = factored.Model(tgt.forward, tgt.weights, x[0])
   with pytest.raises(ValueError, match="reverse"):
-    model.attributions(tgt.weights, comps.U, comps.V, x[0], mode="lazy",
-                       projections=2, key=jax.random.PRNGKey(0))
+    fast_attribute.attributions(model, tgt.weights, comps.U, comps.V, x[0],
+                                mode="lazy", projections=2,
+                                key=jax.random.PRNGKey(0))
 
 
 def test_residual_stream_is_carried_in_its_narrow_form():

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apd_jax.models import tms
+from apd_jax.targets import tms
 
 
 def test_apply_is_relu_wt_w_x_plus_b(keys):

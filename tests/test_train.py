@@ -4,27 +4,24 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from apd_jax import components as C
-from apd_jax import objective
-from apd_jax import optim
-from apd_jax import selection
-from apd_jax import train
-from apd_jax.models import tms
-from apd_jax.target import Target
+from apd_jax.engine import api
+from apd_jax.methods.apd import APD
+from apd_jax.targets import tms
+from apd_jax.training import train
+from apd_jax.training.options import Training
 
 
 def setup(sample_fn=None, steps=600):
   params, _ = tms.train(jax.random.PRNGKey(0), n_features=5, n_hidden=2,
                         steps=1000)
-  tgt = Target(tms.apply, params, selection.select_leaves(params, "W"))
-  comps = C.init_random(jax.random.PRNGKey(1), {"['W']": (2, 5)},
-                        n_components=5, rank={"['W']": 3})
-  s = objective.Settings(topk=0.211, simplicity_coeff=0.7,
-                         attribution_point="components")
-  opt = optim.make_optimizer(3e-2, steps, warmup_frac=0.05)
+  target = api.make_target(tms.apply, params, "W")
+  method = APD(n_components=5, topk=0.211, rank=3, simplicity_coeff=0.7,
+               attribution_point="components")
+  training = Training(steps=steps, batch_size=512, lr=3e-2, warmup_frac=0.05)
   sample_fn = sample_fn or tms.sampler(n_features=5, feature_probability=0.05)
-  step = train.make_train_step(tgt, s, sample_fn, 512, opt)
-  return train.init_state(comps, opt), step
+  state = api.init_state(method, target, training, seed=1)
+  plan = method.plan(target, sample_fn, 512, state.components)
+  return state, api.make_train_step(method, plan, target, sample_fn, training)
 
 
 def test_short_tms_run_lowers_the_losses():

@@ -11,18 +11,25 @@ Data: each feature independently active with probability p, value
 (`['layers'][l]['W_in']`), its post-ReLU activations (`['layers'][l]['W_out']`,
 the input of `W_out`, also under `post_relu_<l>`), for activation
 attributions and hidden-activation reconstruction.
+
+The end of the module makes it a command-line target (config, report).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
 
-from apd_jax import optim
-from apd_jax.models import training
+from apd_jax.analysis import features
+from apd_jax.analysis import plotting
+from apd_jax.targets import fit as training
+from apd_jax.training import optim
 
 Array = jax.Array
 
@@ -111,3 +118,68 @@ def train(key: Array, *, n_features: int = 100, d_resid: int = 1000,
   layers, values = training.fit(loss, params["layers"], opt, draw, data_key,
                                 steps=steps, batch_size=batch_size)
   return {"W_E": W_E, "layers": layers}, values
+
+
+# -- as a command-line target (`config.target.name = "resid_mlp"`) ------------
+
+HAS_AUX = True
+METRICS = ("features_recovered", "distinct_best_components",
+           "mean_best_cosine")
+SELECT = ("topk_recon", "min")
+SUCCESS = None
+ARCH = ("n_features", "d_resid", "d_mlp", "n_layers")
+TRAIN = ("feature_probability", "steps", "batch_size", "lr", "weight_decay")
+
+
+SAMPLER = ("n_features", "feature_probability")
+
+
+def configure(c, n_layers: int) -> None:
+  """The residual-MLP configs' shared settings on `c`: the target and the
+  paper's options."""
+  c.target = ml_collections.ConfigDict(dict(
+      name="resid_mlp",
+      path="",                   # load params from this msgpack file if set
+      n_features=100, d_resid=1000,
+      d_mlp=51 if n_layers == 3 else 50,   # split evenly over the layers
+      n_layers=n_layers,
+      feature_probability=0.01,
+      steps=5000, batch_size=2048, lr=3e-3, weight_decay=0.01))
+  c.include = "W_in|W_out"       # every layer's MLP; not embeddings
+  c.rank = None                  # full rank min(i, o), as the reference
+  c.batch_size = 2048
+  c.topk = 1.28
+  c.lr = 1e-3
+  c.lr_schedule = "cosine"
+  c.warmup_frac = 0.01
+  c.schatten_p = 0.9
+  c.hidden_act_coeff = 1.0
+  c.hidden_acts = "post_relu"    # the MLPs' post-ReLU activations
+  c.init_gain = 2.0
+
+
+def variants(c, *, rank1: bool = False, quick: bool = False) -> None:
+  """`rank1`: rank-1 components; `quick`: a 1k-step smoke run."""
+  if rank1:
+    c.rank = 1
+  if quick:
+    c.steps = 1000
+    c.log_every = 250
+    c.target.steps = 1000
+
+
+def report(config, result, sample_fn, workdir: str) -> dict:
+  """Feature recovery and scrubbing (`analysis/features.py`), with their
+  figures and arrays."""
+  summary, d = features.evaluate_residual(
+      result, sample_fn, jax.random.PRNGKey(config.seed + 1),
+      labels_fn=labels, batch_size=config.batch_size)
+  n = len(d["best"])
+  plotting.plot_contributions(
+      d["kappa"], d["comp_kappa"][d["best"], np.arange(n)], d["cosine"],
+      os.path.join(workdir, "contributions.png"))
+  plotting.plot_scrubbing(d["losses"], os.path.join(workdir, "scrubbing.png"))
+  np.savez(os.path.join(workdir, "analysis.npz"), kappa=d["kappa"],
+           best=d["best"], cosine=d["cosine"],
+           **{f"loss_{k}": v for k, v in d["losses"].items()})
+  return summary

@@ -27,7 +27,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from apd_jax import components as comp_lib
+from apd_jax.core import components as comp_lib
 
 Array = jax.Array
 Forward = Callable[[Mapping[str, Array], Array], Array]

@@ -1,7 +1,7 @@
 r"""Speed of the APD train step on the paper's targets, against the machine.
 
-  python -m apd_jax.benchmark --out=/tmp/bench          # ~10 min on 2 cores
-  python -m apd_jax.benchmark --quick --out=/tmp/bench  # < 1 min
+  python -m apd_jax.cli.benchmark --out=/tmp/bench          # ~10 min on 2 cores
+  python -m apd_jax.cli.benchmark --quick --out=/tmp/bench  # < 1 min
 
 For each case (paper batch size and C) it prints and writes to
 `<out>/benchmark.json`: compile seconds, steady-state steps/s and examples/s,
@@ -24,15 +24,12 @@ import jax
 from absl import app
 from absl import flags
 
-from apd_jax import api
-from apd_jax import components as comp_lib
-from apd_jax import objective
-from apd_jax import optim
-from apd_jax import selection
-from apd_jax import train
-from apd_jax.models import resid_mlp
-from apd_jax.models import tms
-from apd_jax.target import Target
+from apd_jax.engine import api
+from apd_jax.methods.apd import APD
+from apd_jax.targets import resid_mlp
+from apd_jax.targets import tms
+from apd_jax.training import train
+from apd_jax.training.options import Training
 
 FLAGS = flags.FLAGS
 
@@ -52,7 +49,7 @@ class Case:
   n_components: int
   rank: int | None
   batch_size: int
-  settings: dict         # objective.Settings fields
+  settings: dict         # APD options
   projections: int = 0
 
 
@@ -91,41 +88,32 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 
 def build(case: Case):
-  """`(step_fn, state, key)` for a case, attribution mode chosen by cost."""
+  """`(step_fn, state, plan)` for a case, through the public building blocks
+  (the plan as `decompose` derives it)."""
   dims = dict(case.dims)
   if case.target == "tms":
     params = tms.init(jax.random.PRNGKey(0), **dims)
-    tgt = Target(tms.apply, params, ("['W']",))
+    target = api.make_target(tms.apply, params, "W", log=False)
     sample = tms.sampler(n_features=dims["n_features"],
                          feature_probability=0.05)
   else:
     params = resid_mlp.init(jax.random.PRNGKey(0), **dims)
-    tgt = Target(resid_mlp.apply, params,
-                 selection.select_leaves(params, "W_in|W_out"), has_aux=True)
+    target = api.make_target(resid_mlp.apply, params, "W_in|W_out",
+                             has_aux=True, log=False)
     sample = resid_mlp.sampler(n_features=dims.get("n_features", 100),
                                feature_probability=0.01)
-  shapes = {n: w.shape for n, w in tgt.weights.items()}
-  comps = comp_lib.init_random(
-      jax.random.PRNGKey(1), shapes, n_components=case.n_components,
-      rank={n: case.rank or comp_lib.default_rank(s)
-            for n, s in shapes.items()})
-  settings = dict(case.settings)
-  settings.setdefault("factored", api._factored_by_default(  # noqa: SLF001
-      tgt.weights))  # as decompose() chooses: dense form for tiny layers
-  settings = objective.Settings(**settings,
-                                attribution_projections=case.projections,
-                                attribution_mode="reverse")
-  settings = api._cheapest_attribution(  # noqa: SLF001
-      tgt, settings, comps, sample, case.batch_size)
-  unit = settings.unit_norm_matrices
-  opt = optim.make_optimizer(1e-3, 10_000, unit_norm_matrices=unit)
-  step = train.make_train_step(tgt, settings, sample, case.batch_size, opt)
-  return step, train.init_state(comps, opt), settings
+  method = APD(n_components=case.n_components, rank=case.rank,
+               attribution_projections=case.projections, **case.settings)
+  training = Training(batch_size=case.batch_size, progress=False)
+  state = api.init_state(method, target, training, seed=1)
+  plan = method.plan(target, sample, case.batch_size, state.components)
+  step = api.make_train_step(method, plan, target, sample, training)
+  return step, state, plan
 
 
 def measure(case: Case, steps: int) -> dict:
   """Compile time, steps/s, memory and FLOPs of one case's step."""
-  step, state, settings = build(case)
+  step, state, plan = build(case)
   key = jax.random.PRNGKey(2)
   single = jax.jit(step, compiler_options=dict(
       train.compiler_options())).lower(state, key).compile()
@@ -148,8 +136,8 @@ def measure(case: Case, steps: int) -> dict:
   return dict(case=case.name, batch_size=case.batch_size,
               n_components=case.n_components, rank=case.rank,
               projections=case.projections,
-              attribution=f"{settings.attribution_mode} "
-                          f"{settings.attribution_contract}",
+              attribution=f"{plan.attribution_mode} "
+                          f"{plan.attribution_contract}",
               compile_s=max(first - steps * dt, 0.0), step_s=dt,
               steps_per_s=1 / dt, examples_per_s=case.batch_size / dt,
               gflop_per_step=flops / 1e9, gflops=flops / dt / 1e9,

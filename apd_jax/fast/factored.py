@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from apd_jax import sparse
+from apd_jax.fast import sparse
 
 Array = jax.Array
 CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
@@ -299,19 +299,15 @@ class Model:
     contracts them per occurrence, either with the direct effects
     ('direct': `G_k (a_k U V)ᵀ`) or through the factors ('cotangent':
     `(G_k Vᵀ)·(a_k U)`, cheap when `G_k` does not depend on the example).
-    Mode 'lazy' is forward mode with the tangents kept as per-example
-    coefficients times bases shared by the batch (`tangents.py`).
 
     With `projections = k > 0` (reverse mode), the d_out outputs are replaced
     by k random projections `R y`, `R ~ N(0, 1/k)^{k×d_out}` drawn from
     `key`: `E_R ||R J_c||² = ||J_c||²`, so the estimate is unbiased and costs
     k instead of d_out cotangents.
     """
-    if mode == "lazy":
-      if projections:
-        raise ValueError("projections need mode 'reverse', not 'lazy'")
-      from apd_jax import tangents  # noqa: PLC0415  (it builds on this module)
-      return tangents.attributions(self, base, U, V, x)
+    if mode not in ("forward", "reverse"):
+      raise ValueError(f"mode must be 'forward' or 'reverse' here, got "
+                       f"{mode!r} ('lazy' is `fast.attribute.attributions`)")
     weights = {n: Factored(base[n], name=n) for n in self.names}
     out, inputs, occ = self(weights, x)
     shapes = [a.shape[:-1] + (_out_dim(U, V, o),)

@@ -5,17 +5,23 @@ components are shared by both uses. Optional `[n_hidden, n_hidden]` hidden
 layers, initialised to the identity and kept fixed in target training, sit
 between the two uses. Data: each feature independently active with
 probability p, value `U[0, 1]`, generated on device from a key.
+
+The end of the module makes it a command-line target: how a config builds
+it, its variants, and its report (MMCS, ML2R, the component figure).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from apd_jax.models import training
+from apd_jax.analysis import plotting
+from apd_jax.core import metrics as metrics_lib
+from apd_jax.targets import fit as training
 
 Array = jax.Array
 
@@ -76,3 +82,42 @@ def train(key: Array, *, n_features: int, n_hidden: int,
   trained, values = training.fit(loss, trained, opt, draw, data_key,
                                  steps=steps, batch_size=batch_size)
   return {**trained, **fixed}, values
+
+
+# -- as a command-line target (`config.target.name = "tms"`) ------------------
+
+HAS_AUX = False
+METRICS = ("mmcs", "ml2r")      # its measures of success, for sweeps
+SELECT = ("mmcs", "max")        # the best run of a sweep
+SUCCESS = "mmcs"                # with seeds swept: success = MMCS >= threshold
+ARCH = ("n_features", "n_hidden", "n_hidden_layers")
+TRAIN = ("feature_probability", "steps", "batch_size", "lr", "weight_decay")
+
+
+SAMPLER = ("n_features", "feature_probability")
+
+
+def variants(c, *, identity: bool = False, quick: bool = False) -> None:
+  """The TMS configs' shared variants: `identity` (an identity hidden layer
+  between W and Wᵀ, decomposed too), `quick` (a 2k-step smoke run)."""
+  c.sweep.select, c.sweep.select_mode = SELECT
+  if identity:
+    c.target.n_hidden_layers = 1
+    c.include = r"\['W'\]|\['hidden'\]"
+  if quick:
+    c.steps = 2000
+    c.log_every = 500
+
+
+def report(config, result, sample_fn, workdir: str) -> dict:
+  """MMCS and ML2R of `W`, and the component figure."""
+  del sample_fn
+  W = result.target.params["W"]
+  P = result.component_weights["['W']"]
+  out = dict(mmcs=float(metrics_lib.mmcs(W, P)),
+             ml2r=float(metrics_lib.ml2r(W, P)))
+  plotting.plot_columns(
+      W, P, os.path.join(workdir, "components.png"),
+      title=f"TMS {config.target.n_features}-{config.target.n_hidden}: "
+            f"MMCS {out['mmcs']:.3f}, ML2R {out['ml2r']:.3f}")
+  return out

@@ -18,8 +18,9 @@ from typing import Callable
 from typing import Mapping
 
 import jax
+import jax.extend
 
-from apd_jax import selection
+from apd_jax.core import selection
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array], Any]
@@ -81,8 +82,9 @@ def check(target: Target, sample_fn: SampleFn, batch_size: int
     out = jax.eval_shape(target.apply_fn, target.params, x)
   except Exception as e:  # noqa: BLE001 - re-raised with context
     raise ValueError(
-        f"apply_fn(params, x) rejects the output of sample_fn (x: {x.shape} "
-        f"{x.dtype}): {type(e).__name__}: {e}") from e
+        f"apply_fn(params, x) failed on the output of sample_fn (x: "
+        f"{x.shape} {x.dtype}){_linen_hint(target)}: {type(e).__name__}: "
+        f"{e}") from e
   if target.has_aux:
     if not (isinstance(out, tuple) and len(out) == 2
             and isinstance(out[1], dict)):
@@ -95,3 +97,40 @@ def check(target: Target, sample_fn: SampleFn, batch_size: int
         f"apply_fn must return one array with leading batch axis "
         f"{batch_size}, got {y}")
   return x, out
+
+
+def _linen_hint(target: Target) -> str:
+  """For a Flax linen `module.apply` given `variables['params']`: says so."""
+  module = getattr(target.apply_fn, "__self__", None)
+  if module is None or not type(module).__module__.startswith("flax.linen"):
+    return ""
+  top = sorted(target.params) if isinstance(target.params, Mapping) else []
+  if "params" in top:
+    return ""
+  return (f"; the params tree's top-level keys are {top}: a linen "
+          f"`module.apply` takes the whole `variables` dict "
+          f"({{'params': ...}}), not variables['params']")
+
+
+def check_sampler(sample_fn: SampleFn, batch_size: int) -> None:
+  """Raises `ValueError` if `sample_fn`'s batch does not depend on its key:
+  a numpy sampler would be traced once into the compiled step and give the
+  same batch at every step."""
+  key = jax.random.PRNGKey(0)
+  try:
+    closed = jax.make_jaxpr(lambda k: sample_fn(k, batch_size))(key)
+  except Exception:  # noqa: BLE001 - `check` names sample_fn's error
+    return
+  jaxpr = closed.jaxpr
+  live = set(jaxpr.invars)
+  for eqn in jaxpr.eqns:
+    if any(not isinstance(v, jax.extend.core.Literal) and v in live
+           for v in eqn.invars):
+      live.update(eqn.outvars)
+  if not any(v in live for v in jaxpr.outvars
+             if not isinstance(v, jax.extend.core.Literal)):
+    raise ValueError(
+        "sample_fn(key, batch_size) returns the same batch whatever the key "
+        "(written with numpy or a fixed array?): it is traced once into the "
+        "compiled step, so training would see one batch. Draw with "
+        "jax.random from the key.")

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from apd_jax import factored
+from apd_jax.fast import factored
 
 Array = jax.Array
 

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from apd_jax import attribution
-from apd_jax import components as comp_lib
-from apd_jax import factored
-from apd_jax import losses
-from apd_jax import masking
-from apd_jax.target import Target
+from apd_jax.core import attribution
+from apd_jax.core import components as comp_lib
+from apd_jax.core import losses
+from apd_jax.core import masking
+from apd_jax.core.target import Target
+from apd_jax.fast import attribute as fast_attribute
+from apd_jax.fast import factored
 
 Array = jax.Array
 
@@ -35,33 +37,22 @@ SPARSITIES = ("topk", "lp")
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """Hyperparameters of the objective (hashable: safe to close over in jit)."""
-  topk: float                      # batch top-k: mean active per example
-  batch_topk: bool = True          # False: per-example top-k (integer k)
-  faithfulness_coeff: float = 1.0
-  minimality_coeff: float = 1.0
-  simplicity_coeff: float = 1.0
-  hidden_act_coeff: float = 0.0    # > 0 needs apply_fn with has_aux
-  hidden_acts: str = ".*"          # regex: which aux activations to match
-  schatten_p: float = 1.0
-  attribution: str = "gradient"    # one of ATTRIBUTIONS
-  attribution_point: str = "target"  # gradient at θ* or at Σ_c P_c
+class Plan:
+  """How the library computes the objective: derived from an `APD` and the
+  target for speed (`APD.plan`), never chosen by the user; the result does
+  not depend on it (up to float rounding) except through
+  `attribution_projections`, the user's estimate."""
+  # run the target in factored form (False: with [C, i, o] component
+  # weights, which costs less overhead when the decomposed layers are tiny)
+  factored: bool = True
   # 'forward' or 'reverse' autodiff, or 'lazy': forward mode with tangents
   # kept as per-example coefficients × shared bases (factored form only)
   attribution_mode: str = "forward"
   # reverse mode: per factored product, 'direct' or 'cotangent' contraction
   attribution_contract: str | tuple[str, ...] = "direct"
-  # > 0: estimate gradient attributions from this many random projections of
-  # the outputs (reverse mode; unbiased), instead of every output
+  # > 0: gradient attributions estimated from this many random projections
+  # of the outputs (the APD option, or 0 where exact ones cost no more)
   attribution_projections: int = 0
-  recon: str = "mse"               # 'mse' or 'kl' (logit outputs)
-  sparsity: str = "topk"           # 'topk' or the 'lp' variant
-  lp_p: float = 1.0                # p of the L_p variant
-  unit_norm_matrices: bool = False
-  # run the target in factored form (False: with [C, i, o] component weights,
-  # which costs less overhead when the decomposed layers are tiny)
-  factored: bool = True
   # the factored masked pass computes only the kept (example, component)
   # pairs of the top-k mask, where that is cheaper than the dense form
   sparse_masked: bool = True
@@ -71,9 +62,9 @@ class Hypers(NamedTuple):
   """The numeric hyperparameters that may differ between the runs of a sweep.
 
   Given to `loss_fn` (and the train step) as traced scalars, they replace the
-  `Settings` fields of the same names, so runs that differ only in these
-  values share one compiled program. A traced `topk` must not exceed
-  `Settings.topk`, which bounds it statically. `lr_scale` multiplies the
+  method options of the same names, so runs that differ only in these
+  values share one compiled program. A traced `topk` must not exceed the
+  method's `topk`, which bounds it statically. `lr_scale` multiplies the
   optimizer's updates (Adam's update is proportional to its learning rate).
   """
   topk: float | Array
@@ -84,14 +75,10 @@ class Hypers(NamedTuple):
   schatten_p: float | Array
   lr_scale: float | Array = 1.0
 
-  @classmethod
-  def of(cls, s: Settings) -> Hypers:
-    """The values `s` holds (Python floats: top-k stays static)."""
-    return cls(**{f: getattr(s, f) for f in cls._fields if f != "lr_scale"})
 
-
-def attributions(target: Target, s: Settings, comps: comp_lib.Components,
-                 x: Array, key: Array | None = None
+def attributions(target: Target, m: Any, plan: Plan,
+                 comps: comp_lib.Components, x: Array,
+                 key: Array | None = None
                  ) -> tuple[Array, Array, dict[str, Array]]:
   """`(A² [B, C], y, acts)`: attributions and the target's outputs on `x`.
 
@@ -100,29 +87,29 @@ def attributions(target: Target, s: Settings, comps: comp_lib.Components,
   `factored=False`, or a target that uses a decomposed leaf other than in a
   matrix product, they use the component weights (`attribution.gradient`).
   """
-  at_target = s.attribution_point == "target"
+  at_target = m.attribution_point == "target"
   model = factored.Model(target.forward, target.weights, x[0])
-  if (s.attribution == "gradient" and s.factored
+  if (m.attribution_type == "gradient" and plan.factored
       and not model.materialised):
     base = target.weights if at_target else comp_lib.summed_from_factors(comps)
-    if s.attribution_projections and key is None:
+    if plan.attribution_projections and key is None:
       raise ValueError("attribution_projections needs a key")
-    attr, (y, acts) = jax.vmap(lambda xb: model.attributions(
-        base, comps.U, comps.V, xb, mode=s.attribution_mode,
-        contract=s.attribution_contract,
-        projections=s.attribution_projections, key=key))(x)
+    attr, (y, acts) = jax.vmap(lambda xb: fast_attribute.attributions(
+        model, base, comps.U, comps.V, xb, mode=plan.attribution_mode,
+        contract=plan.attribution_contract,
+        projections=plan.attribution_projections, key=key))(x)
     if at_target:
       return attr, y, acts
     y, acts = target.batch(x)
     return attr, y, acts
   y, acts = target.batch(x)
   P = comp_lib.component_weights(comps)
-  if s.attribution == "gradient":  # dense form chosen, or a non-product use
+  if m.attribution_type == "gradient":  # dense form, or a non-product use
     base = target.weights if at_target else comp_lib.summed_weights(P)
-    mode = "reverse" if s.attribution_mode == "reverse" else "forward"
+    mode = "reverse" if plan.attribution_mode == "reverse" else "forward"
     attr = jax.vmap(lambda xb: attribution.gradient(
         target.output, base, P, xb, mode=mode))(x)
-  elif s.attribution == "ablation":
+  elif m.attribution_type == "ablation":
     attr = jax.vmap(lambda xb: attribution.ablation(target.output, P, xb))(x)
   else:
     inputs = {n: acts[n] for n in P}
@@ -148,16 +135,16 @@ def masked_forward(target: Target, comps: comp_lib.Components, mask: Array,
                                              capacity))(mask, x)
 
 
-def mask_capacity(s: Settings, batch_size: int, n_components: int
+def mask_capacity(m: Any, plan: Plan, batch_size: int, n_components: int
                   ) -> int | None:
   """The most nonzero entries a top-k mask has, if the sparse masked pass
   pays off (it keeps at most a quarter of the `B·C` entries), else None."""
-  if not (s.sparse_masked and s.factored and s.sparsity == "topk"):
+  if not (plan.sparse_masked and plan.factored and m.sparsity == "topk"):
     return None
-  if s.batch_topk:
-    k = masking.batch_topk_count(s.topk, batch_size)
+  if m.batch_topk:
+    k = masking.batch_topk_count(m.topk, batch_size)
   else:
-    k = batch_size * int(s.topk)
+    k = batch_size * int(m.topk)
   return k if 4 * k <= batch_size * n_components else None
 
 
@@ -165,27 +152,36 @@ def select_acts(acts: dict[str, Array], pattern: str) -> dict[str, Array]:
   return {k: v for k, v in acts.items() if re.search(pattern, k)}
 
 
-def loss_fn(comps: comp_lib.Components, x: Array, target: Target,
-            s: Settings, key: Array | None = None,
+def loss_fn(comps: comp_lib.Components, x: Array, target: Target, s: Any,
+            plan: Plan, key: Array | None = None,
             hypers: Hypers | None = None
             ) -> tuple[Array, dict[str, Array]]:
-  """`(L, metrics)` for one batch `x`; differentiable in `comps`. `key`
-  draws the random projections of `attribution_projections`; `hypers`, if
-  given, overrides the numeric fields of `s` (see `Hypers`).
+  """`(L, metrics)` for one batch `x`; differentiable in `comps`.
+
+  Args:
+    comps: the factors.
+    x: the batch `[B, ...]`.
+    target: the target.
+    s: the `apd.APD` method (its options).
+    plan: how to compute it (`Plan`).
+    key: draws the random projections of `plan.attribution_projections`.
+    hypers: if given, overrides the numeric options of `s` (see `Hypers`).
   """
-  h = Hypers.of(s) if hypers is None else hypers
+  h = s.hypers() if hypers is None else hypers
   n_params = comp_lib.n_parameters(comps)
   faith = losses.faithfulness(target.weights,
                               comp_lib.summed_from_factors(comps))
-  attr, target_out, target_acts = attributions(target, s, comps, x, key)
+  attr, target_out, target_acts = attributions(target, s, plan, comps, x,
+                                               key)
   target_out, target_acts = jax.lax.stop_gradient((target_out, target_acts))
   terms = {"faithfulness": faith}
   if s.sparsity == "topk":
     attr = jax.lax.stop_gradient(attr)
     mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk,
                              k_max=s.topk)
-    capacity = mask_capacity(s, *mask.shape)
-    out, acts = masked_forward(target, comps, mask, x, s.factored, capacity)
+    capacity = mask_capacity(s, plan, *mask.shape)
+    out, acts = masked_forward(target, comps, mask, x, plan.factored,
+                               capacity)
     recon = losses.kl if s.recon == "kl" else losses.mse
     terms["minimality"] = recon(target_out, out)
     if s.hidden_act_coeff:

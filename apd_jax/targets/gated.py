@@ -32,10 +32,15 @@ U[x_min, x_max]`, each bit on independently with probability p; the input is
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from apd_jax.analysis import features
+from apd_jax.analysis import plotting
 
 Array = jax.Array
 
@@ -219,13 +224,41 @@ def make(t: Any, seed: int):
   `make_functions(jax.random.PRNGKey(seed), n_functions)`. `apply_fn` returns
   `ŷ` only; `apply` (with `has_aux=True`) also returns the activations.
   """
-  params = init(jax.random.PRNGKey(seed), n_functions=t.n_functions,
-                neurons_per_function=t.neurons_per_function,
-                n_layers=t.n_layers, range_min=t.range_min,
-                range_max=t.range_max, suppression=t.suppression,
-                simple_bias=t.simple_bias)
-  sample_fn = sampler(n_functions=t.n_functions,
-                      feature_probability=t.feature_probability,
-                      range_min=t.range_min, range_max=t.range_max)
-  return output, params, sample_fn
+  return output, build(t, seed)[0], sampler(**{k: t[k] for k in SAMPLER})
 
+
+
+# -- as a command-line target (`config.target.name = "gated"`) ----------------
+
+HAS_AUX = False                 # `output`; `apply` returns the activations
+METRICS = ("mean_function_recovery",)
+SELECT = ("mean_function_recovery", "max")
+SUCCESS = None
+ARCH = ("n_functions", "neurons_per_function", "n_layers", "range_min",
+        "range_max", "suppression", "simple_bias")
+
+
+def build(t, seed: int) -> tuple[dict, None]:
+  """Built, not trained: the functions are `make_functions(PRNGKey(seed))`."""
+  return init(jax.random.PRNGKey(seed), **{k: t[k] for k in ARCH}), None
+
+
+SAMPLER = ("n_functions", "feature_probability", "range_min", "range_max")
+APPLY = "output"
+
+
+def report(config, result, sample_fn, workdir: str) -> dict:
+  """Per-function recovery (`features.function_recovery`) and the figure of
+  each component's neurons coloured by function."""
+  del config, sample_fn
+  fns = neuron_functions(result.target.params)
+  P = result.component_weights
+  scores = features.function_recovery(result.target.weights, P, fns)
+  best = np.asarray(jnp.max(scores, axis=1))
+  plotting.plot_function_components(
+      features.neuron_norms(P, len(fns)), np.concatenate(fns), scores,
+      os.path.join(workdir, "components.png"))
+  return dict(function_recovery=[float(v) for v in best],
+              mean_function_recovery=float(best.mean()),
+              best_component_per_function=[
+                  int(c) for c in np.asarray(jnp.argmax(scores, axis=1))])

@@ -1,5 +1,5 @@
 """`train_and_evaluate(config, workdir)` for a config whose `sweep` section
-lists values: all combinations train in one program (`apd_jax.sweep`).
+lists values: all combinations train in one program (`apd_jax.engine.sweep`).
 
 Writes to `workdir`:
 
@@ -28,24 +28,23 @@ import time
 import ml_collections
 from absl import logging
 
-from apd_jax import experiment
-from apd_jax import runlog
-from apd_jax import sweep
-from apd_jax import sweep_report
+from apd_jax import targets
+from apd_jax.cli import config as cli_config
+from apd_jax.cli import experiment
+from apd_jax.cli import runlog
+from apd_jax.cli import sweep_report
+from apd_jax.engine import sweep
+from apd_jax.methods.apd import APD
+from apd_jax.training import checkpoint
+from apd_jax.training.options import Training
 
 METRICS = ("loss", "faithfulness", "topk_recon", "l0", "dead_components")
-# Each target's own measures of success (from experiment's reports).
-TARGET_METRICS = {
-    "tms": ("mmcs", "ml2r"),
-    "resid_mlp": ("features_recovered", "distinct_best_components",
-                  "mean_best_cosine"),
-    "gated": ("mean_function_recovery",),
-}
+SWEEPABLE = Training.SWEEPABLE + APD.SWEEPABLE
 
 
 def swept(config: ml_collections.ConfigDict) -> dict[str, tuple]:
   """The swept names and their values (those with any values)."""
-  return {n: tuple(config.sweep[n]) for n in sweep.SWEEPABLE
+  return {n: tuple(config.sweep[n]) for n in SWEEPABLE
           if len(config.sweep[n])}
 
 
@@ -60,38 +59,52 @@ def run_config(config: ml_collections.ConfigDict,
   with c.unlocked():
     for k, v in run.items():
       c[k] = v
-    for n in sweep.SWEEPABLE:
+    for n in SWEEPABLE:
       c.sweep[n] = ()
   return c
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
-  """Trains every run of the sweep, writes the outputs; returns a summary."""
+  """Trains every run of the sweep, writes the outputs; returns a summary.
+
+  Checkpoints every run together in `workdir/checkpoints`; started again in
+  the same workdir (with the same config) it resumes from the latest.
+  """
   os.makedirs(workdir, exist_ok=True)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  step = checkpoint.latest_step(ckpt_dir)
+  if step is not None:
+    experiment.check_resume(workdir, config)
+  as_given = config
+  config = experiment.reload_saved_target(workdir, config, step)
   if runlog.is_writer():
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+      f.write(as_given.to_json_best_effort(indent=2))
   apply_fn, params, sample_fn, has_aux = experiment.make_target(
       config.target, config.seed, workdir)
   values = swept(config)
-  runs = sweep.grid(values)
+  runs = sweep.grid(values, SWEEPABLE)
   dirs = [os.path.join(workdir, "runs", f"run_{i:03d}")
           for i in range(len(runs))]
-  logs = [runlog.RunLog(d) for d in dirs]
+  for d in dirs:
+    experiment.cut_metrics_log(d, step)
+  logs = [runlog.RunLog(d, append=step is not None) for d in dirs]
   logging.info("sweep of %d runs over %s", len(runs), values)
 
   def write(step, records):
     for log, record in zip(logs, records, strict=True):
       log.write(step, record)
 
+  method, training = cli_config.method_and_training(
+      config, callback=write, checkpoint_dir=ckpt_dir)
   t0 = time.perf_counter()
   result = sweep.decompose_sweep(
-      apply_fn, params, sample_fn, sweep=values, callback=write,
-      has_aux=has_aux, **{k: config[k] for k in experiment.DECOMPOSE_ARGS})
+      apply_fn, params, sample_fn, include=config.include, sweep=values,
+      method=method, training=training, has_aux=has_aux)
   total = time.perf_counter() - t0
-  tms = config.target.name == "tms"
-  metrics = METRICS + TARGET_METRICS.get(config.target.name, ())
+  module = targets.get(config.target.name)
+  metrics = METRICS + module.METRICS
   rows = []
   for i, (run, d) in enumerate(zip(runs, result.decompositions,
                                    strict=True)):
@@ -109,12 +122,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   pooled = []
   if "seed" in values:
     pooled = sweep_report.by_setting(
-        rows, names, metrics, success="mmcs" if tms else None,
+        rows, names, metrics, success=module.SUCCESS,
         threshold=config.sweep.mmcs_threshold)
   best = sweep.best_index([r[config.sweep.select] for r in rows],
                           config.sweep.select_mode)
   if runlog.is_writer():
-    _write_reports(workdir, config, rows, names, metrics, pooled, tms)
+    _write_reports(workdir, config, rows, names, metrics, pooled,
+                   module.SUCCESS)
     _export_best(workdir, dirs[best], run_config(config, runs[best]))
   summary = dict(
       n_runs=len(runs), swept=values, train_seconds=result.wall_seconds,
@@ -128,18 +142,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return summary
 
 
-def _write_reports(workdir, config, rows, names, metrics, pooled, tms):
+def _write_reports(workdir, config, rows, names, metrics, pooled, success):
   extra = ""
   if pooled:
     cols = [n for n in names if n != "seed"] + ["seeds"] + list(metrics)
     shown = [{**p, **{m: f"{sweep_report.fmt(p[m])} ± "
                          f"{sweep_report.fmt(p[m + '_sd'])}"
                       for m in metrics}} for p in pooled]
-    if tms:
+    if success:
       cols.append("success_frac")
     extra = ("Seeds pooled per setting (mean ± population sd"
-             + (f"; success_frac: fraction of seeds with MMCS >= "
-                f"{config.sweep.mmcs_threshold}" if tms else "") + "):\n\n"
+             + (f"; success_frac: fraction of seeds with {success} >= "
+                f"{config.sweep.mmcs_threshold}" if success else "")
+             + "):\n\n"
              + sweep_report.markdown(shown, cols))
   sweep_report.write_table(
       rows, ["run"] + names + list(metrics),

@@ -6,9 +6,10 @@
 
 The directory holds the factors and the target's params (orbax, written by
 every process of a run; numpy arrays are written by process 0), and
-`decomposition.json`: the objective's settings, the decomposed leaves, the
-final metrics, the history, the run's config and where the target's
-`apply_fn` can be imported from. A target whose `apply_fn` is not a
+`decomposition.json`: the method and its options, the plan the library
+derived, the decomposed leaves, the final metrics, the history, the run's
+config and where the target's `apply_fn` can be imported from. A target
+whose `apply_fn` is not a
 module-level function (a lambda, a Flax `model.apply`) is loaded by passing
 `apply_fn` again.
 """
@@ -26,12 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from apd_jax import api
-from apd_jax import components as comp_lib
-from apd_jax import distributed
-from apd_jax import objective
-from apd_jax.target import ApplyFn
-from apd_jax.target import Target
+from apd_jax.core import components as comp_lib
+from apd_jax.core.target import ApplyFn
+from apd_jax.core.target import Target
+from apd_jax.engine import api
+from apd_jax.methods.apd import APD
+from apd_jax.methods.apd_objective import Plan
+from apd_jax.training import distributed
 
 META = "decomposition.json"
 
@@ -72,7 +74,9 @@ def save(result: api.Decomposition, directory: str, *,
     ckpt.save(os.path.join(directory, "target_params"),
               host(result.target.params), force=True)
   if distributed.is_main():
-    meta = dict(settings=dataclasses.asdict(result.settings),
+    meta = dict(method=type(result.method).__name__,
+                options=dataclasses.asdict(result.method),
+                plan=dataclasses.asdict(result.plan),
                 names=list(result.target.names),
                 has_aux=result.target.has_aux,
                 apply_fn=function_path(result.target.apply_fn),
@@ -110,11 +114,16 @@ def load(directory: str, *, apply_fn: ApplyFn | None = None
   comps = comp_lib.Components(U=dev(factors["U"]), V=dev(factors["V"]))
   target = Target(apply_fn, dev(params), tuple(meta["names"]),
                   meta["has_aux"])
-  settings = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuple
-              for k, v in meta["settings"].items()}
+  methods = {"APD": APD}
+  if meta.get("method") not in methods:
+    raise ValueError(f"{directory} holds a decomposition by the unknown "
+                     f"method {meta.get('method')!r}; known: {sorted(methods)}")
+  plan = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuple
+          for k, v in meta["plan"].items()}
   return api.Decomposition(
-      target=target, settings=objective.Settings(**settings),
-      components=comps, metrics=meta["metrics"], history=meta["history"])
+      target=target, method=methods[meta["method"]](**meta["options"]),
+      plan=Plan(**plan), components=comps, metrics=meta["metrics"],
+      history=meta["history"])
 
 
 def load_config(directory: str) -> dict | None:

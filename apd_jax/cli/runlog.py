@@ -1,0 +1,87 @@
+"""A run's logs, written by process 0 only: `metrics.jsonl` (one line per
+log) and TensorBoard event files (tensorboardX) with the same scalars and,
+at the end, the run's figures as images and histograms of the attributions
+and of each component's use in the top-k masks."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import matplotlib.image
+import numpy as np
+from tensorboardX import SummaryWriter
+
+# Record fields that are not curves worth a TensorBoard plot.
+_NOT_SCALARS = ("step", "elapsed_s")
+# The figures a run may leave in its workdir, logged as TensorBoard images.
+FIGURES = ("components", "contributions", "scrubbing", "losses")
+
+
+def is_writer() -> bool:
+  """Whether this process writes files (only process 0 does)."""
+  return jax.process_index() == 0
+
+
+class RunLog:
+  """`metrics.jsonl` and TensorBoard events for one run in `workdir`."""
+
+  def __init__(self, workdir: str, append: bool = False):
+    """`append`: continue an existing `metrics.jsonl` (a resumed run)."""
+    self._jsonl = self.tb = None
+    if is_writer():
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(  # noqa: SIM115
+          os.path.join(workdir, "metrics.jsonl"), "a" if append else "w")
+      self.tb = SummaryWriter(workdir, flush_secs=30)
+
+  def write(self, step: int, record: dict[str, Any]) -> None:
+    """One log line; usable as `Training.callback`."""
+    if self._jsonl is None:
+      return
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for k, v in record.items():
+      if k not in _NOT_SCALARS and isinstance(v, (int, float)):
+        self.tb.add_scalar(k, v, step)
+
+  def figures(self, step: int, workdir: str) -> None:
+    """Each of `FIGURES` found in `workdir` (as `<name>.png`), as an image."""
+    if self.tb is None:
+      return
+    for name in FIGURES:
+      path = os.path.join(workdir, f"{name}.png")
+      if os.path.exists(path):
+        img = matplotlib.image.imread(path)[..., :3]     # RGB in [0, 1]
+        self.tb.add_image(name, img, step, dataformats="HWC")
+
+  def histograms(self, step: int, attributions: np.ndarray,
+                 mask: np.ndarray) -> None:
+    """Per component c: the histogram of its attributions `[B, C]` over a
+    batch; and of the mask's use: component ids, each counted once per
+    example whose mask keeps it."""
+    if self.tb is None:
+      return
+    attributions, mask = np.asarray(attributions), np.asarray(mask)
+    for c in range(attributions.shape[1]):
+      self.tb.add_histogram(f"attributions/component_{c:03d}",
+                            attributions[:, c], step)
+    ids = np.repeat(np.arange(mask.shape[1]), (mask > 0).sum(axis=0))
+    if ids.size:
+      self.tb.add_histogram("mask_use_by_component", ids, step)
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self.tb is not None:
+      self.tb.close()
+      self.tb = None
+
+  def __enter__(self) -> RunLog:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

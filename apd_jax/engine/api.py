@@ -1,0 +1,289 @@
+"""`decompose`: any method on any `apply_fn(params, x)` over a params pytree.
+
+    method = APD(n_components=5, topk=0.211, rank=3, simplicity_coeff=0.7)
+    training = Training(steps=20_000, batch_size=2048, lr=3e-2)
+    result = decompose(apply_fn, params, sample_fn, include="W",
+                       method=method, training=training)
+    result.component_weights      # {leaf name: [C, i, o]}
+    result.attributions(x)        # [B, C]
+    result.topk_mask(x)           # [B, C]
+    result.metrics                # final faithfulness, top-k recon, L0, dead
+
+`decompose` is a short composition of the public building blocks below
+(`make_target`, `check_inputs`, `init_state`, `make_train_step`, `fit`,
+`evaluate`), which a loop of your own can use too. Every input is checked
+before anything is compiled; bad input raises a `ValueError` that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from apd_jax.core import components as comp_lib
+from apd_jax.core import masking
+from apd_jax.core import selection
+from apd_jax.core.target import ApplyFn
+from apd_jax.core.target import SampleFn
+from apd_jax.core.target import Target
+from apd_jax.core.target import check_sampler
+from apd_jax.methods import apd_objective
+from apd_jax.methods.apd import APD
+from apd_jax.methods.apd_objective import Plan
+from apd_jax.methods.apd_objective import masked_forward
+from apd_jax.training import checkpoint as ckpt_lib
+from apd_jax.training import sharding
+from apd_jax.training import train
+from apd_jax.training.options import Training
+from apd_jax.training.train import TrainState
+from apd_jax.training.train import fit
+
+Array = jax.Array
+__all__ = ["Decomposition", "check_inputs", "decompose", "evaluate", "fit",
+           "init_state", "make_target", "make_train_step", "run_keys",
+           "split_options"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Decomposition:
+  """A trained decomposition, the target it decomposes and how."""
+  target: Target
+  method: APD
+  plan: Plan                      # how the library computed it (derived)
+  components: comp_lib.Components
+  metrics: dict[str, Any]
+  history: list[dict]
+
+  def __repr__(self) -> str:
+    shapes = {n: tuple(w.shape) for n, w in self.target.weights.items()}
+    shown = {k: v for k, v in self.metrics.items()
+             if isinstance(v, (int, float))}
+    return (f"Decomposition({type(self.method).__name__}, C="
+            f"{self.method.n_components}, leaves={shapes}, "
+            f"steps={len(self.history) and self.history[-1]['step']}, "
+            f"metrics={ {k: round(v, 6) for k, v in shown.items()} })")
+
+  @property
+  def component_weights(self) -> dict[str, Array]:
+    """`{leaf name: P [C, i, o]}`."""
+    return comp_lib.component_weights(self.components)
+
+  def attributions(self, x: Array) -> Array:
+    """Squared attributions `[B, C]` of the batch `x` (exact, also where
+    training estimated them from random projections)."""
+    exact = dataclasses.replace(self.plan, attribution_projections=0)
+    return _attributions(self.target, self.method, exact, self.components, x)
+
+  def topk_mask(self, x: Array) -> Array:
+    """The top-k mask `[B, C]` training would use on the batch `x`."""
+    return masking.make_mask(self.attributions(x), self.method.topk,
+                             batch_topk=self.method.batch_topk)
+
+  def apply(self, x: Array, mask: Array | None = None) -> Array:
+    """The target's output with weights `W(mask)` per example (all if None)."""
+    if mask is None:
+      return _full_apply(self.target, self.components, x)
+    return _masked_apply(self.target, self.plan.factored, self.components,
+                         mask, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _attributions(target, method, plan, comps, x):
+  return apd_objective.attributions(target, method, plan, comps, x)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _masked_apply(target, factored_form, comps, mask, x):
+  return masked_forward(target, comps, mask, x, factored_form)[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _full_apply(target, comps, x):
+  """All components on: one batched pass with `Σ_c P_c`."""
+  return target.batch(x, comp_lib.summed_weights(
+      comp_lib.component_weights(comps)))[0]
+
+
+# -- building blocks -----------------------------------------------------------
+
+
+def make_target(apply_fn: ApplyFn, params: Any, include: str, *,
+                has_aux: bool = False, log: bool = True) -> Target:
+  """The target with the leaves matched by the regex `include` named for
+  decomposition (logged with their shapes)."""
+  names = selection.select_leaves(params, include)
+  target = Target(apply_fn, params, names, has_aux)
+  if log:
+    shapes = ", ".join(f"{n} {tuple(w.shape)}"
+                       for n, w in target.weights.items())
+    train.progress_line("include=%r matched %d leaves: %s", include,
+                        len(names), shapes)
+  return target
+
+
+def check_inputs(method: Any, target: Target, sample_fn: SampleFn,
+                 training: Training, mesh: jax.sharding.Mesh | None = None
+                 ) -> None:
+  """Checks the sampler, the method against the target and the mesh sizes
+  (abstractly; nothing is compiled)."""
+  if mesh is not None:
+    sharding.check_sizes(mesh, batch_size=training.batch_size,
+                         n_components=method.n_components)
+  check_sampler(sample_fn, training.batch_size)
+  method.check(target, sample_fn, training.batch_size)
+
+
+def run_keys(seed: int) -> tuple[Array, Array, Array]:
+  """`(init, data, eval)` keys of the run with `seed`."""
+  init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return init_key, data_key, eval_key
+
+
+def optimizer(method: Any, training: Training):
+  """The run's optax optimiser: the method's gradient transform, then
+  `training`'s optimiser on its schedule."""
+  return training.make_optimizer(method.gradient_transform())
+
+
+def init_state(method: Any, target: Target, training: Training, *,
+               seed: int | None = None, mesh: jax.sharding.Mesh | None = None
+               ) -> TrainState:
+  """Step 0 of the run with `seed` (default `training.seed`): the method's
+  initial parameters and the optimiser state, drawn directly into their
+  shards over `mesh` where the method's init is traceable."""
+  init_key = run_keys(training.seed if seed is None else seed)[0]
+  opt = optimizer(method, training)
+  if mesh is None:
+    return TrainState.create(method.init_params(init_key, target), opt)
+  if method.init_traceable:
+    params = jax.jit(lambda k: method.init_params(k, target),
+                     out_shardings=sharding.leading_component(mesh))(
+                         sharding.put(init_key, sharding.replicated(mesh)))
+  else:  # concrete on the host, then split
+    params = method.init_params(init_key, target)
+    params = sharding.put(params, sharding.components(mesh, params))
+  return sharding.init(lambda p: TrainState.create(p, opt),
+                       lambda s: sharding.train_state(mesh, s, opt), params)
+
+
+def make_train_step(method: Any, plan: Any, target: Target,
+                    sample_fn: SampleFn, training: Training,
+                    mesh: jax.sharding.Mesh | None = None):
+  """`train_step(state, key, hypers=None) -> (state, metrics)`, pure (jit
+  it, or give it to `fit`); see `training.train.make_train_step`."""
+  return train.make_train_step(method, plan, target, sample_fn,
+                               training.batch_size,
+                               optimizer(method, training), mesh)
+
+
+def evaluate(result: Decomposition, sample_fn: SampleFn, key: Array, *,
+             batch_size: int, n_batches: int) -> dict[str, Any]:
+  """The method's final metrics over `n_batches` fresh batches."""
+  return result.method.evaluate(result, sample_fn, key,
+                                batch_size=batch_size, n_batches=n_batches)
+
+
+def split_options(method: Any, training: Training | None,
+                  options: dict[str, Any]) -> tuple[Any, Training]:
+  """`method` and `training` with keyword `options` applied to whichever
+  object has a field of that name (an APD is made when `method` is None)."""
+  m_names = {f.name for f in dataclasses.fields(APD)}
+  t_names = {f.name for f in dataclasses.fields(Training)}
+  unknown = sorted(set(options) - m_names - t_names)
+  if unknown:
+    raise ValueError(f"unknown options {unknown}; see apd_jax.APD and "
+                     f"apd_jax.Training")
+  m_opts = {k: v for k, v in options.items() if k in m_names}
+  t_opts = {k: v for k, v in options.items() if k in t_names}
+  if method is None:
+    if not m_opts:
+      raise ValueError("give method=APD(...) (or its options as keywords)")
+    method = APD(**m_opts)
+  elif m_opts:
+    method = method.replace(**m_opts)
+  training = Training() if training is None else training
+  return method, training.replace(**t_opts) if t_opts else training
+
+
+# -- the composition -----------------------------------------------------------
+
+
+def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
+              include: str, method: Any = None,
+              training: Training | None = None, has_aux: bool = False,
+              **options) -> Decomposition:
+  """Decomposes the leaves of `params` matched by `include` into components.
+
+  Args:
+    apply_fn: `apply_fn(params, x_batch) -> y_batch` (or `(y, acts)` with
+      `has_aux`), any pure JAX function; a Flax `model.apply` works as is.
+    params: the target's params pytree θ* (for Flax linen, the whole
+      `variables` dict).
+    sample_fn: `sample_fn(key, batch_size) -> x_batch`, jittable (JAX, not
+      numpy: it is traced once and compiled into the step).
+    include: regex searched in `jax.tree_util.keystr` of each leaf's path;
+      the matched leaves (all 2-D) are decomposed.
+    method: what is optimised, e.g. `APD(n_components=..., topk=...)`.
+    training: how (`Training(...)`); default `Training()`.
+    has_aux: `apply_fn` returns `(y, {name: activation})`.
+    **options: a shortcut: any `APD` or `Training` field by name, applied to
+      `method` (made if None) or `training`.
+
+  Returns:
+    A `Decomposition`. With `training.checkpoint_dir` the run checkpoints
+    there and resumes from the latest checkpoint found.
+  """
+  method, training = split_options(method, training, options)
+  mesh = sharding.make_mesh() if training.mesh is None else training.mesh
+  target = make_target(apply_fn, params, include, has_aux=has_aux,
+                       log=training.progress)
+  check_inputs(method, target, sample_fn, training, mesh)
+  state = init_state(method, target, training, mesh=mesh)
+  plan = method.plan(target, sample_fn, training.batch_size,
+                     state.components)
+  step = make_train_step(method, plan, target, sample_fn, training, mesh)
+  shardings = sharding.train_state(mesh, state, optimizer(method, training))
+  checkpoints, history = None, []
+  if training.checkpoint_dir:
+    checkpoints = ckpt_lib.Checkpoints(training.checkpoint_dir,
+                                       every=training.checkpoint_every,
+                                       keep=training.keep_checkpoints)
+    if checkpoints.latest_step() is not None:
+      state, history = checkpoints.restore(state, shardings)
+      logging.info("resumed from the checkpoint at step %d in %s",
+                   int(state.step), checkpoints.directory)
+  _, data_key, eval_key = run_keys(training.seed)
+  t0 = time.perf_counter()
+  try:
+    state, history = fit(
+        state, step, sharding.put(data_key, sharding.replicated(mesh)),
+        steps=training.steps, log_every=training.log_every,
+        callback=training.callback, state_shardings=shardings,
+        checkpoints=checkpoints, history=history,
+        progress=training.progress)
+  finally:
+    if checkpoints is not None:
+      checkpoints.close()
+  comps = jax.tree.map(jnp.asarray, sharding.gather(state.components))
+  return finish(method, plan, target, method.project(comps), history,
+                sample_fn, eval_key, training,
+                wall_seconds=time.perf_counter() - t0)
+
+
+def finish(method, plan, target, params, history, sample_fn, eval_key,
+           training: Training, **extra) -> Decomposition:
+  """The `Decomposition` of trained `params`, with its final metrics."""
+  result = Decomposition(target, method, plan, params, {}, history)
+  final = evaluate(result, sample_fn, eval_key,
+                   batch_size=training.batch_size,
+                   n_batches=training.eval_batches)
+  final.update(steps=training.steps, **extra,
+               attribution_mode=plan.attribution_mode,
+               attribution_contract=plan.attribution_contract)
+  return dataclasses.replace(result, metrics=final)

@@ -1,0 +1,200 @@
+"""Hyperparameter sweeps: many decompositions trained in one compiled program.
+
+    result = decompose_sweep(apply_fn, params, sample_fn, include="W",
+                             method=APD(n_components=5, topk=0.211),
+                             training=Training(steps=20_000),
+                             sweep={"seed": range(8), "topk": (0.15, 0.211),
+                                    "simplicity_coeff": (0.3, 0.7)})
+    result.runs[i]            # run i's swept values
+    result.metrics[i]         # run i's final metrics (as `decompose` gives)
+    result.decompositions[i]  # run i as a `Decomposition`
+
+Every combination of the listed values is one run. The runs share the
+target, the data sampler and every structural option; what differs between
+them (the seed, the learning rate and the method's `SWEEPABLE` numeric
+options) is a leading "runs" axis of the train state, of the data keys and
+of the method's traced `hypers`. It is `decompose`'s building blocks
+(`init_state`, `make_train_step`, `fit`, `evaluate`) with the step `vmap`ped
+over that axis, so it checkpoints, resumes and stops on SIGTERM as a single
+run does; with several devices the runs axis is sharded over them. Run i is
+the same computation as `decompose` with run i's values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from typing import Any
+from typing import Mapping
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+from apd_jax.core.target import ApplyFn
+from apd_jax.core.target import SampleFn
+from apd_jax.engine import api
+from apd_jax.training import checkpoint as ckpt_lib
+from apd_jax.training.options import Training
+
+Array = jax.Array
+
+
+def sweepable(method: Any) -> tuple[str, ...]:
+  """The names a sweep of `method` may vary: the seed, the learning rate
+  and the method's numeric options."""
+  return Training.SWEEPABLE + tuple(method.SWEEPABLE)
+
+
+def grid(sweep: Mapping[str, Sequence[Any]],
+         names: Sequence[str]) -> list[dict[str, Any]]:
+  """Every combination of the swept values, the last of `names` varying
+  fastest.
+
+  Names with no values are not swept. Raises `ValueError` for a name not in
+  `names` (the sweepable ones).
+  """
+  unknown = sorted(set(sweep) - set(names))
+  if unknown:
+    raise ValueError(f"cannot sweep {unknown}; sweepable: {tuple(names)}")
+  swept = [n for n in names if n in sweep and len(sweep[n])]
+  return [dict(zip(swept, values, strict=True))
+          for values in itertools.product(*(tuple(sweep[n]) for n in swept))]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+  """The runs of a sweep, each a full `Decomposition`."""
+  runs: list[dict[str, Any]]               # each run's swept values
+  decompositions: list[api.Decomposition]  # in the order of `runs`
+  wall_seconds: float                      # training, all runs together
+
+  @property
+  def metrics(self) -> list[dict[str, Any]]:
+    return [d.metrics for d in self.decompositions]
+
+  def best(self, metric: str, mode: str = "min") -> int:
+    """Index of the run with the lowest (`mode='min'`) or highest metric."""
+    return best_index([m.get(metric, math.nan) for m in self.metrics], mode)
+
+
+def best_index(values: Sequence[float], mode: str = "min") -> int:
+  """Index of the lowest (`mode='min'`) or highest value; non-finite values
+  never win (ties: the first)."""
+  if mode not in ("min", "max"):
+    raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+  sign = 1.0 if mode == "min" else -1.0
+  scores = [sign * float(v) for v in values]
+  return int(np.argmin([s if math.isfinite(s) else math.inf
+                        for s in scores]))
+
+
+def _shard(tree, n_runs, devices):
+  """Places the leading runs axis over `devices` (padding R up to a multiple
+  of the device count with copies of run 0)."""
+  if len(devices) == 1:
+    return tree
+  pad = -n_runs % len(devices)
+  tree = jax.tree.map(
+      lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), tree)
+  mesh = jax.sharding.Mesh(np.array(devices), ("runs",))
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("runs")))
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
+                    include: str, sweep: Mapping[str, Sequence[Any]],
+                    method: Any = None, training: Training | None = None,
+                    has_aux: bool = False, **options) -> SweepResult:
+  """Trains every combination of `sweep`'s values together; see the module.
+
+  Args:
+    apply_fn, params, sample_fn, include, method, training, has_aux,
+      **options: as for `decompose`. `training.callback` is called as
+      `callback(step, records)`, `records[i]` being run i's record;
+      `training.mesh`'s devices (default: all) share the runs axis.
+    sweep: `{name: values}` for names in `sweepable(method)`; each run takes
+      one value of every name and the method's or training's for the rest.
+
+  Returns:
+    A `SweepResult`; a run whose loss became non-finite is kept, with
+    `metrics['finite'] = False`.
+  """
+  method, training = api.split_options(method, training, options)
+  runs = grid(sweep, sweepable(method))
+  method.check_runs(runs, training.batch_size)
+  for run in runs:
+    if run.get("lr", training.lr) <= 0:
+      raise ValueError(f"lr must be positive, got {run['lr']!r}")
+  # One static method for the program; the runs' numbers come as hypers.
+  static = method.bound(runs)
+  target = api.make_target(apply_fn, params, include, has_aux=has_aux,
+                           log=training.progress)
+  api.check_inputs(static, target, sample_fn, training)
+  seeds = [r.get("seed", training.seed) for r in runs]
+  states = [api.init_state(method, target, training, seed=s) for s in seeds]
+  plan = static.plan(target, sample_fn, training.batch_size,
+                     states[0].components)
+  hypers = _stack([static.hypers(**{**{n: getattr(method, n) for n in
+                                       method.SWEEPABLE}, **run})
+                   ._replace(lr_scale=run.get("lr", training.lr)
+                             / training.lr) for run in runs])
+  hypers = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), hypers)
+  step = api.make_train_step(static, plan, target, sample_fn, training)
+  keys = _stack([api.run_keys(s)[1] for s in seeds])
+  n = len(runs)
+  devices = (list(training.mesh.devices.flat) if training.mesh is not None
+             else jax.devices())
+  states, keys, hypers = _shard((_stack(states), keys, hypers), n, devices)
+
+  def sweep_step(states, keys_and_hypers):
+    return jax.vmap(step)(states, *keys_and_hypers)
+
+  checkpoints, histories = None, None
+  if training.checkpoint_dir:
+    checkpoints = ckpt_lib.Checkpoints(training.checkpoint_dir,
+                                       every=training.checkpoint_every,
+                                       keep=training.keep_checkpoints)
+    if checkpoints.latest_step() is not None:
+      states, histories = checkpoints.restore(states)
+      logging.info("sweep resumed from the checkpoint at step %d in %s",
+                   int(states.step[0]), checkpoints.directory)
+  t0 = time.perf_counter()
+  try:
+    states, histories = api.fit(
+        states, sweep_step, (keys, hypers), steps=training.steps,
+        log_every=training.log_every, callback=training.callback,
+        checkpoints=checkpoints, history=histories, n_runs=n,
+        progress=training.progress)
+  finally:
+    if checkpoints is not None:
+      checkpoints.close()
+  wall = time.perf_counter() - t0
+
+  results = []
+  for i, run in enumerate(runs):
+    comps = jax.tree.map(lambda a, i=i: jnp.asarray(a[i]), states.components)
+    run_method = method.replace(**{k: v for k, v in run.items()
+                                   if k in method.SWEEPABLE})
+    finite = all(math.isfinite(v) for r in histories[i]
+                 for k, v in r.items() if k != "step")
+    extra = dict(wall_seconds=wall, finite=finite)
+    if finite:
+      d = api.finish(run_method, plan, target, static.project(comps),
+                     histories[i], sample_fn, api.run_keys(seeds[i])[2],
+                     training, **extra)
+    else:
+      d = api.Decomposition(target, run_method, plan, comps,
+                            dict(steps=training.steps, **extra),
+                            histories[i])
+    results.append(d)
+  return SweepResult(runs, results, wall)

@@ -1,0 +1,362 @@
+"""`APD`: what Attribution-based Parameter Decomposition optimises.
+
+    method = APD(n_components=5, topk=0.211, rank=3, simplicity_coeff=0.7)
+    result = apd_jax.decompose(apply_fn, params, sample_fn, include="W",
+                               method=method, training=Training(...))
+
+An `APD` is a frozen, hashable record of the user's choices, checked on
+construction. It is also the method's side of the engine (the protocol in
+`methods/base.py`): its parameters' initialisation (`init`), the loss of one
+batch (`loss`, from `apd_objective.py`), the final metrics (`evaluate`) and
+how the library will compute the loss fastest (`plan`: factored form,
+attribution mode, contraction; kept apart in an `apd_objective.Plan`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from typing import ClassVar
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from apd_jax.core import attribution
+from apd_jax.core import components as comp_lib
+from apd_jax.core import losses
+from apd_jax.core import masking
+from apd_jax.core import metrics as metrics_lib
+from apd_jax.core.target import SampleFn
+from apd_jax.core.target import Target
+from apd_jax.core.target import check as check_target
+from apd_jax.fast import factored
+from apd_jax.methods import apd_objective as objective
+from apd_jax.methods.base import check_choice
+from apd_jax.methods.base import check_positive
+
+Array = jax.Array
+MODES = ("auto", "forward", "reverse", "lazy")
+INITS = ("random", "svd")
+FACTORED_MIN_SIZE = 4096   # Σ_l i·o from which the factored form pays off
+
+
+@dataclasses.dataclass(frozen=True)
+class APD:
+  """The APD objective and its options (Braun et al. 2025, eqs. 1-6).
+
+  .. math::  L = c_f \\|θ^* - Σ_c P_c\\|^2 / N
+              + c_m D(f(x|θ^*), f(x|Σ_{c∈topk} P_c))
+              + c_a Σ_l D(h_l, h_l^{topk})
+              + c_s Σ_{c∈topk} \\|P_c\\|_p^p
+
+  Attributes (defaults in brackets; the paper's TMS 5-2 value after "paper"):
+    n_components: C, the number of components (> 0). Paper: 5 for TMS 5-2,
+      50 for 40-10, 130 for the 1-layer residual MLP. Take C somewhat above
+      the number of mechanisms you expect; surplus components die.
+    topk: batch top-k: the mean number of active components per example
+      (a float, int(topk·B) entries of the [B, C] attributions are kept);
+      per-example top-k: an integer ≤ C. Paper: 0.211 (TMS 5-2), 1.0
+      (40-10), 1.28 (residual MLP). Start near the expected number of
+      active mechanisms per input.
+    batch_topk: [True] batch top-k; False: per-example top-k.
+    rank: m, each component's rank in every decomposed matrix; None
+      [default]: full rank min(i, o). Paper: min(i, o) + 1 for TMS. A
+      rank above min(i, o) adds no expressiveness and is warned about.
+    faithfulness_coeff: c_f [1.0], weight of the faithfulness MSE.
+    minimality_coeff: c_m [1.0], weight of the top-k reconstruction
+      (or of the L_p penalty with sparsity='lp').
+    simplicity_coeff: c_s [1.0], weight of the Schatten-p norm of the active
+      components. Paper: 0.7 (TMS 5-2), 20 (40-10), 10 (residual MLP 1).
+      Too small leaves dead or duplicated components, too large spreads a
+      feature over several.
+    hidden_act_coeff: c_a [0.0], weight of the reconstruction of the hidden
+      activations matched by `hidden_acts` (needs has_aux). Paper: 1.0 for
+      the residual MLPs.
+    hidden_acts: [".*"] regex over the names of the returned activations.
+    schatten_p: p of the Schatten norm (> 0) [1.0]. Paper: 1.0 (TMS 5-2),
+      0.9 (40-10, residual MLPs).
+    attribution_type: ['gradient'] (the paper), 'ablation' or 'activation'.
+    attribution_point: ['target'] gradients at θ*, or 'components' at Σ P
+      (the paper's TMS 5-2 adjustment).
+    attribution_mode: ['auto'] the cheapest by XLA's cost analysis, or
+      'forward', 'reverse', 'lazy' autodiff (the result is the same).
+    attribution_projections: [0] exact attributions; k > 0 estimates them
+      during training from k random output projections (unbiased; gradient
+      attributions in reverse mode, factored form).
+    recon: ['mse'] or 'kl' (logit outputs, classes on the last axis).
+    sparsity: ['topk'] the paper's method, or 'lp' (the L_p variant with
+      exponent `lp_p` [1.0], weight `minimality_coeff`).
+    init: ['random'] Xavier-normal factors with gain `init_gain` [1.0], or
+      'svd' (components summing exactly to the target).
+    unit_norm_matrices: [False] keep U's columns at unit norm (the
+      reference's residual-MLP setting).
+    factored: run the target in factored form `Σ_c α_c (a U_c) V_c` (True)
+      or with [C, i, o] component weights (False); None [default]: factored
+      unless the decomposed leaves hold fewer than 4096 parameters.
+  """
+  n_components: int
+  topk: float
+  batch_topk: bool = True
+  rank: int | None = None
+  faithfulness_coeff: float = 1.0
+  minimality_coeff: float = 1.0
+  simplicity_coeff: float = 1.0
+  hidden_act_coeff: float = 0.0
+  hidden_acts: str = ".*"
+  schatten_p: float = 1.0
+  attribution_type: str = "gradient"
+  attribution_point: str = "target"
+  attribution_mode: str = "auto"
+  attribution_projections: int = 0
+  recon: str = "mse"
+  sparsity: str = "topk"
+  lp_p: float = 1.0
+  init: str = "random"
+  init_gain: float = 1.0
+  unit_norm_matrices: bool = False
+  factored: bool | None = None
+
+  # The numeric options a sweep may vary between its runs (traced).
+  SWEEPABLE: ClassVar[tuple[str, ...]] = (
+      "topk", "faithfulness_coeff", "minimality_coeff", "simplicity_coeff",
+      "hidden_act_coeff", "schatten_p")
+
+  def __post_init__(self):
+    check_positive(n_components=self.n_components, topk=self.topk,
+                   schatten_p=self.schatten_p)
+    if self.rank is not None:
+      check_positive(rank=self.rank)
+    check_choice("attribution_type", self.attribution_type,
+                 objective.ATTRIBUTIONS)
+    check_choice("attribution_point", self.attribution_point,
+                 objective.POINTS)
+    check_choice("attribution_mode", self.attribution_mode, MODES)
+    check_choice("recon", self.recon, objective.RECONS)
+    check_choice("sparsity", self.sparsity, objective.SPARSITIES)
+    check_choice("init", self.init, INITS)
+    if self.topk > self.n_components:
+      raise ValueError(f"topk={self.topk} is larger than n_components="
+                       f"{self.n_components}")
+    if not self.batch_topk and self.topk != int(self.topk):
+      raise ValueError(f"per-example top-k needs an integer topk <= "
+                       f"n_components={self.n_components}, got {self.topk}")
+    p = self.attribution_projections
+    if p != int(p) or p < 0:
+      raise ValueError(f"attribution_projections must be a non-negative "
+                       f"integer, got {p!r}")
+    if p and (self.attribution_type != "gradient"
+              or self.attribution_mode in ("forward", "lazy")):
+      raise ValueError("attribution_projections needs attribution_type="
+                       "'gradient' and attribution_mode 'auto' or 'reverse'")
+    if p and self.factored is False:
+      raise ValueError("attribution_projections needs the factored form "
+                       "(factored=None or True)")
+
+  def replace(self, **values) -> APD:
+    """A copy with `values` changed (checked again)."""
+    return dataclasses.replace(self, **values)
+
+  # -- checks that need the target ------------------------------------------
+
+  def check(self, target: Target, sample_fn: SampleFn, batch_size: int
+            ) -> None:
+    """Checks the options against the target and the batch size (abstract
+    evaluation only; nothing is compiled)."""
+    if self.batch_topk and masking.batch_topk_count(self.topk,
+                                                    batch_size) < 1:
+      raise ValueError(f"batch top-k keeps int(topk*batch_size) = 0 entries "
+                       f"(topk={self.topk}, batch_size={batch_size})")
+    for name, w in target.weights.items():
+      if self.rank is not None and self.rank > min(w.shape):
+        logging.warning(
+            "rank=%d exceeds min(i, o)=%d of %s %s: each P_c = U_c V_c has "
+            "rank <= %d all the same (the extra columns only change the "
+            "optimisation)", self.rank, min(w.shape), name, w.shape,
+            min(w.shape))
+    _, out = check_target(target, sample_fn, batch_size)
+    acts = out[1] if target.has_aux else {}
+    if self.attribution_type == "activation":
+      missing = [n for n in target.names if n not in acts]
+      if missing:
+        raise ValueError(
+            f"attribution_type='activation' needs apply_fn (has_aux=True) "
+            f"to return each decomposed leaf's input; missing {missing}")
+    if self.hidden_act_coeff and not objective.select_acts(
+        acts, self.hidden_acts):
+      raise ValueError(
+          f"hidden_act_coeff={self.hidden_act_coeff} needs has_aux=True and "
+          f"activations matching hidden_acts={self.hidden_acts!r}; got "
+          f"{sorted(acts)}")
+
+  # -- the engine's protocol ------------------------------------------------
+
+  def ranks(self, target: Target) -> dict[str, int]:
+    return {n: self.rank or comp_lib.default_rank(w.shape)
+            for n, w in target.weights.items()}
+
+  @property
+  def init_traceable(self) -> bool:
+    """Whether `init_params` can run under `jit` (drawn directly into
+    shards); the SVD needs concrete singular values."""
+    return self.init != "svd"
+
+  def init_params(self, key: Array, target: Target) -> comp_lib.Components:
+    """The initial factors `{U [C, i, m], V [C, m, o]}` of every leaf."""
+    ranks = self.ranks(target)
+    if self.init == "svd":
+      comps = comp_lib.init_svd(key, target.weights,
+                                n_components=self.n_components, rank=ranks)
+    else:
+      shapes = {n: tuple(w.shape) for n, w in target.weights.items()}
+      comps = comp_lib.init_random(key, shapes,
+                                   n_components=self.n_components,
+                                   rank=ranks, gain=self.init_gain)
+    return self.project(comps)
+
+  def project(self, comps: comp_lib.Components) -> comp_lib.Components:
+    """The factors as the loss sees them (unit-norm U columns if asked)."""
+    return comp_lib.normalize_u(comps) if self.unit_norm_matrices else comps
+
+  def gradient_transform(self):
+    """An optax transform to run before the optimiser, or None."""
+    if not self.unit_norm_matrices:
+      return None
+    return project_out_parallel()
+
+  def hypers(self, **values) -> objective.Hypers:
+    """The traced numeric options (`values` override this object's)."""
+    return objective.Hypers(**{n: values.get(n, getattr(self, n))
+                               for n in self.SWEEPABLE})
+
+  def bound(self, runs: list[dict[str, Any]]) -> APD:
+    """The static method of a sweep over `runs`: top-k at the runs' largest
+    (it bounds the traced top-k) and the hidden-activation term on if any
+    run uses it."""
+    topk = max(r.get("topk", self.topk) for r in runs)
+    hidden = max([abs(r.get("hidden_act_coeff", 0.0)) for r in runs]
+                 + [self.hidden_act_coeff])
+    return self.replace(topk=topk, hidden_act_coeff=hidden)
+
+  def plan(self, target: Target, sample_fn: SampleFn, batch_size: int,
+           comps: Any) -> objective.Plan:
+    """How to compute the loss fastest: factored form or not, and (for
+    gradient attributions with mode 'auto') the attribution mode and each
+    factored product's contraction, by XLA's cost analysis."""
+    size = sum(w.size for w in target.weights.values())
+    form = (size >= FACTORED_MIN_SIZE or bool(self.attribution_projections)
+            if self.factored is None else bool(self.factored))
+    mode = "forward" if self.attribution_mode == "auto" else (
+        self.attribution_mode)
+    plan = objective.Plan(
+        factored=form, attribution_mode=mode,
+        attribution_projections=int(self.attribution_projections))
+    if self.attribution_mode == "auto" and self.attribution_type == "gradient":
+      plan = _cheapest(self, plan, target, sample_fn, batch_size, comps)
+    return plan
+
+  def loss(self, comps, x, target, plan, key=None, hypers=None):
+    """`(L, metrics)` of one batch (`apd_objective.loss_fn`)."""
+    return objective.loss_fn(comps, x, target, self, plan, key, hypers)
+
+  def evaluate(self, result, sample_fn: SampleFn, key: Array, *,
+               batch_size: int, n_batches: int) -> dict[str, Any]:
+    """Faithfulness, top-k reconstruction, L0 (mean active components per
+    example) and the dead components (in no top-k mask) over `n_batches`
+    fresh batches."""
+    P = result.component_weights
+    faith = float(losses.faithfulness(result.target.weights,
+                                      comp_lib.summed_weights(P)))
+    recon_fn = losses.kl if self.recon == "kl" else losses.mse
+    recon, l0s, masks = [], [], []
+    for i in range(n_batches):
+      x = sample_fn(jax.random.fold_in(key, i), batch_size)
+      mask = result.topk_mask(x)
+      y = result.target.batch(x)[0]
+      recon.append(float(recon_fn(y, result.apply(x, mask))))
+      l0s.append(float(metrics_lib.l0(mask)))
+      masks.append(jnp.any(mask > 0, axis=0))
+    dead = metrics_lib.dead_components(jnp.stack(masks))
+    return dict(faithfulness=faith, topk_recon=float(np.mean(recon)),
+                l0=float(np.mean(l0s)), dead_components=len(dead),
+                dead_component_ids=[int(c) for c in dead])
+
+  def check_runs(self, runs: list[dict[str, Any]], batch_size: int) -> None:
+    """Checks each sweep run's values as `__post_init__` and `check` would."""
+    for run in runs:
+      m = self.replace(**{k: v for k, v in run.items()
+                          if k in self.SWEEPABLE})
+      if m.batch_topk:
+        if masking.batch_topk_count(m.topk, batch_size) < 1:
+          raise ValueError(f"batch top-k keeps int(topk*batch_size) = 0 "
+                           f"entries (topk={m.topk})")
+        count = int(np.float32(m.topk) * np.float32(batch_size))
+        if count != int(m.topk * batch_size):
+          raise ValueError(
+              f"topk={m.topk}: int(topk*batch_size) differs in float32 "
+              f"({count}); choose a topk away from a multiple of "
+              f"1/batch_size")
+
+
+def _cheapest(method: APD, plan: objective.Plan, target: Target,
+              sample_fn: SampleFn, batch_size: int, comps: Any
+              ) -> objective.Plan:
+  """Lazy, forward or reverse mode, and in reverse mode each factored
+  product's contraction, whichever costs fewest flops."""
+  x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
+                     jax.random.PRNGKey(0))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          comps)
+  x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+  n = len(factored.Model(target.forward, target.weights, x0).occurrences)
+
+  def cost(mode, contract, m=method):
+    p = dataclasses.replace(plan, attribution_mode=mode,
+                            attribution_contract=contract)
+    return attribution.flops(
+        lambda c, xb: objective.attributions(
+            target, m, p, c, xb, jax.random.PRNGKey(0))[0], abstract, x)
+
+  contract = ("direct",) * n
+  best = cost("reverse", contract)
+  for k in range(n):
+    trial = contract[:k] + ("cotangent",) + contract[k + 1:]
+    trial_cost = cost("reverse", trial)
+    if trial_cost < best:
+      contract, best = trial, trial_cost
+  # Exact forward-mode attributions win ties, and win over an estimate from
+  # projections when they cost no more.
+  exact = method.replace(attribution_projections=0)
+  for mode in (("lazy", "forward") if plan.factored else ("forward",)):
+    if cost(mode, contract, exact) <= best:
+      return dataclasses.replace(plan, attribution_mode=mode,
+                                 attribution_projections=0)
+  return dataclasses.replace(plan, attribution_mode="reverse",
+                             attribution_contract=contract)
+
+
+class ProjectState(NamedTuple):
+  """No state."""
+
+
+def project_out_parallel() -> optax.GradientTransformation:
+  """Removes from each `U[l][c, :, m]` gradient its part parallel to that
+  (unit) column, `g ← g − (g·u) u`, so the update keeps U's columns on the
+  unit sphere to first order (`project` renormalises them before each
+  forward pass)."""
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("project_out_parallel needs params")
+
+    def proj(g, u):
+      u = u / jnp.linalg.norm(u, axis=1, keepdims=True)
+      return g - jnp.sum(g * u, axis=1, keepdims=True) * u
+
+    U = jax.tree.map(proj, updates.U, params.U)
+    return updates.replace(U=U), state
+
+  return optax.GradientTransformation(lambda _: ProjectState(), update)

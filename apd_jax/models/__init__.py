@@ -1,1 +1,0 @@
-"""Target models: pure `init`, `apply(params, x)`, `sample(key, batch_size)`."""

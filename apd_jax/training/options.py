@@ -1,0 +1,102 @@
+"""`Training`: how a decomposition is trained (the method says what).
+
+    training = Training(steps=20_000, batch_size=2048, lr=3e-2,
+                        warmup_frac=0.05, seed=0)
+
+A frozen record, checked on construction; `decompose` and
+`decompose_sweep` read it, and so can a loop of your own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from typing import Callable
+
+import jax
+import optax
+
+from apd_jax.methods.base import check_choice
+from apd_jax.methods.base import check_positive
+from apd_jax.training import optim
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """How to train (defaults in brackets; the paper's TMS 5-2 value after
+  "paper").
+
+  Attributes:
+    steps: optimiser steps [10_000]. Paper: 20k (TMS), 40k (residual MLP 1),
+      10k (residual MLP 2, 3), 200k (gated functions).
+    batch_size: examples per step [2048]. Paper: 2048 (10k for the gated
+      functions).
+    lr: peak learning rate [1e-3]. Paper: 3e-2 (TMS 5-2), 1e-3 (40-10,
+      residual MLPs), 3e-3 (gated).
+    lr_schedule: ['constant'] or 'cosine' (a quarter wave to 0 at the last
+      step; the reference's).
+    warmup_frac: linear warm-up from 0 over this fraction of the steps, in
+      [0, 1) [0.0]. Paper: 0.05 (TMS), 0.01 (residual MLPs).
+    seed: seeds the initial parameters, the data and the evaluation [0].
+    optimizer: an optax factory called as `optimizer(learning_rate)`, e.g.
+      `optax.adamw`; None [default]: `optax.adam` (the paper's).
+    eval_batches: fresh batches for the final metrics [10].
+    log_every: steps between progress lines, history records and callbacks
+      [1000]; also the steps compiled into one program.
+    progress: [True] a progress line every `log_every` steps (step, losses,
+      steps/s, ETA) and a line naming the decomposed leaves; False: quiet.
+    callback: called as `callback(step, record)` at every log (a sweep:
+      `callback(step, records)`, one record per run) [None].
+    mesh: the devices, with axes 'data' (the batch is split over it) and
+      'component' (C is split over it); None [default]: every device on
+      'data' (`sharding.make_mesh`).
+    checkpoint_dir: if set, checkpoints go there and a run started again
+      resumes from the latest one [None].
+    checkpoint_every: steps between checkpoints, a multiple of `log_every`;
+      0 [default]: only at the end and on SIGTERM.
+    keep_checkpoints: the newest checkpoints kept [3].
+  """
+  steps: int = 10_000
+  batch_size: int = 2048
+  lr: float = 1e-3
+  lr_schedule: str = "constant"
+  warmup_frac: float = 0.0
+  seed: int = 0
+  optimizer: Callable[[Any], optax.GradientTransformation] | None = None
+  eval_batches: int = 10
+  log_every: int = 1000
+  progress: bool = True
+  callback: Callable[..., None] | None = None
+  mesh: jax.sharding.Mesh | None = None
+  checkpoint_dir: str | None = None
+  checkpoint_every: int = 0
+  keep_checkpoints: int = 3
+
+  # The options a sweep may vary between its runs.
+  SWEEPABLE = ("seed", "lr")
+
+  def __post_init__(self):
+    check_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                   eval_batches=self.eval_batches, log_every=self.log_every,
+                   keep_checkpoints=self.keep_checkpoints)
+    check_choice("lr_schedule", self.lr_schedule, optim.SCHEDULES)
+    if not 0 <= self.warmup_frac < 1:
+      raise ValueError(f"warmup_frac must be in [0, 1), got "
+                       f"{self.warmup_frac}")
+    if self.checkpoint_every < 0 or self.checkpoint_every % self.log_every:
+      raise ValueError(f"checkpoint_every must be a non-negative multiple "
+                       f"of log_every={self.log_every}, got "
+                       f"{self.checkpoint_every}")
+
+  def replace(self, **values) -> Training:
+    """A copy with `values` changed (checked again)."""
+    return dataclasses.replace(self, **values)
+
+  def make_optimizer(self, before: optax.GradientTransformation | None = None
+                     ) -> optax.GradientTransformation:
+    """The optimiser on the learning-rate schedule, after `before` (a
+    method's gradient transform) if given."""
+    rate = optim.schedule(self.lr, self.steps, warmup_frac=self.warmup_frac,
+                          kind=self.lr_schedule)
+    opt = (self.optimizer or optax.adam)(rate)
+    return opt if before is None else optax.chain(before, opt)

@@ -1,0 +1,250 @@
+"""One pure train step, and the loop that runs it compiled.
+
+`train_step(state, key) -> (state, metrics)` draws its batch on device from
+`fold_in(key, state.step)`, so a run is a function of its seeds alone, and a
+run resumed from a checkpointed state continues the same data stream. The loop
+compiles `log_every` steps into one program (`lax.scan` over the same step) and
+returns to Python only to log, checkpoint, or stop for a preemption, so
+dispatch costs nothing on small models. Given a mesh, the batch is sharded over
+its data axis and the state keeps the shardings of `sharding.train_state`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from typing import Any
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from apd_jax.core.target import SampleFn
+from apd_jax.core.target import Target
+from apd_jax.training import checkpoint as ckpt_lib
+from apd_jax.training import distributed
+from apd_jax.training import sharding
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array                      # [] int32
+  components: Any                  # the method's parameters (APD: factors)
+  opt_state: optax.OptState
+
+  @classmethod
+  def create(cls, params: Any, optimizer: optax.GradientTransformation
+             ) -> TrainState:
+    """Step 0 with `params` and a fresh optimiser state."""
+    return cls(step=jnp.zeros((), jnp.int32), components=params,
+               opt_state=optimizer.init(params))
+
+
+def make_train_step(method: Any, plan: Any, target: Target,
+                    sample_fn: SampleFn, batch_size: int,
+                    optimizer: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh | None = None
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+  """The pure step of any method: sample, take the loss's gradients, update.
+
+  `train_step(state, key, hypers=None) -> (state, metrics)` draws its batch
+  from `fold_in(key, state.step)` and the loss's own randomness from a key
+  folded from that. With a `mesh`, the batch is sharded over its data axis.
+  `hypers` (the method's traced numeric options, e.g. `apd_objective.Hypers`)
+  override the method's values and scale the updates by `hypers.lr_scale`.
+  """
+
+  def train_step(state: TrainState, key: Array, hypers: Any = None):
+    step_key = jax.random.fold_in(key, state.step)
+    x = sample_fn(step_key, batch_size)
+    if mesh is not None:
+      x = sharding.constrain_batch(x, mesh)
+    params = method.project(state.components)
+    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+    (_, metrics), grads = grad_fn(params, x, target, plan,
+                                  jax.random.fold_in(step_key, 1), hypers)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    if hypers is not None:
+      updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
+    params = optax.apply_updates(params, updates)
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+# XLA:CPU's XNNPACK-based ("ynn") fusions made the residual-MLP steps 1.3-1.6x
+# slower (a product-and-reduce fusion took half the rank-1 step; see
+# benchmark.py), so the step is compiled without them on CPU.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_options() -> tuple[tuple[str, str], ...]:
+  """The XLA options for the compiled steps: `_CPU_OPTIONS` on a CPU backend
+  whose XLA knows them, else none."""
+  if jax.default_backend() != "cpu":
+    return ()
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS)(0.0)
+  except Exception:  # noqa: BLE001 - an XLA without the option
+    return ()
+  return tuple(_CPU_OPTIONS.items())
+
+
+def make_runner(train_step, state_shardings: Any = None
+                ) -> Callable[[TrainState, Any, int], Any]:
+  """`run(state, args, n)`: n steps `train_step(state, args)` in one compiled
+  program (state donated).
+
+  Returns the new state (in `state_shardings`, if given) and each metric
+  averaged over the n steps (replicated).
+  """
+
+  def run(state, args, n):
+    def body(s, _):
+      return train_step(s, args)
+    state, metrics = jax.lax.scan(body, state, None, length=n)
+    return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+  options = dict(compiler_options())
+  if state_shardings is None:
+    return jax.jit(run, static_argnums=2, donate_argnums=0,
+                   compiler_options=options)
+  mesh = jax.tree.leaves(state_shardings)[0].mesh
+  return jax.jit(run, static_argnums=2, donate_argnums=0,
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 compiler_options=options)
+
+
+def progress_line(message: str, *args: Any) -> None:
+  """A progress line: through absl logging where it shows INFO (the command
+  line), else on stderr (a script or notebook calling `decompose`)."""
+  if logging.level_info():
+    logging.info(message, *args)
+  else:
+    print(message % args, file=sys.stderr, flush=True)
+
+
+def fit(state: Any, train_step, args: Any, *, steps: int,
+        log_every: int = 1000, callback: Callable[..., None] | None = None,
+        state_shardings: Any = None,
+        checkpoints: ckpt_lib.Checkpoints | None = None,
+        history: list | None = None, n_runs: int | None = None,
+        progress: bool = True) -> tuple[Any, list]:
+  """Runs `train_step(state, args)` until `state.step == steps`.
+
+  Every `log_every` steps it records the step, the losses averaged since the
+  last log, steps/s and the elapsed time, appends the record to the returned
+  history (which starts from `history`, e.g. a restored one), passes it to
+  `callback(step, record)` and, with `progress`, logs a line with the ETA.
+
+  With `n_runs` (a sweep: the state and metrics have a leading runs axis,
+  possibly padded beyond `n_runs`) each record is a list with one record per
+  run and the history one list per run; a run whose loss becomes non-finite
+  is reported and left to run (it cannot disturb the others).
+
+  With `checkpoints`, the state and history are saved every
+  `checkpoints.every` steps (a multiple of `log_every`) and at the end, and a
+  preemption (SIGTERM) saves them before raising `distributed.Preempted`.
+
+  Raises:
+    FloatingPointError: a single run's loss became non-finite (naming the
+      steps, the terms and the last good checkpoint, which is kept).
+    distributed.Preempted: after saving, if the run was told to stop.
+  """
+  run = make_runner(train_step, state_shardings)
+  if history is None:
+    history = [] if n_runs is None else [[] for _ in range(n_runs)]
+  history = [list(h) for h in history] if n_runs else list(history)
+  t0 = last = time.perf_counter()
+  done = int(jax.device_get(state.step).reshape(-1)[0])
+  n_logs, bad = 0, set()
+  watch = distributed.PreemptionWatch(enabled=checkpoints is not None)
+  with watch:
+    while done < steps:
+      n = min(log_every, steps - done)
+      state, metrics = run(state, args, n)
+      metrics = jax.device_get(metrics)
+      done += n
+      n_logs += 1
+      now = time.perf_counter()
+      rate = n / max(now - last, 1e-9)
+      last = now
+      extra = dict(steps_per_s=rate, elapsed_s=now - t0)
+      if n_runs is None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        record = dict(step=done, **metrics, **extra)
+        if not all(math.isfinite(v) for v in metrics.values()):
+          _raise_non_finite(done - n + 1, done, metrics, checkpoints)
+        history.append(record)
+      else:
+        metrics = {k: np.asarray(v)[:n_runs] for k, v in metrics.items()}
+        record = [dict(step=done, **{k: float(v[i])
+                                     for k, v in metrics.items()}, **extra)
+                  for i in range(n_runs)]
+        for i, r in enumerate(record):
+          history[i].append(r)
+          if i not in bad and not math.isfinite(r["loss"]):
+            bad.add(i)
+            logging.warning("run %d: non-finite loss in steps %d..%d", i,
+                            done - n + 1, done)
+      if progress:
+        _log_progress(done, steps, metrics, rate, n_logs == 1, n_runs)
+      if callback is not None:
+        callback(done, record)
+      if checkpoints is None:
+        continue
+      stop = watch.requested(n_logs)
+      if stop or done == steps or checkpoints.due(done):
+        # a copy: the save is asynchronous and the history grows on
+        checkpoints.save(done, state, [list(h) for h in history] if n_runs
+                         else list(history))
+      if stop and done < steps:
+        checkpoints.wait()
+        raise distributed.Preempted(
+            f"preempted: saved a checkpoint at step {done} in "
+            f"{checkpoints.directory}; run again to resume")
+  if checkpoints is not None:
+    checkpoints.wait()
+  return state, history
+
+
+def _log_progress(done, steps, metrics, rate, first, n_runs):
+  compile_note = " (incl. compile)" if first else ""
+  eta = (steps - done) / rate
+  terms = "  ".join(f"{k} %.3g" for k in metrics
+                    if k not in ("loss", "l0"))
+  if n_runs is None:
+    progress_line(
+        f"step %d/%d  loss %.4g  {terms}  L0 %.2f  %.1f steps/s%s  ETA %.0fs",
+        done, steps, metrics["loss"],
+        *[v for k, v in metrics.items() if k not in ("loss", "l0")],
+        metrics["l0"], rate, compile_note, eta)
+    return
+  loss = metrics["loss"]
+  progress_line(
+      "step %d/%d  %d runs  loss min %.4g  median %.4g  max %.4g  L0 median "
+      "%.2f  %.1f steps/s (%.0f run-steps/s)%s  ETA %.0fs", done, steps,
+      n_runs, np.nanmin(loss), np.nanmedian(loss), np.nanmax(loss),
+      np.nanmedian(metrics["l0"]), rate, rate * n_runs, compile_note, eta)
+
+
+def _raise_non_finite(first: int, last: int, metrics: dict,
+                      checkpoints: ckpt_lib.Checkpoints | None):
+  terms = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+  message = f"non-finite loss in steps {first}..{last}: {terms}"
+  if checkpoints is not None:
+    checkpoints.wait()
+    good = checkpoints.latest_step()
+    message += (f"; the last good checkpoint (step {good}) is kept in "
+                f"{checkpoints.directory}" if good is not None
+                else "; no checkpoint was saved before it")
+  raise FloatingPointError(message)
