@@ -313,12 +313,12 @@ def _cheapest(method: APD, plan: objective.Plan, target: Target,
   x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
   n = len(factored.Model(target.forward, target.weights, x0).occurrences)
 
-  def cost(mode, contract, m=method):
-    p = dataclasses.replace(plan, attribution_mode=mode,
+  def cost(mode, contract, base=plan):
+    p = dataclasses.replace(base, attribution_mode=mode,
                             attribution_contract=contract)
     return attribution.flops(
         lambda c, xb: objective.attributions(
-            target, m, p, c, xb, jax.random.PRNGKey(0))[0], abstract, x)
+            target, method, p, c, xb, jax.random.PRNGKey(0))[0], abstract, x)
 
   contract = ("direct",) * n
   best = cost("reverse", contract)
@@ -329,11 +329,10 @@ def _cheapest(method: APD, plan: objective.Plan, target: Target,
       contract, best = trial, trial_cost
   # Exact forward-mode attributions win ties, and win over an estimate from
   # projections when they cost no more.
-  exact = method.replace(attribution_projections=0)
+  exact = dataclasses.replace(plan, attribution_projections=0)
   for mode in (("lazy", "forward") if plan.factored else ("forward",)):
     if cost(mode, contract, exact) <= best:
-      return dataclasses.replace(plan, attribution_mode=mode,
-                                 attribution_projections=0)
+      return dataclasses.replace(exact, attribution_mode=mode)
   return dataclasses.replace(plan, attribution_mode="reverse",
                              attribution_contract=contract)
 

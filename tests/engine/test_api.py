@@ -16,7 +16,7 @@ from apd_jax import decompose
 from apd_jax.targets import tms
 from apd_jax.training import train
 
-README = pathlib.Path(__file__).parent.parent / "README.md"
+README = pathlib.Path(__file__).parents[2] / "README.md"
 
 
 APD_FIELDS = {f.name for f in dataclasses.fields(APD)}

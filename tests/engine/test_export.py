@@ -17,7 +17,7 @@ from apd_jax.methods.apd import APD
 from apd_jax.targets import tms
 from apd_jax.training.options import Training
 
-ROOT = pathlib.Path(__file__).parent.parent
+ROOT = pathlib.Path(__file__).parents[2]
 LOAD = """
 import json, sys
 import jax

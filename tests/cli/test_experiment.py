@@ -8,7 +8,7 @@ import numpy as np
 
 from apd_jax.cli import experiment
 
-ROOT = pathlib.Path(__file__).parent.parent
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 def load_config(name, arg=None):

@@ -199,7 +199,7 @@ def test_invalid_settings_raise(keys):
 
 
 def test_make_from_config_matches_init(keys):
-  path = pathlib.Path(__file__).parents[1] / "configs" / "gated_functions.py"
+  path = pathlib.Path(__file__).parents[2] / "configs" / "gated_functions.py"
   spec = importlib.util.spec_from_file_location("gated_functions", path)
   config = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(config)

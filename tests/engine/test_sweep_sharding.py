@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).parent.parent
+ROOT = pathlib.Path(__file__).parents[2]
 
 SCRIPT = textwrap.dedent("""
     import json, jax
