@@ -1,4 +1,4 @@
-"""apd_jax: Attribution-based Parameter Decomposition in JAX.
+"""apd_jax: Attribution-based and Stochastic Parameter Decomposition in JAX.
 
     import apd_jax
     method = apd_jax.APD(n_components=5, topk=0.211, rank=3)
@@ -6,7 +6,8 @@
     result = apd_jax.decompose(apply_fn, params, sample_fn, include="W",
                                method=method, training=training)
 
-The method object says what is optimised (`APD`), `Training` how; the
+The method object says what is optimised (`APD`, or `SPD(n_components=20,
+importance_coeff=3e-3)`), `Training` how; the
 building blocks (`make_target`, `init_state`, `make_train_step`, `fit`,
 `evaluate`) are what `decompose` and `decompose_sweep` are made of.
 """
@@ -29,6 +30,8 @@ from apd_jax.engine.sweep import decompose_sweep
 from apd_jax.methods.apd import APD
 from apd_jax.methods.apd_objective import Hypers
 from apd_jax.methods.apd_objective import Plan
+from apd_jax.methods.spd import SPD
+from apd_jax.methods.spd_objective import SPDParams
 from apd_jax.training.distributed import Preempted
 from apd_jax.training.options import Training
 from apd_jax.training.sharding import make_mesh
@@ -37,7 +40,8 @@ from apd_jax.training.train import TrainState
 __version__ = "0.2.0"
 
 __all__ = ["APD", "Components", "Decomposition", "Hypers", "Plan",
-           "Preempted", "SweepResult", "Target", "TrainState", "Training",
+           "Preempted", "SPD", "SPDParams", "SweepResult", "Target",
+           "TrainState", "Training",
            "check_inputs", "decompose", "decompose_sweep", "evaluate", "fit",
            "init_state", "load", "make_mesh", "make_target",
            "make_train_step", "run_keys", "save"]

@@ -9,6 +9,9 @@
     result.topk_mask(x)           # [B, C]
     result.metrics                # final faithfulness, top-k recon, L0, dead
 
+With `method=SPD(...)` the same call trains SPD, and the result answers
+`result.causal_importances(x)` and `result.active(x)` instead.
+
 `decompose` is a short composition of the public building blocks below
 (`make_target`, `check_inputs`, `init_state`, `make_train_step`, `fit`,
 `evaluate`), which a loop of your own can use too. Every input is checked
@@ -34,9 +37,10 @@ from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.core.target import check_sampler
 from apd_jax.methods import apd_objective
+from apd_jax.methods import spd_objective
 from apd_jax.methods.apd import APD
-from apd_jax.methods.apd_objective import Plan
 from apd_jax.methods.apd_objective import masked_forward
+from apd_jax.methods.spd import SPD
 from apd_jax.training import checkpoint as ckpt_lib
 from apd_jax.training import sharding
 from apd_jax.training import train
@@ -54,9 +58,9 @@ __all__ = ["Decomposition", "check_inputs", "decompose", "evaluate", "fit",
 class Decomposition:
   """A trained decomposition, the target it decomposes and how."""
   target: Target
-  method: APD
-  plan: Plan                      # how the library computed it (derived)
-  components: comp_lib.Components
+  method: Any                     # APD or SPD
+  plan: Any                       # how the library computed it (derived)
+  components: Any                 # the method's trained parameters
   metrics: dict[str, Any]
   history: list[dict]
 
@@ -74,21 +78,52 @@ class Decomposition:
     """`{leaf name: P [C, i, o]}`."""
     return comp_lib.component_weights(self.components)
 
+  def _need(self, cls, what: str) -> None:
+    if not isinstance(self.method, cls):
+      raise ValueError(f"{what} is defined for {cls.__name__} "
+                       f"decompositions; this one is "
+                       f"{type(self.method).__name__}")
+
   def attributions(self, x: Array) -> Array:
     """Squared attributions `[B, C]` of the batch `x` (exact, also where
-    training estimated them from random projections)."""
+    training estimated them from random projections). APD only."""
+    self._need(APD, "attributions")
     exact = dataclasses.replace(self.plan, attribution_projections=0)
     return _attributions(self.target, self.method, exact, self.components, x)
 
   def topk_mask(self, x: Array) -> Array:
-    """The top-k mask `[B, C]` training would use on the batch `x`."""
+    """The top-k mask `[B, C]` training would use on the batch `x`. APD
+    only."""
+    self._need(APD, "topk_mask")
     return masking.make_mask(self.attributions(x), self.method.topk,
                              batch_topk=self.method.batch_topk)
 
-  def apply(self, x: Array, mask: Array | None = None) -> Array:
-    """The target's output with weights `W(mask)` per example (all if None)."""
+  def causal_importances(self, x: Array) -> dict[str, Array]:
+    """SPD: `{product: G [B, C_l]}`, each subcomponent's causal importance
+    on the batch `x`, per factored product of the target (keyed by the
+    leaf's name, `name#j` for the j-th use of a leaf used more than once)."""
+    self._need(SPD, "causal_importances")
+    return _causal_importances(self.target, self.plan, self.components, x)
+
+  def active(self, x: Array, threshold: float | None = None
+             ) -> dict[str, Array]:
+    """SPD: `{product: [B, C_l] bool}`, `G > threshold` (default the
+    method's, 0.1)."""
+    t = self.method.threshold if threshold is None else threshold
+    return {k: g > t for k, g in self.causal_importances(x).items()}
+
+  def apply(self, x: Array, mask: Any = None) -> Array:
+    """The target's output with weights `W(mask)` per example (all if None):
+    APD: `mask [B, C]`; SPD: `{product: [B, C_l]}` (a product left out
+    keeps the target's weights)."""
     if mask is None:
       return _full_apply(self.target, self.components, x)
+    if isinstance(self.method, SPD):
+      if not isinstance(mask, dict) or set(mask) - set(self.plan.labels):
+        raise ValueError(f"an SPD mask is a dict over the products "
+                         f"{list(self.plan.labels)}")
+      coefs = tuple(mask.get(k) for k in self.plan.labels)
+      return _spd_apply(self.target, self.plan, self.components, coefs, x)
     return _masked_apply(self.target, self.plan.factored, self.components,
                          mask, x)
 
@@ -101,6 +136,16 @@ def _attributions(target, method, plan, comps, x):
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _masked_apply(target, factored_form, comps, mask, x):
   return masked_forward(target, comps, mask, x, factored_form)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _causal_importances(target, plan, params, x):
+  return spd_objective.causal_importances(params, target, plan, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _spd_apply(target, plan, params, coefs, x):
+  return spd_objective.masked_forward(target, params, plan, coefs, x)[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -133,8 +178,10 @@ def check_inputs(method: Any, target: Target, sample_fn: SampleFn,
   """Checks the sampler, the method against the target and the mesh sizes
   (abstractly; nothing is compiled)."""
   if mesh is not None:
-    sharding.check_sizes(mesh, batch_size=training.batch_size,
-                         n_components=method.n_components)
+    C = method.n_components
+    for c in sorted({v for _, v in C} if isinstance(C, tuple) else {C}):
+      sharding.check_sizes(mesh, batch_size=training.batch_size,
+                           n_components=c)
   check_sampler(sample_fn, training.batch_size)
   method.check(target, sample_fn, training.batch_size)
 
@@ -152,21 +199,23 @@ def optimizer(method: Any, training: Training):
 
 
 def init_state(method: Any, target: Target, training: Training, *,
-               seed: int | None = None, mesh: jax.sharding.Mesh | None = None
-               ) -> TrainState:
+               seed: int | None = None, mesh: jax.sharding.Mesh | None = None,
+               sample_fn: SampleFn | None = None) -> TrainState:
   """Step 0 of the run with `seed` (default `training.seed`): the method's
   initial parameters and the optimiser state, drawn directly into their
-  shards over `mesh` where the method's init is traceable."""
+  shards over `mesh` where the method's init is traceable. `sample_fn`
+  gives the example shape a method may need (SPD does)."""
   init_key = run_keys(training.seed if seed is None else seed)[0]
   opt = optimizer(method, training)
   if mesh is None:
-    return TrainState.create(method.init_params(init_key, target), opt)
+    return TrainState.create(
+        method.init_params(init_key, target, sample_fn), opt)
   if method.init_traceable:
-    params = jax.jit(lambda k: method.init_params(k, target),
+    params = jax.jit(lambda k: method.init_params(k, target, sample_fn),
                      out_shardings=sharding.leading_component(mesh))(
                          sharding.put(init_key, sharding.replicated(mesh)))
   else:  # concrete on the host, then split
-    params = method.init_params(init_key, target)
+    params = method.init_params(init_key, target, sample_fn)
     params = sharding.put(params, sharding.components(mesh, params))
   return sharding.init(lambda p: TrainState.create(p, opt),
                        lambda s: sharding.train_state(mesh, s, opt), params)
@@ -179,7 +228,8 @@ def make_train_step(method: Any, plan: Any, target: Target,
   it, or give it to `fit`); see `training.train.make_train_step`."""
   return train.make_train_step(method, plan, target, sample_fn,
                                training.batch_size,
-                               optimizer(method, training), mesh)
+                               optimizer(method, training), mesh,
+                               steps=training.steps)
 
 
 def evaluate(result: Decomposition, sample_fn: SampleFn, key: Array, *,
@@ -193,12 +243,13 @@ def split_options(method: Any, training: Training | None,
                   options: dict[str, Any]) -> tuple[Any, Training]:
   """`method` and `training` with keyword `options` applied to whichever
   object has a field of that name (an APD is made when `method` is None)."""
-  m_names = {f.name for f in dataclasses.fields(APD)}
+  cls = APD if method is None else type(method)
+  m_names = {f.name for f in dataclasses.fields(cls)}
   t_names = {f.name for f in dataclasses.fields(Training)}
   unknown = sorted(set(options) - m_names - t_names)
   if unknown:
-    raise ValueError(f"unknown options {unknown}; see apd_jax.APD and "
-                     f"apd_jax.Training")
+    raise ValueError(f"unknown options {unknown}; see apd_jax."
+                     f"{cls.__name__} and apd_jax.Training")
   m_opts = {k: v for k, v in options.items() if k in m_names}
   t_opts = {k: v for k, v in options.items() if k in t_names}
   if method is None:
@@ -244,7 +295,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   target = make_target(apply_fn, params, include, has_aux=has_aux,
                        log=training.progress)
   check_inputs(method, target, sample_fn, training, mesh)
-  state = init_state(method, target, training, mesh=mesh)
+  state = init_state(method, target, training, mesh=mesh,
+                     sample_fn=sample_fn)
   plan = method.plan(target, sample_fn, training.batch_size,
                      state.components)
   step = make_train_step(method, plan, target, sample_fn, training, mesh)
@@ -284,6 +336,7 @@ def finish(method, plan, target, params, history, sample_fn, eval_key,
                    batch_size=training.batch_size,
                    n_batches=training.eval_batches)
   final.update(steps=training.steps, **extra,
-               attribution_mode=plan.attribution_mode,
-               attribution_contract=plan.attribution_contract)
+               **{k: getattr(plan, k) for k in ("attribution_mode",
+                                                "attribution_contract")
+                  if hasattr(plan, k)})
   return dataclasses.replace(result, metrics=final)

@@ -22,6 +22,7 @@ import json
 import os
 from typing import Any
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +32,10 @@ from apd_jax.core import components as comp_lib
 from apd_jax.core.target import ApplyFn
 from apd_jax.core.target import Target
 from apd_jax.engine import api
+from apd_jax.methods import spd_objective
 from apd_jax.methods.apd import APD
 from apd_jax.methods.apd_objective import Plan
+from apd_jax.methods.spd import SPD
 from apd_jax.training import distributed
 
 META = "decomposition.json"
@@ -59,6 +62,11 @@ def _import(path: str) -> Any:
   return obj
 
 
+# method name -> (method, its parameters, its plan)
+METHODS = {"APD": (APD, comp_lib.Components, Plan),
+           "SPD": (SPD, spd_objective.SPDParams, spd_objective.Plan)}
+
+
 def save(result: api.Decomposition, directory: str, *,
          config: dict | None = None) -> None:
   """Writes `result` (and the run's `config`) to `directory`, replacing it.
@@ -69,8 +77,8 @@ def save(result: api.Decomposition, directory: str, *,
   host = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(os.path.join(directory, "components"),
-              {"U": host(result.components.U),
-               "V": host(result.components.V)}, force=True)
+              host(flax.serialization.to_state_dict(result.components)),
+              force=True)
     ckpt.save(os.path.join(directory, "target_params"),
               host(result.target.params), force=True)
   if distributed.is_main():
@@ -111,18 +119,22 @@ def load(directory: str, *, apply_fn: ApplyFn | None = None
   with ocp.StandardCheckpointer() as ckpt:
     factors = ckpt.restore(os.path.join(directory, "components"))
     params = ckpt.restore(os.path.join(directory, "target_params"))
-  comps = comp_lib.Components(U=dev(factors["U"]), V=dev(factors["V"]))
   target = Target(apply_fn, dev(params), tuple(meta["names"]),
                   meta["has_aux"])
-  methods = {"APD": APD}
-  if meta.get("method") not in methods:
+  if meta.get("method") not in METHODS:
     raise ValueError(f"{directory} holds a decomposition by the unknown "
-                     f"method {meta.get('method')!r}; known: {sorted(methods)}")
+                     f"method {meta.get('method')!r}; known: {sorted(METHODS)}")
+  method_cls, params_cls, plan_cls = METHODS[meta["method"]]
+  if params_cls is comp_lib.Components:
+    comps = comp_lib.Components(U=dev(factors["U"]), V=dev(factors["V"]))
+  else:
+    comps = params_cls(U=dev(factors["U"]), V=dev(factors["V"]),
+                       gates=dev(factors["gates"]))
   plan = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuple
           for k, v in meta["plan"].items()}
   return api.Decomposition(
-      target=target, method=methods[meta["method"]](**meta["options"]),
-      plan=Plan(**plan), components=comps, metrics=meta["metrics"],
+      target=target, method=method_cls(**meta["options"]),
+      plan=plan_cls(**plan), components=comps, metrics=meta["metrics"],
       history=meta["history"])
 
 

@@ -141,7 +141,8 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                            log=training.progress)
   api.check_inputs(static, target, sample_fn, training)
   seeds = [r.get("seed", training.seed) for r in runs]
-  states = [api.init_state(method, target, training, seed=s) for s in seeds]
+  states = [api.init_state(method, target, training, seed=s,
+                           sample_fn=sample_fn) for s in seeds]
   plan = static.plan(target, sample_fn, training.batch_size,
                      states[0].components)
   hypers = _stack([static.hypers(**{**{n: getattr(method, n) for n in

@@ -108,7 +108,8 @@ def trace(forward: Callable[[Mapping[str, Array], Array], Any],
 
 def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
         weights: Mapping[str, Factored | Array], x: Array,
-        probes: Sequence[Array] | None = None, log: dict | None = None
+        probes: Sequence[Array] | None = None, log: dict | None = None,
+        coefs: Sequence[Array | None] | None = None
         ) -> tuple[Any, list[Array], list[Occurrence]]:
   """Evaluates a jaxpr from `trace` with (possibly) factored weights.
 
@@ -120,6 +121,9 @@ def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
     probes: one array per occurrence, added to that product's output.
     log: if given, `log["materialised"]` is set to the leaves some operation
       needed as full matrices.
+    coefs: per occurrence, its own coefficients `[..., C]` (occurrence k
+      computes `Σ_c coefs[k]_c (a U_c) V_c`, without `W0`) or None (it
+      computes `a W0`): masks per product rather than per leaf.
 
   Returns:
     `(outputs, inputs, occurrences)`: the function's output pytree, each
@@ -127,7 +131,8 @@ def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
   """
   flat_w = [weights[n] for n in sorted(names)]
   inputs, occ = [], []
-  ctx = dict(probes=probes, inputs=inputs, occ=occ, materialised=set())
+  ctx = dict(probes=probes, inputs=inputs, occ=occ, materialised=set(),
+             coefs=coefs)
   outs = _eval(closed.jaxpr, closed.consts, [*flat_w, x], ctx)
   if log is not None:
     log["materialised"] = ctx["materialised"]
@@ -236,11 +241,24 @@ def _factored_dot(invals, params, ctx) -> Array | None:
   k = len(ctx["inputs"])
   ctx["inputs"].append(a)
   ctx["occ"].append(Occurrence(w.name, w.transposed))
-  out = w.matmul(a)
+  if ctx["coefs"] is not None:
+    out = _own_coefs(w, a, ctx["coefs"][k])
+  else:
+    out = w.matmul(a)
   if ctx["probes"] is not None:
     out = out + ctx["probes"][k]
   out = out.astype(params.get("preferred_element_type") or out.dtype)
   return out if w_is_rhs else jnp.moveaxis(out, -1, 0)
+
+
+def _own_coefs(w: Factored, a: Array, coef: Array | None) -> Array:
+  """`a W0` (coef None) or `Σ_c coef_c (a U_c) V_c` with `coef [..., C]`
+  (one coefficient per component and per leading position of `a`)."""
+  if coef is None:
+    return a @ (w.base.T if w.transposed else w.base)
+  U, V = w.factors()
+  z = jnp.einsum("...i,cim->...cm", a, U) * coef[..., None]
+  return jnp.einsum("...cm,cmo->...o", z, V)
 
 
 class Model:
@@ -270,9 +288,9 @@ class Model:
     # Leaves used other than in products: attributions need their P_c.
     self.materialised = frozenset(log["materialised"])
 
-  def __call__(self, weights, x, probes=None, log=None):
+  def __call__(self, weights, x, probes=None, log=None, coefs=None):
     return run(self.jaxpr, self.out_tree, self.names, weights, x, probes,
-               log)
+               log, coefs)
 
   def masked(self, U: Mapping[str, Array], V: Mapping[str, Array],
              mask: Array, x: Array, capacity: int | None = None) -> Any:

@@ -204,8 +204,10 @@ class APD:
     shards); the SVD needs concrete singular values."""
     return self.init != "svd"
 
-  def init_params(self, key: Array, target: Target) -> comp_lib.Components:
-    """The initial factors `{U [C, i, m], V [C, m, o]}` of every leaf."""
+  def init_params(self, key: Array, target: Target, sample_fn: Any = None
+                  ) -> comp_lib.Components:
+    """The initial factors `{U [C, i, m], V [C, m, o]}` of every leaf
+    (`sample_fn` is not needed)."""
     ranks = self.ranks(target)
     if self.init == "svd":
       comps = comp_lib.init_svd(key, target.weights,
@@ -258,8 +260,10 @@ class APD:
       plan = _cheapest(self, plan, target, sample_fn, batch_size, comps)
     return plan
 
-  def loss(self, comps, x, target, plan, key=None, hypers=None):
-    """`(L, metrics)` of one batch (`apd_objective.loss_fn`)."""
+  def loss(self, comps, x, target, plan, key=None, hypers=None,
+           progress=None):
+    """`(L, metrics)` of one batch (`apd_objective.loss_fn`; `progress`, the
+    fraction of training done, is not used)."""
     return objective.loss_fn(comps, x, target, self, plan, key, hypers)
 
   def evaluate(self, result, sample_fn: SampleFn, key: Array, *,

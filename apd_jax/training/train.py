@@ -51,7 +51,8 @@ class TrainState:
 def make_train_step(method: Any, plan: Any, target: Target,
                     sample_fn: SampleFn, batch_size: int,
                     optimizer: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh | None = None
+                    mesh: jax.sharding.Mesh | None = None,
+                    steps: int | None = None
                     ) -> Callable[..., tuple[TrainState, dict]]:
   """The pure step of any method: sample, take the loss's gradients, update.
 
@@ -60,6 +61,7 @@ def make_train_step(method: Any, plan: Any, target: Target,
   folded from that. With a `mesh`, the batch is sharded over its data axis.
   `hypers` (the method's traced numeric options, e.g. `apd_objective.Hypers`)
   override the method's values and scale the updates by `hypers.lr_scale`.
+  With `steps`, the loss gets `progress = step / steps` (else None).
   """
 
   def train_step(state: TrainState, key: Array, hypers: Any = None):
@@ -69,8 +71,10 @@ def make_train_step(method: Any, plan: Any, target: Target,
       x = sharding.constrain_batch(x, mesh)
     params = method.project(state.components)
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+    progress = None if not steps else state.step / steps
     (_, metrics), grads = grad_fn(params, x, target, plan,
-                                  jax.random.fold_in(step_key, 1), hypers)
+                                  jax.random.fold_in(step_key, 1), hypers,
+                                  progress)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     if hypers is not None:
       updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)

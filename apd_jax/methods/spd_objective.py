@@ -1,0 +1,317 @@
+"""The weighted SPD objective (Bushnaq, Braun & Sharkey 2025).
+
+.. math::  L = c_f L_{faith} + β_1 L_{stoch} + β_2 L_{layer} + β_3 L_{imp}
+
+Each decomposed matrix `W_l` has its own `C_l` rank-one subcomponents
+`u_c v_cᵀ` (factors `U[l] [C_l, i, 1]`, `V[l] [C_l, 1, o]`). Every factored
+product `a_k W_l` of the target (an *occurrence*: TMS uses `W` and `Wᵀ`)
+has a causal-importance function per subcomponent, a tiny MLP on the inner
+activation `h_c = a_k · u_c`:
+
+.. math::  G_{k,c} = σ_{lower}(g_{k,c}(h_c)), \\quad
+           m_{k,c} = G_{k,c} + (1 − G_{k,c}) r, \\quad r \\sim U(0, 1)
+
+and the masked product is `Σ_c m_{k,c} h_c v_cᵀ` (factored, never a
+`[C, i, o]` weight). One call computes for a batch: the target's pass (its
+outputs and each product's input `a_k`), the causal importances, one pass
+with every product masked, one pass per product with only that product
+masked, and every loss term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from typing import NamedTuple
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from apd_jax.core import components as comp_lib
+from apd_jax.core import losses
+from apd_jax.core.target import Target
+from apd_jax.fast import factored
+
+Array = jax.Array
+RECONS = ("mse", "kl")
+LEAK = 0.01       # slope of the hard sigmoids' leaky sides
+EPS = 1e-12       # added to G before the power of L_imp
+
+
+@flax.struct.dataclass
+class SPDParams:
+  """What SPD trains: rank-one factors per decomposed leaf and, per
+  occurrence, the causal-importance MLPs `1 → d → 1` of its subcomponents
+  (`w1, b1, w2: [C_l, d]`, `b2: [C_l]`)."""
+  U: dict[str, Array]                  # leaf -> [C_l, i, 1]
+  V: dict[str, Array]                  # leaf -> [C_l, 1, o]
+  gates: dict[str, dict[str, Array]]   # occurrence label -> MLP weights
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(self.U)
+
+  @property
+  def n_components(self) -> dict[str, int]:
+    return {n: u.shape[0] for n, u in self.U.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The target's factored products, as SPD sees them: one label per
+  occurrence (the leaf's name if it is used once, `name#j` for its j-th use
+  otherwise) and the leaf it multiplies by."""
+  labels: tuple[str, ...] = ()
+  leaves: tuple[str, ...] = ()
+  transposed: tuple[bool, ...] = ()
+
+
+def make_plan(target: Target, x0: Any) -> Plan:
+  """The occurrences of `target` on one example shaped like `x0`."""
+  model = factored.Model(target.forward, target.weights, x0)
+  if model.materialised:
+    raise ValueError(
+        f"SPD needs every decomposed leaf used in matrix products a @ W; "
+        f"{sorted(model.materialised)} are used otherwise")
+  occ = model.occurrences
+  if not occ:
+    raise ValueError("the decomposed leaves are not used in any product")
+  count = {o.name: sum(p.name == o.name for p in occ) for o in occ}
+  seen: dict[str, int] = {}
+  labels = []
+  for o in occ:
+    j = seen.get(o.name, 0)
+    seen[o.name] = j + 1
+    labels.append(o.name if count[o.name] == 1 else f"{o.name}#{j}")
+  return Plan(tuple(labels), tuple(o.name for o in occ),
+              tuple(o.transposed for o in occ))
+
+
+class Hypers(NamedTuple):
+  """SPD's numeric options that may differ between the runs of a sweep
+  (traced; see `apd_objective.Hypers`)."""
+  faithfulness_coeff: float | Array
+  stochastic_coeff: float | Array
+  layerwise_coeff: float | Array
+  importance_coeff: float | Array
+  importance_p: float | Array
+  lr_scale: float | Array = 1.0
+
+
+# -- the hard sigmoids ---------------------------------------------------------
+
+
+@jax.custom_vjp
+def lower_leaky_hard_sigmoid(z: Array) -> Array:
+  """`clip(z, 0, 1)`; its gradient is 1 on `(0, 1]`, 0 above 1 and, below
+  0, `0.01` where the incoming gradient is negative (descent would raise
+  z) and 0 where it is positive: a dead gate can come back to life."""
+  return jnp.clip(z, 0.0, 1.0)
+
+
+def _lower_fwd(z):
+  return jnp.clip(z, 0.0, 1.0), z
+
+
+def _lower_bwd(z, g):
+  inside = (z > 0) & (z <= 1)
+  revive = (z <= 0) & (g < 0)
+  return (jnp.where(inside, g, jnp.where(revive, LEAK * g, 0.0)),)
+
+
+lower_leaky_hard_sigmoid.defvjp(_lower_fwd, _lower_bwd)
+
+
+def upper_leaky_hard_sigmoid(z: Array) -> Array:
+  """`0` below 0, `z` on `[0, 1]`, `1 + 0.01 (z − 1)` above 1."""
+  return jnp.where(z > 1, 1 + LEAK * (z - 1), jnp.where(z > 0, z, 0.0))
+
+
+# -- parameters ----------------------------------------------------------------
+
+
+def init_params(key: Array, target: Target, plan: Plan,
+                n_components: dict[str, int], gate_hidden: int
+                ) -> SPDParams:
+  """Factors as the reference initialises them (normal, std `1/sqrt(o)`
+  for `u` and `1/sqrt(C_l)` for `v`) and gates with `w1 ~ N(0, 2)`,
+  `w2 ~ N(0, 1/d)` (Kaiming, fans 1 and d) and zero biases."""
+  U, V, gates = {}, {}, {}
+  for j, (name, w) in enumerate(target.weights.items()):
+    d_in, d_out = w.shape
+    C = n_components[name]
+    ku, kv = jax.random.split(jax.random.fold_in(key, j))
+    U[name] = jax.random.normal(ku, (C, d_in, 1)) / d_out ** 0.5
+    V[name] = jax.random.normal(kv, (C, 1, d_out)) / C ** 0.5
+  gate_key = jax.random.fold_in(key, len(target.weights))
+  for k, (label, leaf) in enumerate(zip(plan.labels, plan.leaves,
+                                        strict=True)):
+    C = n_components[leaf]
+    k1, k2 = jax.random.split(jax.random.fold_in(gate_key, k))
+    gates[label] = dict(
+        w1=jax.random.normal(k1, (C, gate_hidden)) * 2 ** 0.5,
+        b1=jnp.zeros((C, gate_hidden)),
+        w2=jax.random.normal(k2, (C, gate_hidden)) / gate_hidden ** 0.5,
+        b2=jnp.zeros((C,)))
+  return SPDParams(U=U, V=V, gates=gates)
+
+
+# -- causal importances --------------------------------------------------------
+
+
+def gate_logits(gate: dict[str, Array], h: Array) -> Array:
+  """`z_c = w2_c · gelu(w1_c h_c + b1_c) + b2_c` for `h [..., C]`."""
+  hidden = jax.nn.gelu(h[..., None] * gate["w1"] + gate["b1"],
+                       approximate=False)
+  return jnp.sum(hidden * gate["w2"], axis=-1) + gate["b2"]
+
+
+def inner_acts(params: SPDParams, plan: Plan, inputs: Sequence[Array]
+               ) -> list[Array]:
+  """`h_{k,c} = a_k · u_c` (`u` of the product as used, `vᵀ` for `Wᵀ`):
+  per occurrence `[..., C_l]`."""
+  out = []
+  for a, leaf, t in zip(inputs, plan.leaves, plan.transposed, strict=True):
+    u = params.V[leaf][:, 0, :] if t else params.U[leaf][:, :, 0]
+    out.append(jnp.einsum("...i,ci->...c", a, u))
+  return out
+
+
+def importances(params: SPDParams, plan: Plan, inputs: Sequence[Array]
+                ) -> tuple[list[Array], list[Array]]:
+  """`(G, G_upper)` per occurrence: the lower-leaky causal importances (for
+  masks) and the upper-leaky ones (for the penalty)."""
+  z = [gate_logits(params.gates[label], h) for label, h in
+       zip(plan.labels, inner_acts(params, plan, inputs), strict=True)]
+  return ([lower_leaky_hard_sigmoid(v) for v in z],
+          [upper_leaky_hard_sigmoid(v) for v in z])
+
+
+def target_pass(target: Target, x: Array) -> tuple[Any, list[Array]]:
+  """`((y, acts), inputs)`: the target's outputs on the batch `x` and the
+  input `a_k [B, ..., i]` of each of its factored products."""
+  model = factored.Model(target.forward, target.weights, x[0])
+  weights = {n: factored.Factored(w, name=n)
+             for n, w in target.weights.items()}
+  out, inputs = jax.vmap(lambda xb: model(weights, xb)[:2])(x)
+  return out, inputs
+
+
+def causal_importances(params: SPDParams, target: Target, plan: Plan,
+                       x: Array) -> dict[str, Array]:
+  """`{occurrence label: G [B, ..., C_l]}` on the batch `x` (`[B, C_l]`
+  where the product's input has no axes but its features, e.g. positions)."""
+  inputs = target_pass(target, x)[1]
+  G, _ = importances(params, plan, inputs)
+  return {label: g.reshape(g.shape[0], g.shape[-1])
+          if g.size == g.shape[0] * g.shape[-1] else g
+          for label, g in zip(plan.labels, G, strict=True)}
+
+
+# -- masked passes -------------------------------------------------------------
+
+
+def masked_forward(target: Target, params: SPDParams, plan: Plan,
+                   coefs: Sequence[Array | None], x: Array) -> Any:
+  """`f(x_b)` with product k computed as `Σ_c coefs[k]_bc (a u_c) v_cᵀ`, or
+  at the target's weights where `coefs[k]` is None: `(y, acts)` per
+  example."""
+  model = factored.Model(target.forward, target.weights, x[0])
+  weights = {n: factored.Factored(w, params.U[n], params.V[n], name=n)
+             for n, w in target.weights.items()}
+  return jax.vmap(lambda c, xb: model(weights, xb, coefs=c)[0])(
+      list(coefs), x)
+
+
+def stochastic_masks(key: Array, G: Sequence[Array]) -> list[Array]:
+  """`m = G + (1 − G) r`, `r ~ U(0, 1)` independently per entry."""
+  keys = jax.random.split(key, len(G))
+  return [g + (1 - g) * jax.random.uniform(k, g.shape, g.dtype)
+          for g, k in zip(G, keys, strict=True)]
+
+
+def stochastic_recon(target: Target, params: SPDParams, plan: Plan, y: Any,
+                     G: Sequence[Array], x: Array, key: Array, recon) -> Array:
+  """`D(y, f(x | m))` with every product masked by fresh masks."""
+  masks = stochastic_masks(key, G)
+  return recon(y, masked_forward(target, params, plan, masks, x)[0])
+
+
+def layerwise_recon(target: Target, params: SPDParams, plan: Plan, y: Any,
+                    G: Sequence[Array], x: Array, key: Array, recon) -> Array:
+  """`(1/K) Σ_k D(y, f(x | m_k))`: product k masked, the others at θ*.
+
+  The K passes are one compiled program (unrolled at trace time)."""
+  masks = stochastic_masks(key, G)
+  n = len(masks)
+  return sum(recon(y, masked_forward(
+      target, params, plan, [m if j == k else None
+                             for j, m in enumerate(masks)], x)[0])
+             for k in range(n)) / n
+
+
+def importance_minimality(G_upper: Sequence[Array], p: float | Array
+                          ) -> Array:
+  """`Σ_k Σ_c mean_b (G_upper[k]_bc + 1e-12)^p` (positions count as
+  examples)."""
+  total = 0.0
+  for g in G_upper:
+    per = jnp.power(g + EPS, p).reshape(-1, g.shape[-1])
+    total = total + jnp.sum(jnp.mean(per, axis=0))
+  return total
+
+
+def annealed_p(s: Any, p: float | Array, progress: Array | None):
+  """`p` moved linearly to `s.importance_p_final` between the fractions
+  `s.p_anneal_start` and `s.p_anneal_end` of training (if set)."""
+  if s.importance_p_final is None or progress is None:
+    return p
+  span = max(s.p_anneal_end - s.p_anneal_start, 1e-9)
+  t = jnp.clip((progress - s.p_anneal_start) / span, 0.0, 1.0)
+  return p + t * (s.importance_p_final - p)
+
+
+def loss_fn(params: SPDParams, x: Array, target: Target, s: Any, plan: Plan,
+            key: Array | None = None, hypers: Hypers | None = None,
+            progress: Array | None = None) -> tuple[Array, dict]:
+  """`(L, metrics)` for one batch `x`; differentiable in `params`.
+
+  Args:
+    params: the factors and gates.
+    x: the batch `[B, ...]`.
+    target: the target.
+    s: the `spd.SPD` method (its options).
+    plan: the target's products (`make_plan`).
+    key: draws the masks' uniform noise (required).
+    hypers: if given, overrides the numeric options of `s`.
+    progress: the fraction of training done (for p annealing).
+  """
+  if key is None:
+    raise ValueError("SPD's loss needs a key for its stochastic masks")
+  h = s.hypers() if hypers is None else hypers
+  recon = losses.kl if s.recon == "kl" else losses.mse
+  faith = losses.faithfulness(target.weights,
+                              comp_lib.summed_from_factors(params))
+  (y, _), inputs = jax.lax.stop_gradient(target_pass(target, x))
+  G, G_upper = importances(params, plan, inputs)
+  k_stoch, k_layer = jax.random.split(key)
+  terms = dict(faithfulness=faith)
+  if s.stochastic_coeff:
+    terms["stochastic"] = stochastic_recon(target, params, plan, y, G, x,
+                                           k_stoch, recon)
+  if s.layerwise_coeff:
+    terms["layerwise"] = layerwise_recon(target, params, plan, y, G, x,
+                                         k_layer, recon)
+  p = annealed_p(s, h.importance_p, progress)
+  terms["importance"] = importance_minimality(G_upper, p)
+  coeffs = dict(faithfulness=h.faithfulness_coeff,
+                stochastic=h.stochastic_coeff,
+                layerwise=h.layerwise_coeff,
+                importance=h.importance_coeff)
+  total = sum(coeffs[k] * v for k, v in terms.items())
+  l0 = {f"l0/{label}": jnp.mean(jnp.sum(g > s.threshold, axis=-1))
+        for label, g in zip(plan.labels, G, strict=True)}
+  metrics = dict(terms, loss=total, l0=sum(l0.values()), **l0)
+  return total, metrics
