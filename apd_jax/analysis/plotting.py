@@ -93,7 +93,8 @@ def plot_history(history: list[dict], path: str) -> None:
     return
   steps = [r["step"] for r in history]
   keys = [k for k in ("loss", "faithfulness", "minimality", "hidden_act",
-                      "simplicity") if k in history[0]]
+                      "simplicity", "stochastic", "layerwise", "importance")
+          if k in history[0]]
   fig, ax = plt.subplots(figsize=(6, 3.8))
   for k in keys:
     ax.plot(steps, [max(r[k], 1e-12) for r in history], label=k)
@@ -103,6 +104,31 @@ def plot_history(history: list[dict], path: str) -> None:
                f"{history[-1]['l0']:.3f}", fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_causal_importances(G: dict, path: str, *, threshold: float = 0.1,
+                            xlabel: str = "input (one-hot)") -> None:
+  """SPD: each product's causal importances `G [inputs, C_l]` as a heat map
+  (inputs × subcomponents), showing the subcomponents with G above
+  `threshold` on some input (ordered by the input where each peaks), saved
+  as PNG. A clean decomposition is one bright cell per row."""
+  fig, axes = plt.subplots(1, len(G), figsize=(3.4 * len(G), 3.2),
+                           squeeze=False)
+  for ax, (label, g) in zip(axes[0], G.items(), strict=True):
+    g = np.asarray(g).reshape(-1, np.asarray(g).shape[-1])
+    alive = np.flatnonzero(g.max(axis=0) > threshold)
+    alive = alive[np.argsort(g[:, alive].argmax(axis=0), kind="stable")]
+    im = ax.imshow(g[:, alive] if alive.size else np.zeros((g.shape[0], 1)),
+                   vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_title(f"{label}: {alive.size} of {g.shape[1]} active", fontsize=9)
+    ax.set_xlabel("subcomponent (alive, by peak input)")
+    ax.set_ylabel(xlabel)
+    ax.set_xticks(range(alive.size), [str(c) for c in alive], fontsize=6)
+    ax.set_yticks(range(g.shape[0]))
+    ax.tick_params(axis="y", labelsize=6)
+  fig.colorbar(im, ax=axes[0].tolist(), label="causal importance G")
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

@@ -1,8 +1,10 @@
 """What a config file holds, and how its argument is parsed.
 
-`default_config()` has `include` and one field per `APD` and `Training`
-option (their docstrings say what each does; the command line starts from
-TMS 5-2's paper values), plus `target`, `mesh` and `sweep`. `parse_arg`
+`default_config()` has `include`, `method` ('apd' or 'spd') and one field
+per `APD`, `SPD` and `Training` option (their docstrings say what each does;
+the two methods share `n_components`, `faithfulness_coeff` and `recon`; the
+command line starts from APD's TMS 5-2 paper values), plus `target`, `mesh`
+and `sweep`. `parse_arg`
 reads a config file's argument (`configs/tms_5_2.py:identity,quick`)
 with types and rejects unknown names. `method_and_training(config)` makes
 the two objects.
@@ -16,7 +18,10 @@ from typing import Any
 import ml_collections
 
 from apd_jax.methods.apd import APD
+from apd_jax.methods.spd import SPD
 from apd_jax.training.options import Training
+
+METHODS = {"apd": APD, "spd": SPD}
 
 # Options that a config does not hold (objects, or set by the runner).
 NOT_IN_CONFIG = ("optimizer", "callback", "mesh", "checkpoint_dir",
@@ -27,7 +32,12 @@ CLI_DEFAULTS = dict(n_components=5, topk=0.211, steps=20_000, lr=3e-2,
                     warmup_frac=0.05, simplicity_coeff=0.7,
                     hidden_acts="post_relu", checkpoint_every=5000)
 # Options whose default is None, with the type a value must have.
-OPTIONAL = {"rank": int, "factored": bool}
+OPTIONAL = {"rank": int, "factored": bool, "importance_p_final": float}
+# SPD's required options, at its TMS 5-2 paper value.
+SPD_DEFAULTS = dict(importance_coeff=3e-3)
+# Every numeric option a sweep may vary, of either method.
+SWEEPABLE = tuple(dict.fromkeys(Training.SWEEPABLE + APD.SWEEPABLE
+                                + SPD.SWEEPABLE))
 
 
 def option_names(cls) -> tuple[str, ...]:
@@ -40,9 +50,13 @@ def default_config() -> ml_collections.ConfigDict:
   local devices on the data axis, and nothing swept."""
   c = ml_collections.ConfigDict()
   c.include = "W"              # regex over leaf keystr: leaves to decompose
-  for cls in (APD, Training):
+  c.method = "apd"             # 'apd' or 'spd'
+  for cls in (APD, SPD, Training):
     for f in dataclasses.fields(cls):
-      if f.name in NOT_IN_CONFIG:
+      if f.name in NOT_IN_CONFIG or f.name in c:
+        continue
+      if f.name in SPD_DEFAULTS:
+        c[f.name] = SPD_DEFAULTS[f.name]
         continue
       if f.name in OPTIONAL:
         c[f.name] = ml_collections.config_dict.placeholder(OPTIONAL[f.name])
@@ -60,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Sweep: every combination of the listed values trains in one program
   # (empty: not swept); see apd_jax/engine/sweep.py.
   c.sweep = ml_collections.ConfigDict(dict(
-      **{n: () for n in Training.SWEEPABLE + APD.SWEEPABLE},
+      **{n: () for n in SWEEPABLE},
       select="topk_recon",     # the metric that picks the best run
       select_mode="min",       # 'min' or 'max'
       mmcs_threshold=0.99))    # TMS: seeds at MMCS >= this count as success
@@ -68,15 +82,20 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def method_and_training(config: ml_collections.ConfigDict, **training
-                        ) -> tuple[APD, Training]:
-  """The config's `APD` and `Training` (`training` adds the options a config
-  does not hold); `checkpoint_every` is rounded up to a multiple of
-  `log_every` (checkpoints are taken at log steps)."""
+                        ) -> tuple[APD | SPD, Training]:
+  """The config's method (`APD` or `SPD`, by `config.method`) and
+  `Training` (`training` adds the options a config does not hold);
+  `checkpoint_every` is rounded up to a multiple of `log_every`
+  (checkpoints are taken at log steps)."""
   t = {n: config[n] for n in option_names(Training)}
   if t["checkpoint_every"] > 0:
     t["checkpoint_every"] = -(-t["checkpoint_every"] // t["log_every"]) * (
         t["log_every"])
-  method = APD(**{n: config[n] for n in option_names(APD)})
+  if config.method not in METHODS:
+    raise ValueError(f"config.method must be one of {sorted(METHODS)}, got "
+                     f"{config.method!r}")
+  cls = METHODS[config.method]
+  method = cls(**{n: config[n] for n in option_names(cls)})
   return method, Training(**t, **training)
 
 

@@ -8,7 +8,8 @@ mesh, and writes to `workdir` (files from process 0 only):
   target_params.msgpack  the target's params (flax serialization)
   metrics.jsonl          one line per log: step, losses, L0, steps/s
   events.out.tfevents.*  TensorBoard: the logged scalars, the figures, and
-                         histograms of attributions and mask use
+                         histograms of attributions (SPD: causal
+                         importances) and mask use
   components.npz         the factors U, V of every decomposed leaf
   summary.json           final metrics (faithfulness, L0, dead components;
                          MMCS/ML2R for TMS; feature recovery and
@@ -225,5 +226,12 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
   step = result.metrics["steps"]
   log.figures(step, workdir)
   x = sample_fn(jax.random.PRNGKey(config.seed + 2), config.batch_size)
-  log.histograms(step, result.attributions(x), result.topk_mask(x))
+  if config.method == "spd":   # every product's subcomponents side by side
+    G = result.causal_importances(x)
+    G = np.concatenate([np.asarray(g).reshape(-1, g.shape[-1])
+                        for g in G.values()], axis=1)
+    log.histograms(step, G, G > result.method.threshold,
+                   name="causal_importance")
+  else:
+    log.histograms(step, result.attributions(x), result.topk_mask(x))
   return summary

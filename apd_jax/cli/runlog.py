@@ -17,7 +17,8 @@ from tensorboardX import SummaryWriter
 # Record fields that are not curves worth a TensorBoard plot.
 _NOT_SCALARS = ("step", "elapsed_s")
 # The figures a run may leave in its workdir, logged as TensorBoard images.
-FIGURES = ("components", "contributions", "scrubbing", "losses")
+FIGURES = ("components", "contributions", "scrubbing", "losses",
+           "causal_importances")
 
 
 def is_writer() -> bool:
@@ -58,15 +59,15 @@ class RunLog:
         self.tb.add_image(name, img, step, dataformats="HWC")
 
   def histograms(self, step: int, attributions: np.ndarray,
-                 mask: np.ndarray) -> None:
-    """Per component c: the histogram of its attributions `[B, C]` over a
-    batch; and of the mask's use: component ids, each counted once per
-    example whose mask keeps it."""
+                 mask: np.ndarray, name: str = "attributions") -> None:
+    """Per component c: the histogram of its attributions `[B, C]` (SPD:
+    causal importances, `name`) over a batch; and of the mask's use:
+    component ids, each counted once per example whose mask keeps it."""
     if self.tb is None:
       return
     attributions, mask = np.asarray(attributions), np.asarray(mask)
     for c in range(attributions.shape[1]):
-      self.tb.add_histogram(f"attributions/component_{c:03d}",
+      self.tb.add_histogram(f"{name}/component_{c:03d}",
                             attributions[:, c], step)
     ids = np.repeat(np.arange(mask.shape[1]), (mask > 0).sum(axis=0))
     if ids.size:

@@ -34,12 +34,14 @@ from apd_jax.cli import experiment
 from apd_jax.cli import runlog
 from apd_jax.cli import sweep_report
 from apd_jax.engine import sweep
-from apd_jax.methods.apd import APD
 from apd_jax.training import checkpoint
-from apd_jax.training.options import Training
 
-METRICS = ("loss", "faithfulness", "topk_recon", "l0", "dead_components")
-SWEEPABLE = Training.SWEEPABLE + APD.SWEEPABLE
+# The final metrics tabulated per run, by method.
+METRICS = {"apd": ("loss", "faithfulness", "topk_recon", "l0",
+                   "dead_components"),
+           "spd": ("loss", "faithfulness", "stochastic_recon",
+                   "ci_masked_recon", "l0", "alive")}
+SWEEPABLE = cli_config.SWEEPABLE
 
 
 def swept(config: ml_collections.ConfigDict) -> dict[str, tuple]:
@@ -104,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       method=method, training=training, has_aux=has_aux)
   total = time.perf_counter() - t0
   module = targets.get(config.target.name)
-  metrics = METRICS + module.METRICS
+  metrics = METRICS[config.method] + module.METRICS
   rows = []
   for i, (run, d) in enumerate(zip(runs, result.decompositions,
                                    strict=True)):

@@ -249,10 +249,19 @@ APPLY = "output"
 
 def report(config, result, sample_fn, workdir: str) -> dict:
   """Per-function recovery (`features.function_recovery`) and the figure of
-  each component's neurons coloured by function."""
-  del config, sample_fn
+  each component's neurons coloured by function; for SPD, per matrix the
+  best subcomponent's cosine with the function's part, and its minimum
+  over the matrices as the function's recovery."""
+  del sample_fn
   fns = neuron_functions(result.target.params)
   P = result.component_weights
+  if config.method == "spd":   # subcomponents belong to one matrix each
+    per_leaf = features.function_recovery_per_leaf(result.target.weights, P,
+                                                   fns)
+    best = np.asarray(jnp.min(per_leaf, axis=1))
+    return dict(function_recovery=[float(v) for v in best],
+                mean_function_recovery=float(best.mean()),
+                function_recovery_per_matrix=np.asarray(per_leaf).tolist())
   scores = features.function_recovery(result.target.weights, P, fns)
   best = np.asarray(jnp.max(scores, axis=1))
   plotting.plot_function_components(

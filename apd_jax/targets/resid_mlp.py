@@ -170,7 +170,9 @@ def variants(c, *, rank1: bool = False, quick: bool = False) -> None:
 
 def report(config, result, sample_fn, workdir: str) -> dict:
   """Feature recovery and scrubbing (`analysis/features.py`), with their
-  figures and arrays."""
+  figures and arrays; for SPD, each feature's own `W_in` subcomponent."""
+  if config.method == "spd":
+    return spd_report(result, workdir)
   summary, d = features.evaluate_residual(
       result, sample_fn, jax.random.PRNGKey(config.seed + 1),
       labels_fn=labels, batch_size=config.batch_size)
@@ -183,3 +185,23 @@ def report(config, result, sample_fn, workdir: str) -> dict:
            best=d["best"], cosine=d["cosine"],
            **{f"loss_{k}": v for k, v in d["losses"].items()})
   return summary
+
+
+def spd_report(result, workdir: str) -> dict:
+  """SPD: features with their own `W_in` subcomponent (cosine >= 0.9 of
+  the neuron contributions), the figure of contributions and the CIs."""
+  rec = features.spd_recovery(result)
+  params = result.target.params
+  n_layers = len(params["layers"])
+  kappa = features.spd_input_contributions(params["W_E"],
+                                           result.target.weights, n_layers)
+  G = result.causal_importances(jnp.eye(params["W_E"].shape[0]))
+  plotting.plot_causal_importances(
+      G, os.path.join(workdir, "causal_importances.png"),
+      xlabel="input feature (one-hot)")
+  np.savez(os.path.join(workdir, "analysis.npz"), kappa_in=kappa,
+           best=rec["best"], cosine=rec["cosine"])
+  return dict(features_recovered=rec["n_recovered"],
+              features_with_own_subcomponent=rec["n_own"],
+              n_features=rec["n_features"],
+              mean_best_cosine=float(np.mean(rec["cosine"])))

@@ -17,6 +17,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from apd_jax.analysis import plotting
@@ -110,12 +111,21 @@ def variants(c, *, identity: bool = False, quick: bool = False) -> None:
 
 
 def report(config, result, sample_fn, workdir: str) -> dict:
-  """MMCS and ML2R of `W`, and the component figure."""
+  """MMCS and ML2R of `W`, and the component figure (SPD: of the
+  subcomponents with a norm above 1% of the largest, and the causal
+  importances on one-hot inputs)."""
   del sample_fn
   W = result.target.params["W"]
   P = result.component_weights["['W']"]
   out = dict(mmcs=float(metrics_lib.mmcs(W, P)),
              ml2r=float(metrics_lib.ml2r(W, P)))
+  if config.method == "spd":
+    norms = np.linalg.norm(np.asarray(P).reshape(P.shape[0], -1), axis=1)
+    P = P[norms > 0.01 * norms.max()]
+    plotting.plot_causal_importances(
+        result.causal_importances(jnp.eye(W.shape[1])),
+        os.path.join(workdir, "causal_importances.png"),
+        threshold=result.method.threshold, xlabel="input feature (one-hot)")
   plotting.plot_columns(
       W, P, os.path.join(workdir, "components.png"),
       title=f"TMS {config.target.n_features}-{config.target.n_hidden}: "

@@ -1,0 +1,36 @@
+r"""SPD on the 3-layer residual MLP with the SPD paper's settings.
+
+  python -m apd_jax.main --config=configs/spd_resid_mlp_3.py \
+      --workdir=/tmp/spd_rmlp3
+
+Paper: one `W_in` subcomponent per input feature (100 alive) and `W_out`
+used as one block of about rank 50. 500 rank-one subcomponents per matrix,
+importance coefficient 5e-6 with p = 2, batch 2048,
+100k steps (paper: 100k-200k), Adam at 1e-3, causal-importance MLPs of
+width 128.
+Pass `:quick` for a 1k-step smoke run.
+"""
+
+from apd_jax.cli import config as common
+from apd_jax.targets import resid_mlp
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, quick=False)
+  c = common.default_config()
+  resid_mlp.configure(c, n_layers=3)
+  c.method = "spd"
+  c.n_components = 500
+  c.importance_coeff = 5e-6
+  c.importance_p = 2.0
+  c.gate_hidden = 128
+  c.steps = 100_000
+  c.batch_size = 2048
+  c.lr = 1e-3
+  c.lr_schedule = "constant"
+  c.warmup_frac = 0.0
+  c.log_every = 2000
+  c.checkpoint_every = 10_000
+  c.sweep.select, c.sweep.select_mode = "stochastic_recon", "min"
+  resid_mlp.variants(c, quick=args.quick)
+  return c
