@@ -112,7 +112,7 @@ def variants(c, *, identity: bool = False, quick: bool = False) -> None:
 
 def report(config, result, sample_fn, workdir: str) -> dict:
   """MMCS and ML2R of `W`, and the component figure (SPD: of the
-  subcomponents with a norm above 1% of the largest, and the causal
+  subcomponents with a norm above 10% of the largest, and the causal
   importances on one-hot inputs)."""
   del sample_fn
   W = result.target.params["W"]
@@ -121,7 +121,7 @@ def report(config, result, sample_fn, workdir: str) -> dict:
              ml2r=float(metrics_lib.ml2r(W, P)))
   if config.method == "spd":
     norms = np.linalg.norm(np.asarray(P).reshape(P.shape[0], -1), axis=1)
-    P = P[norms > 0.01 * norms.max()]
+    P = P[norms > 0.1 * norms.max()]
     plotting.plot_causal_importances(
         result.causal_importances(jnp.eye(W.shape[1])),
         os.path.join(workdir, "causal_importances.png"),

@@ -4,6 +4,7 @@ export, devices, and the result's queries."""
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -170,3 +171,16 @@ def test_eight_devices_agree_with_one():
   for mesh in ("8x1", "4x2"):
     for a, b in zip(eight[mesh], one, strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_readme_spd_snippet_runs(capsys):
+  text = (ROOT / "README.md").read_text()
+  snippet = re.search(r"## SPD: .*?```python\n(.*?)```", text, re.S).group(1)
+  snippet = snippet.replace("steps=10_000", "steps=100").replace(
+      "batch_size=4096", "batch_size=256")
+  scope = dict(jax=jax, apd_jax=apd_jax, tms=tms, params=PARAMS,
+               sample_fn=tms.sampler(n_features=5, feature_probability=0.05))
+  exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102
+  assert set(scope["G"]) == {f"{W}#0", f"{W}#1"}
+  assert scope["G"][f"{W}#0"].shape == (5, 20)
+  assert capsys.readouterr().out.strip()
