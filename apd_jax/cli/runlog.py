@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -19,6 +20,12 @@ _NOT_SCALARS = ("step", "elapsed_s")
 # The figures a run may leave in its workdir, logged as TensorBoard images.
 FIGURES = ("components", "contributions", "scrubbing", "losses",
            "causal_importances")
+
+
+def tag(name: str) -> str:
+  """`name` as a TensorBoard tag: characters other than letters, digits
+  and `_./-` become `_` (`l0/['W']#0` -> `l0/__W___0`)."""
+  return re.sub(r"[^A-Za-z0-9_./-]", "_", name)
 
 
 def is_writer() -> bool:
@@ -46,7 +53,7 @@ class RunLog:
     self._jsonl.flush()
     for k, v in record.items():
       if k not in _NOT_SCALARS and isinstance(v, (int, float)):
-        self.tb.add_scalar(k, v, step)
+        self.tb.add_scalar(tag(k), v, step)
 
   def figures(self, step: int, workdir: str) -> None:
     """Each of `FIGURES` found in `workdir` (as `<name>.png`), as an image."""
