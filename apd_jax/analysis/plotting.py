@@ -114,7 +114,7 @@ def plot_causal_importances(G: dict, path: str, *, threshold: float = 0.1,
   (inputs × subcomponents), showing the subcomponents with G above
   `threshold` on some input (ordered by the input where each peaks), saved
   as PNG. A clean decomposition is one bright cell per row."""
-  fig, axes = plt.subplots(1, len(G), figsize=(3.4 * len(G), 3.2),
+  fig, axes = plt.subplots(1, len(G), figsize=(4.2 * len(G) + 1, 3.4),
                            squeeze=False)
   for ax, (label, g) in zip(axes[0], G.items(), strict=True):
     g = np.asarray(g).reshape(-1, np.asarray(g).shape[-1])
@@ -123,12 +123,14 @@ def plot_causal_importances(G: dict, path: str, *, threshold: float = 0.1,
     im = ax.imshow(g[:, alive] if alive.size else np.zeros((g.shape[0], 1)),
                    vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_title(f"{label}: {alive.size} of {g.shape[1]} active", fontsize=9)
-    ax.set_xlabel("subcomponent (alive, by peak input)")
+    ax.set_xlabel("alive subcomponent")
     ax.set_ylabel(xlabel)
     ax.set_xticks(range(alive.size), [str(c) for c in alive], fontsize=6)
     ax.set_yticks(range(g.shape[0]))
     ax.tick_params(axis="y", labelsize=6)
   fig.colorbar(im, ax=axes[0].tolist(), label="causal importance G")
+  fig.suptitle("causal importance of each alive subcomponent on each input "
+               "(columns ordered by the input where they peak)", fontsize=9)
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

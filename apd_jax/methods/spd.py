@@ -127,11 +127,13 @@ class SPD:
 
   def check(self, target: Target, sample_fn: SampleFn, batch_size: int
             ) -> None:
+    """Checks `n_components` against the leaves, the sampler and apply_fn
+    (abstractly) and that every decomposed leaf is used in products."""
     self.components_per_leaf(target.names)
     check_target(target, sample_fn, batch_size)
     self.plan(target, sample_fn, batch_size, None)
 
-  init_traceable: ClassVar[bool] = True
+  init_traceable: ClassVar[bool] = True   # drawn directly into shards
 
   def init_params(self, key: Array, target: Target,
                   sample_fn: SampleFn | None = None) -> objective.SPDParams:
@@ -148,12 +150,15 @@ class SPD:
                                  self.gate_hidden)
 
   def project(self, params):
+    """The parameters as the loss sees them: unchanged."""
     return params
 
   def gradient_transform(self):
+    """No transform before the optimiser."""
     return None
 
   def hypers(self, **values) -> objective.Hypers:
+    """The traced numeric options (`values` override this object's)."""
     return objective.Hypers(**{n: values.get(n, getattr(self, n))
                                for n in self.SWEEPABLE})
 
@@ -165,17 +170,20 @@ class SPD:
     return self.replace(**big)
 
   def check_runs(self, runs: list[dict[str, Any]], batch_size: int) -> None:
+    """Checks each sweep run's values as `__post_init__` would."""
     for run in runs:
       self.replace(**{k: v for k, v in run.items() if k in self.SWEEPABLE})
 
   def plan(self, target: Target, sample_fn: SampleFn, batch_size: int,
            params: Any) -> objective.Plan:
+    """The target's factored products, traced on one example."""
     x = jax.eval_shape(lambda k: sample_fn(k, 1), jax.random.PRNGKey(0))
     return objective.make_plan(
         target, jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
 
   def loss(self, params, x, target, plan, key=None, hypers=None,
            progress=None):
+    """`(L, metrics)` of one batch (`spd_objective.loss_fn`)."""
     return objective.loss_fn(params, x, target, self, plan, key, hypers,
                              progress)
 
