@@ -193,3 +193,44 @@ def test_n_components_dict_must_name_the_decomposed_leaves(setup, mlp):
   target, _, _, _, _ = setup
   with pytest.raises(ValueError, match="missing"):
     SPD(n_components={L1: 3}, importance_coeff=1.0).check(target, mlp[2], 8)
+
+
+def hand_built_resid_decomposition(owner):
+  """A 1-layer residual MLP with orthonormal embeddings and SPD factors
+  `u_c = W_E[c]`, `v_c = W_E[c] W_in`, gates `z = gelu(h)`: on the one-hot
+  input e_f only subcomponent f has h = 1 (G = gelu(1) = 0.84). `owner[f]`
+  is the subcomponent whose factors are feature f's."""
+  from apd_jax import Decomposition  # noqa: PLC0415
+  from apd_jax.targets import resid_mlp  # noqa: PLC0415
+  n, d = 4, 8
+  q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(d, n)))
+  W_E = jnp.asarray(q.T)                                   # [4, 8] rows ⊥
+  W_in = jax.random.normal(jax.random.PRNGKey(1), (d, 3))
+  params = {"W_E": W_E, "layers": [{"W_in": W_in, "W_out": W_in.T}]}
+  target = Target(resid_mlp.apply, params,
+                  ("['layers'][0]['W_in']", "['layers'][0]['W_out']"), True)
+  U = {"['layers'][0]['W_in']": W_E[jnp.asarray(owner)][:, :, None],
+       "['layers'][0]['W_out']": jnp.zeros((n, 3, 1))}
+  V = {"['layers'][0]['W_in']": (W_E[jnp.asarray(owner)] @ W_in)[:, None],
+       "['layers'][0]['W_out']": jnp.zeros((n, 1, d))}
+  gate = dict(w1=jnp.ones((n, 1)), b1=jnp.zeros((n, 1)),
+              w2=jnp.ones((n, 1)), b2=jnp.zeros((n,)))
+  method = SPD(n_components=n, importance_coeff=1.0, gate_hidden=1)
+  sample = resid_mlp.sampler(n_features=n, feature_probability=0.5)
+  plan = method.plan(target, sample, 4, None)
+  p = obj.SPDParams(U=U, V=V, gates={k: gate for k in plan.labels})
+  return Decomposition(target, method, plan, p, {}, [])
+
+
+def test_spd_recovery_finds_each_features_own_subcomponent():
+  from apd_jax.analysis import features  # noqa: PLC0415
+  rec = features.spd_recovery(hand_built_resid_decomposition([2, 0, 3, 1]))
+  np.testing.assert_allclose(rec["cosine"], 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(rec["best"][:, 0], [1, 3, 0, 2])
+  assert (rec["n_recovered"], rec["n_own"]) == (4, 4)
+  # Subcomponents 0 and 1 both hold feature 0's factors and none holds
+  # feature 1's: feature 1 has nothing active (contribution 0, cosine 0).
+  rec = features.spd_recovery(hand_built_resid_decomposition([0, 0, 2, 3]))
+  np.testing.assert_allclose(rec["cosine"], [1, 0, 1, 1], atol=1e-5)
+  assert rec["best"][1, 0] == -1
+  assert (rec["n_recovered"], rec["n_own"]) == (3, 3)
