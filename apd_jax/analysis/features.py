@@ -224,10 +224,10 @@ def spd_recovery(result, threshold: float = 0.9) -> dict[str, Any]:
   `(W_E[f]·u_c) v_c` (zero in a layer where no subcomponent is active)
   against the target's `W_E[f] @ W_in`, by cosine over all layers' neurons.
 
-  Returns the cosines, the best subcomponent per feature and layer, how
-  many features reach `threshold`, and how many of those have a best
-  subcomponent no other recovered feature shares (in every layer it is
-  active in).
+  Returns the cosines, the best subcomponent per feature and layer (-1:
+  none active), how many features reach `threshold`, how many of those
+  have a best subcomponent no other recovered feature shares, and the
+  target's and the best subcomponents' contributions.
   """
   params = result.target.params
   W_E = params["W_E"]
@@ -245,13 +245,15 @@ def spd_recovery(result, threshold: float = 0.9) -> dict[str, Any]:
     own.append(jnp.where(on[:, None],
                          jnp.sum(W_E * u, axis=1)[:, None] * v, 0.0))
     best.append(jnp.where(on, c, -1))
-  cos = cosine_rows(kappa, jnp.concatenate(own, axis=1))
+  own = jnp.concatenate(own, axis=1)
+  cos = cosine_rows(kappa, own)
   best = np.stack([np.asarray(b) for b in best], axis=1)   # [n, layers]
   ok = np.asarray(cos) >= threshold
   keys = [tuple(b) for b in best[ok]]
   distinct = sum(keys.count(k) == 1 for k in keys)
   return dict(cosine=np.asarray(cos), best=best, n_recovered=int(ok.sum()),
-              n_own=int(distinct), n_features=n)
+              n_own=int(distinct), n_features=n, kappa=np.asarray(kappa),
+              own=np.asarray(own))
 
 
 def function_recovery_per_leaf(weights: dict[str, Array],

@@ -191,16 +191,14 @@ def spd_report(result, workdir: str) -> dict:
   """SPD: features with their own `W_in` subcomponent (cosine >= 0.9 of
   the neuron contributions), the figure of contributions and the CIs."""
   rec = features.spd_recovery(result)
-  params = result.target.params
-  n_layers = len(params["layers"])
-  kappa = features.spd_input_contributions(params["W_E"],
-                                           result.target.weights, n_layers)
-  G = result.causal_importances(jnp.eye(params["W_E"].shape[0]))
+  G = result.causal_importances(jnp.eye(rec["n_features"]))
   plotting.plot_causal_importances(
       G, os.path.join(workdir, "causal_importances.png"),
       xlabel="input feature (one-hot)")
-  np.savez(os.path.join(workdir, "analysis.npz"), kappa_in=kappa,
-           best=rec["best"], cosine=rec["cosine"])
+  plotting.plot_contributions(rec["kappa"], rec["own"], rec["cosine"],
+                              os.path.join(workdir, "contributions.png"))
+  np.savez(os.path.join(workdir, "analysis.npz"), kappa_in=rec["kappa"],
+           own=rec["own"], best=rec["best"], cosine=rec["cosine"])
   return dict(features_recovered=rec["n_recovered"],
               features_with_own_subcomponent=rec["n_own"],
               n_features=rec["n_features"],

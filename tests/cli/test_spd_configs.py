@@ -81,7 +81,8 @@ def test_resid_mlp_run_reports_features_with_their_own_subcomponent(
   assert s["n_features"] == 8
   assert 0 <= s["features_with_own_subcomponent"] <= s[
       "features_recovered"] <= 8
-  assert (tmp_path / "causal_importances.png").stat().st_size > 0
+  for name in ("causal_importances.png", "contributions.png"):
+    assert (tmp_path / name).stat().st_size > 0, name
 
 
 def test_gated_run_reports_each_functions_recovery(tmp_path):
