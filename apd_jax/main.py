@@ -78,7 +78,8 @@ def main(argv):
     logging.warning("%s", e)
     sys.exit(143)
   if distributed.is_main():
-    print(json.dumps(summary, indent=2))
+    shown = {k: v for k, v in summary.items() if k != "components"}
+    print(json.dumps(shown, indent=2))  # components: summary.json, .md
 
 
 if __name__ == "__main__":

@@ -43,10 +43,12 @@ def get_config(arg=None):
   c.minimality_coeff = 5.0
   c.simplicity_coeff = 5.0
   c.schatten_p = 1.0
-  c.log_every = 5000
+  c.log_every = 1000
+  c.print_every = 10_000
   c.sweep.select, c.sweep.select_mode = gated.SELECT
   if args.quick:
     c.steps = 2000
     c.batch_size = 2048
-    c.log_every = 500
+    c.log_every = 100
+    c.print_every = 500
   return c

@@ -41,6 +41,7 @@ def get_config(arg=None):
   c.lr = 1e-3
   c.lr_schedule = "cosine"
   c.warmup_frac = 0.0
-  c.log_every = 500 if args.quick else 2000
+  c.log_every = 100 if args.quick else 500
+  c.print_every = 500 if args.quick else 5000
   c.sweep.select, c.sweep.select_mode = "stochastic_recon", "min"
   return c

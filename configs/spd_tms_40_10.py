@@ -28,7 +28,8 @@ def get_config(arg=None):
   c.lr = 1e-3
   c.lr_schedule = "cosine"
   c.warmup_frac = 0.0
-  c.log_every = 2000
+  c.log_every = 200
+  c.print_every = 2000
   c.checkpoint_every = 10_000
   tms.variants(c, identity=args.identity, quick=args.quick)
   return c

@@ -33,3 +33,5 @@ def test_tutorial_runs(tmp_path, capsys):
   assert (tmp_path / "components.png").stat().st_size > 0
   out = capsys.readouterr().out
   assert "MMCS" in out and "feature -> component" in out
+  assert "APD decomposition on 4096 fresh examples" in out
+  assert "eff.rank ['W']" in out and "component " in out

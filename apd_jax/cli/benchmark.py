@@ -166,9 +166,8 @@ def scaling(steps: int) -> list[dict]:
 
 
 def plot_scaling(rows: list[dict], path: str) -> None:
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  from apd_jax.analysis import plotting  # noqa: PLC0415
+  from apd_jax.analysis.plotting import plt  # noqa: PLC0415
   whats = ("n_components", "batch_size", "d_resid")
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
   for ax, what in zip(axes, whats, strict=True):
@@ -176,13 +175,13 @@ def plot_scaling(rows: list[dict], path: str) -> None:
     ax.plot([r["value"] for r in sel], [r["step_s"] * 1e3 for r in sel], "o-")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel(what)
-    ax.set_ylabel("ms / step")
-  fig.suptitle("1-layer residual MLP, rank 1 (others at C 130, batch 2048, "
-               "d_resid 1000)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    ax.set_xlabel(f"{what} (log scale)")
+    ax.set_ylabel("ms per training step (log scale)")
+  plotting.titled(fig, "Time of one training step as each size grows: "
+                       "1-layer residual MLP, rank 1",
+                  ("one size varied per panel, the others at C 130, batch "
+                   "2048, d_resid 1000",))
+  plotting.save(fig, path)
 
 
 def main(argv):

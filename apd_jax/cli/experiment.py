@@ -13,7 +13,14 @@ mesh, and writes to `workdir` (files from process 0 only):
   components.npz         the factors U, V of every decomposed leaf
   summary.json           final metrics (faithfulness, L0, dead components;
                          MMCS/ML2R for TMS; feature recovery and
-                         scrubbing losses for residual MLPs)
+                         scrubbing losses for residual MLPs) and, under
+                         `components`, every component's statistics
+  summary.md             the same as tables: per component its firing
+                         frequency, mean attribution (SPD: G) when active,
+                         norm and effective rank, dead/always on; and its
+                         top inputs with the cost of switching it off
+  summary.png            every component's firing frequency
+  top_inputs.png         each component's top inputs
   components.png         TMS: target weights beside each component;
                          gated functions: each component's neurons,
                          coloured by the function they serve
@@ -45,6 +52,7 @@ import numpy as np
 from absl import logging
 
 from apd_jax import targets
+from apd_jax.analysis import component_figures
 from apd_jax.analysis import plotting
 from apd_jax.cli import config as cli_config
 from apd_jax.cli import runlog
@@ -203,6 +211,27 @@ def summarize(result: api.Decomposition, **extra) -> dict:
               else steps / result.metrics["wall_seconds"])
 
 
+def describe_components(config: ml_collections.ConfigDict,
+                        result: api.Decomposition, sample_fn,
+                        workdir: str) -> dict:
+  """Writes `summary.md` (every component, its top inputs), `summary.png`
+  and `top_inputs.png`, logs the table; returns the summary as a dict."""
+  opts = dict(batch_size=min(config.batch_size, 1024),
+              n_batches=min(4, config.eval_batches))
+  s = result.summary(sample_fn, key=jax.random.PRNGKey(config.seed + 3),
+                     **opts)
+  tops = result.top_inputs(sample_fn, key=jax.random.PRNGKey(config.seed + 4),
+                           **opts)
+  with open(os.path.join(workdir, "summary.md"), "w") as f:
+    f.write(s.markdown(tops))
+  component_figures.plot_summary(s, os.path.join(workdir, "summary.png"))
+  component_figures.plot_top_inputs(
+      tops, os.path.join(workdir, "top_inputs.png"),
+      what="attribution" if s.method == "APD" else "causal importance")
+  logging.info("components:\n%s", s.table())
+  return s.to_dict()
+
+
 def write_outputs(config: ml_collections.ConfigDict, workdir: str,
                   result: api.Decomposition, sample_fn, summary: dict,
                   log: runlog.RunLog) -> dict:
@@ -220,6 +249,8 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
            **{f"V{n}": np.asarray(v) for n, v in result.components.V.items()})
   summary.update(targets.get(config.target.name).report(
       config, result, sample_fn, workdir))
+  summary["components"] = describe_components(config, result, sample_fn,
+                                               workdir)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   plotting.plot_history(result.history, os.path.join(workdir, "losses.png"))

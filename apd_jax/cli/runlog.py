@@ -19,7 +19,7 @@ from tensorboardX import SummaryWriter
 _NOT_SCALARS = ("step", "elapsed_s")
 # The figures a run may leave in its workdir, logged as TensorBoard images.
 FIGURES = ("components", "contributions", "scrubbing", "losses",
-           "causal_importances")
+           "causal_importances", "summary", "top_inputs")
 
 
 def tag(name: str) -> str:

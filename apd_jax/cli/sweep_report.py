@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from apd_jax.analysis import plotting  # noqa: E402
+
 Row = dict[str, Any]
 
 
@@ -110,11 +112,14 @@ def plot_sweep(rows: Sequence[Row], param: str, metrics: Sequence[str],
     if min(values) > 0 and max(values) >= 10 * min(values):
       ax.set_xscale("log")
     ax.set_xlabel(param)
+    ax.set_ylabel(m, fontsize=8)
     ax.set_title(m, fontsize=9)
   for ax in list(axes.flat)[len(metrics):]:
     ax.axis("off")
   axes[0][0].legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return fig
+  plotting.titled(fig, f"Each final metric against {param} over the sweep's "
+                       f"{len(rows)} runs",
+                  ("dots: one run each" + (f", coloured by {hue}" if hue
+                                           else "") +
+                   f"; black line: the mean over the runs at each {param}",))
+  return plotting.save(fig, path)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from apd_jax.analysis import summary as summary_lib
 from apd_jax.core import components as comp_lib
 from apd_jax.core import masking
 from apd_jax.core import selection
@@ -63,6 +64,7 @@ class Decomposition:
   components: Any                 # the method's trained parameters
   metrics: dict[str, Any]
   history: list[dict]
+  sample_fn: Any = None           # the sampler it was trained on (not saved)
 
   def __repr__(self) -> str:
     shapes = {n: tuple(w.shape) for n, w in self.target.weights.items()}
@@ -72,6 +74,36 @@ class Decomposition:
             f"{self.method.n_components}, leaves={shapes}, "
             f"steps={len(self.history) and self.history[-1]['step']}, "
             f"metrics={ {k: round(v, 6) for k, v in shown.items()} })")
+
+  def _sampler(self, sample_fn):
+    sample_fn = sample_fn or self.sample_fn
+    if sample_fn is None:
+      raise ValueError("give sample_fn (a loaded decomposition does not "
+                       "keep the sampler it was trained on)")
+    return sample_fn
+
+  def summary(self, sample_fn: SampleFn | None = None, *,
+              key: Array | None = None, batch_size: int = 1024,
+              n_batches: int = 4) -> summary_lib.Summary:
+    """Per component on fresh examples from `sample_fn` (default the
+    training sampler): how often it is active, its mean attribution (SPD:
+    causal importance) when active, its norm and effective rank per leaf,
+    dead or always on; and the totals (faithfulness, reconstruction, L0).
+    `print(result.summary().table())`; see `analysis.summary`."""
+    key = jax.random.PRNGKey(1) if key is None else key
+    return summary_lib.summarize(self, self._sampler(sample_fn), key,
+                                 batch_size=batch_size, n_batches=n_batches)
+
+  def top_inputs(self, sample_fn: SampleFn | None = None, *, k: int = 8,
+                 key: Array | None = None, batch_size: int = 1024,
+                 n_batches: int = 4) -> list[summary_lib.TopInputs]:
+    """Per alive component, the `k` fresh examples on which it is most
+    attributed (SPD: most important), with the reconstruction loss of
+    switching it off on each; see `analysis.summary.top_inputs`."""
+    key = jax.random.PRNGKey(2) if key is None else key
+    return summary_lib.top_inputs(self, self._sampler(sample_fn), key, k=k,
+                                  batch_size=batch_size,
+                                  n_batches=n_batches)
 
   @property
   def component_weights(self) -> dict[str, Array]:
@@ -316,6 +348,7 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     state, history = fit(
         state, step, sharding.put(data_key, sharding.replicated(mesh)),
         steps=training.steps, log_every=training.log_every,
+        print_every=training.print_every,
         callback=training.callback, state_shardings=shardings,
         checkpoints=checkpoints, history=history,
         progress=training.progress)
@@ -331,7 +364,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
 def finish(method, plan, target, params, history, sample_fn, eval_key,
            training: Training, **extra) -> Decomposition:
   """The `Decomposition` of trained `params`, with its final metrics."""
-  result = Decomposition(target, method, plan, params, {}, history)
+  result = Decomposition(target, method, plan, params, {}, history,
+                         sample_fn)
   final = evaluate(result, sample_fn, eval_key,
                    batch_size=training.batch_size,
                    n_batches=training.eval_batches)

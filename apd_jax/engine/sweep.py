@@ -79,6 +79,19 @@ class SweepResult:
   def metrics(self) -> list[dict[str, Any]]:
     return [d.metrics for d in self.decompositions]
 
+  def __repr__(self) -> str:
+    values = {}
+    for run in self.runs:
+      for k, v in run.items():
+        values.setdefault(k, set()).add(v)
+    swept = ", ".join(f"{k}: {len(v)} value{'s' * (len(v) != 1)}"
+                      for k, v in values.items())
+    method = (type(self.decompositions[0].method).__name__
+              if self.decompositions else "")
+    return (f"SweepResult({method}, {len(self.runs)} runs over {{{swept}}}, "
+            f"{self.wall_seconds:.1f} s; .runs, .decompositions, .metrics, "
+            f".best(metric))")
+
   def best(self, metric: str, mode: str = "min") -> int:
     """Index of the run with the lowest (`mode='min'`) or highest metric."""
     return best_index([m.get(metric, math.nan) for m in self.metrics], mode)
@@ -173,7 +186,8 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   try:
     states, histories = api.fit(
         states, sweep_step, (keys, hypers), steps=training.steps,
-        log_every=training.log_every, callback=training.callback,
+        log_every=training.log_every,
+        print_every=training.print_every, callback=training.callback,
         checkpoints=checkpoints, history=histories, n_runs=n,
         progress=training.progress)
   finally:
@@ -196,6 +210,6 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     else:
       d = api.Decomposition(target, run_method, plan, comps,
                             dict(steps=training.steps, **extra),
-                            histories[i])
+                            histories[i], sample_fn)
     results.append(d)
   return SweepResult(runs, results, wall)

@@ -164,7 +164,8 @@ def variants(c, *, rank1: bool = False, quick: bool = False) -> None:
     c.rank = 1
   if quick:
     c.steps = 1000
-    c.log_every = 250
+    c.log_every = 50
+    c.print_every = 250
     c.target.steps = 1000
 
 

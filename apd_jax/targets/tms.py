@@ -107,7 +107,8 @@ def variants(c, *, identity: bool = False, quick: bool = False) -> None:
     c.include = r"\['W'\]|\['hidden'\]"
   if quick:
     c.steps = 2000
-    c.log_every = 500
+    c.log_every = 100
+    c.print_every = 500
 
 
 def report(config, result, sample_fn, workdir: str) -> dict:
@@ -129,5 +130,6 @@ def report(config, result, sample_fn, workdir: str) -> dict:
   plotting.plot_columns(
       W, P, os.path.join(workdir, "components.png"),
       title=f"TMS {config.target.n_features}-{config.target.n_hidden}: "
-            f"MMCS {out['mmcs']:.3f}, ML2R {out['ml2r']:.3f}")
+            f"each feature's column of W beside each component's",
+      column="feature", metrics=dict(MMCS=out["mmcs"], ML2R=out["ml2r"]))
   return out

@@ -41,10 +41,13 @@ class Training:
     optimizer: an optax factory called as `optimizer(learning_rate)`, e.g.
       `optax.adamw`; None [default]: `optax.adam` (the paper's).
     eval_batches: fresh batches for the final metrics [10].
-    log_every: steps between progress lines, history records and callbacks
-      [1000]; also the steps compiled into one program.
-    progress: [True] a progress line every `log_every` steps (step, losses,
-      steps/s, ETA) and a line naming the decomposed leaves; False: quiet.
+    log_every: steps between history records (the loss curves), callbacks
+      and TensorBoard scalars [100]; also the steps compiled into one
+      program.
+    print_every: steps between progress lines (at the first and the last
+      log too; at most one per log) [1000].
+    progress: [True] progress lines (step, losses, steps/s, ETA) and a line
+      naming the decomposed leaves; False: quiet.
     callback: called as `callback(step, record)` at every log (a sweep:
       `callback(step, records)`, one record per run) [None].
     mesh: the devices, with axes 'data' (the batch is split over it) and
@@ -64,7 +67,8 @@ class Training:
   seed: int = 0
   optimizer: Callable[[Any], optax.GradientTransformation] | None = None
   eval_batches: int = 10
-  log_every: int = 1000
+  log_every: int = 100
+  print_every: int = 1000
   progress: bool = True
   callback: Callable[..., None] | None = None
   mesh: jax.sharding.Mesh | None = None
@@ -78,6 +82,7 @@ class Training:
   def __post_init__(self):
     check_positive(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                    eval_batches=self.eval_batches, log_every=self.log_every,
+                   print_every=self.print_every,
                    keep_checkpoints=self.keep_checkpoints)
     check_choice("lr_schedule", self.lr_schedule, optim.SCHEDULES)
     if not 0 <= self.warmup_frac < 1:

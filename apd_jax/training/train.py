@@ -138,7 +138,8 @@ def progress_line(message: str, *args: Any) -> None:
 
 
 def fit(state: Any, train_step, args: Any, *, steps: int,
-        log_every: int = 1000, callback: Callable[..., None] | None = None,
+        log_every: int = 100, print_every: int | None = None,
+        callback: Callable[..., None] | None = None,
         state_shardings: Any = None,
         checkpoints: ckpt_lib.Checkpoints | None = None,
         history: list | None = None, n_runs: int | None = None,
@@ -147,8 +148,10 @@ def fit(state: Any, train_step, args: Any, *, steps: int,
 
   Every `log_every` steps it records the step, the losses averaged since the
   last log, steps/s and the elapsed time, appends the record to the returned
-  history (which starts from `history`, e.g. a restored one), passes it to
-  `callback(step, record)` and, with `progress`, logs a line with the ETA.
+  history (which starts from `history`, e.g. a restored one) and passes it to
+  `callback(step, record)`. With `progress` it logs a line with the ETA at
+  the first and the last log and whenever `print_every` steps (default
+  `log_every`) have passed since the last line.
 
   With `n_runs` (a sweep: the state and metrics have a leading runs axis,
   possibly padded beyond `n_runs`) each record is a list with one record per
@@ -170,7 +173,8 @@ def fit(state: Any, train_step, args: Any, *, steps: int,
   history = [list(h) for h in history] if n_runs else list(history)
   t0 = last = time.perf_counter()
   done = int(jax.device_get(state.step).reshape(-1)[0])
-  n_logs, bad = 0, set()
+  n_logs, bad, printed = 0, set(), done
+  print_every = print_every or log_every
   watch = distributed.PreemptionWatch(enabled=checkpoints is not None)
   with watch:
     while done < steps:
@@ -200,7 +204,9 @@ def fit(state: Any, train_step, args: Any, *, steps: int,
             bad.add(i)
             logging.warning("run %d: non-finite loss in steps %d..%d", i,
                             done - n + 1, done)
-      if progress:
+      if progress and (n_logs == 1 or done == steps
+                       or done // print_every > printed // print_every):
+        printed = done
         _log_progress(done, steps, metrics, rate, n_logs == 1, n_runs)
       if callback is not None:
         callback(done, record)

@@ -32,9 +32,16 @@ def test_cli_writes_every_output_and_a_rerun_resumes(tmp_path):
   log = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["step"] for line in log] == [100, 200]
   for name in ("components.png", "losses.png", "target_params.msgpack",
-               "components.npz", "config.json",
-               "decomposition/decomposition.json"):
+               "components.npz", "config.json", "summary.md", "summary.png",
+               "top_inputs.png", "decomposition/decomposition.json"):
     assert (tmp_path / name).stat().st_size > 0, name
+  # Every component described: in summary.json, summary.md and the log.
+  counts = summary["components"]["counts"]["all"]
+  assert counts["total"] == 5 == len(summary["components"]["components"])
+  assert "| c | frequency | mean attribution |" in (
+      tmp_path / "summary.md").read_text()
+  assert "components:" in run.stderr and "eff.rank" in run.stderr
+  assert '"components"' not in run.stdout and '"mmcs"' in run.stdout
   assert json.loads((tmp_path / "config.json").read_text())["steps"] == 200
   (events,) = tmp_path.glob("events.out.tfevents.*")
   data = events.read_bytes()

@@ -74,6 +74,9 @@ def test_plot_holds_the_runs_numbers(swept, tmp_path):
     np.testing.assert_array_equal(
         ax.collections[0].get_offsets(),
         [[r["topk"], r[metric]] for r in rows])
+    assert ax.get_xlabel() == "topk" and ax.get_ylabel() == metric
+  assert fig.texts[0].get_text() == (
+      f"Each final metric against topk over the sweep's {len(rows)} runs")
   fig = sweep_report.plot_sweep(rows, "topk", ["mmcs"],
                                 str(tmp_path / "q.png"), hue="seed")
   for seed, points in zip((0, 1), fig.axes[0].collections, strict=True):

@@ -136,8 +136,9 @@ def test_flax_linen_model_decomposes():
       "['params']['layers_0']['kernel']", "['params']['layers_2']['kernel']"}
 
 
-def test_readme_snippets_run(capsys):
-  """The quick example (at most 15 lines), then the loop of one's own."""
+def test_readme_snippets_run(capsys, tmp_path, monkeypatch):
+  """The quick example (at most 15 lines), the loop of one's own, and the
+  analysis of what each component does."""
   text = README.read_text()
   snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
   assert len(snippet.strip().splitlines()) <= 15
@@ -151,6 +152,21 @@ def test_readme_snippets_run(capsys):
   printed = capsys.readouterr().out
   assert "'faithfulness'" in printed and "'topk_recon'" in printed
   assert int(scope["state"].step) == 200
+  analysis = re.search(r"## What each component does.*?```python\n(.*?)```",
+                       text, re.S).group(1)
+  monkeypatch.chdir(tmp_path)
+  exec(compile(analysis, "README.md", "exec"), scope)  # noqa: S102
+  printed = capsys.readouterr().out
+  assert "APD decomposition on 4096 fresh examples" in printed
+  assert len(scope["tops"]) == 5 and scope["summary"].counts()["all"] == dict(
+      total=5, alive=5, dead=0, always_on=0)
+  # Knocking out the component costs more than the top-k pass alone.
+  r, x = scope["result"], scope["x"]
+  y = r.target.batch(x)[0]
+  knocked = float(((r.apply(x, scope["mask"]) - y) ** 2).mean())
+  assert knocked > 2 * float(((r.apply(x, r.topk_mask(x)) - y) ** 2).mean())
+  assert (tmp_path / "summary.png").exists()
+  assert (tmp_path / "top_inputs.png").exists()
 
 
 def mlp_with_inputs(params, x):

@@ -54,6 +54,10 @@ def test_sweep_runs_equal_separate_runs(tms_target):
   result = sweep.decompose_sweep(tms.apply, params, sample_fn, sweep=grid,
                                  **BASE)
   assert len(result.runs) == 4
+  assert repr(result).startswith(
+      "SweepResult(APD, 4 runs over {seed: 2 values, topk: 2 values, "
+      "faithfulness_coeff: 1 value,")
+  assert len(repr(result)) < 400 and len(repr(result.decompositions[0])) < 400
   for run, got in zip(result.runs, result.decompositions, strict=True):
     want = alone(params, sample_fn, run)
     chex.assert_trees_all_close(got.components, want.components, atol=1e-5,

@@ -1,0 +1,318 @@
+"""What each component does, for any decomposition of any model.
+
+    s = result.summary(sample_fn)          # = summarize(result, sample_fn, key)
+    print(s.table())                       # one row per component
+    s.to_dict(); s.markdown()              # for summary.json / summary.md
+    tops = top_inputs(result, sample_fn, key, k=8)
+
+A component is *active* on an example where training would use it: APD, in
+the top-k mask; SPD, where its causal importance exceeds the threshold
+(`G > 0.1`). On fresh examples from `sample_fn`, per component:
+
+  frequency      fraction of examples on which it is active;
+  mean score     mean attribution `A_c(x)²` (SPD: mean `G`) when active;
+  norm           `‖P_{c,l}‖_F` per decomposed leaf l (SPD: `‖u_c‖ ‖v_c‖`);
+  eff. rank      `exp(H(σ / Σσ))`, σ the singular values of `P_{c,l}`
+                 (1 for a rank-one matrix, r for r equal singular values,
+                 0 for a zero matrix);
+  status         `dead` (never active) or `always on` (frequency ≥ 0.99).
+
+APD's components span every decomposed leaf (one group); SPD's
+subcomponents belong to one product each (a group per product, labelled
+as `Decomposition.causal_importances` labels them). Top inputs are the
+examples with the highest score, each with the cost of switching the
+component off there (the method's reconstruction loss, MSE or KL, between
+the output with every component on and with all but this one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from apd_jax.core import losses
+
+Array = jax.Array
+ALWAYS_ON = 0.99
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+  """One row of a `Summary`."""
+  group: str                      # '' (APD) or the product's label (SPD)
+  index: int
+  frequency: float
+  mean_score: float               # nan when never active
+  norm: dict[str, float]
+  effective_rank: dict[str, float]
+  status: str                     # 'dead', 'always on' or ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """Per-component statistics of a decomposition on fresh examples."""
+  method: str
+  score: str                      # what `mean_score` is
+  n_examples: int
+  components: tuple[Component, ...]
+  totals: dict[str, float]
+
+  def counts(self) -> dict[str, dict[str, int]]:
+    """`{group: {total, alive, dead, always_on}}`."""
+    out = {}
+    for c in self.components:
+      g = out.setdefault(c.group or "all", dict(total=0, alive=0, dead=0,
+                                                 always_on=0))
+      g["total"] += 1
+      g["dead" if c.status == "dead" else "alive"] += 1
+      g["always_on"] += c.status == "always on"
+    return out
+
+  def _rows(self, alive_only: bool) -> tuple[list[str], list[list[str]]]:
+    leaves = list(dict.fromkeys(n for c in self.components for n in c.norm))
+    head = (["product"] if self.method == "SPD" else []) + [
+        "c", "frequency", f"mean {self.score}"] + [
+            f"{k} {n}" for n in leaves for k in ("norm", "eff.rank")] + [
+                "status"]
+    rows = []
+    for c in sorted(self.components, key=lambda c: (c.group, -c.frequency,
+                                                    c.index)):
+      if alive_only and c.status == "dead":
+        continue
+      cells = ([c.group] if self.method == "SPD" else []) + [
+          str(c.index), f"{c.frequency:.4f}", _num(c.mean_score)]
+      for n in leaves:
+        cells += ([_num(c.norm[n]), f"{c.effective_rank[n]:.2f}"]
+                  if n in c.norm else ["", ""])
+      rows.append(cells + [c.status])
+    return head, rows
+
+  def _header(self) -> list[str]:
+    totals = "  ".join(f"{k} {_num(v)}" for k, v in self.totals.items())
+    counts = "; ".join(
+        f"{g}: {n['alive']} of {n['total']} alive, {n['always_on']} always "
+        f"on" for g, n in self.counts().items())
+    return [f"{self.method} decomposition on {self.n_examples} fresh "
+            f"examples ({counts})", totals]
+
+  def table(self, max_rows: int = 40) -> str:
+    """A plain-text table of the alive components (most frequent first),
+    after the totals; dead ones are counted, not listed."""
+    head, rows = self._rows(alive_only=True)
+    more = len(rows) - max_rows
+    rows = rows[:max_rows]
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(  # noqa: E731
+        v.rjust(w) for v, w in zip(r, widths, strict=True))
+    lines = self._header() + [fmt(head)] + [fmt(r) for r in rows]
+    if more > 0:
+      lines.append(f"... {more} more alive components (see summary.md)")
+    return "\n".join(lines)
+
+  def markdown(self, tops: list[TopInputs] | None = None) -> str:
+    """Every component as a Markdown table, after the totals (and, given
+    `tops`, each component's top inputs)."""
+    head, rows = self._rows(alive_only=False)
+    lines = ["# Decomposition summary", "", *[f"{h}  " for h in
+                                              self._header()], "",
+             _DEFINITIONS, "",
+             "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if tops:
+      lines += ["", "## Top inputs", "",
+                f"The examples with the highest {self.score}, with the "
+                f"reconstruction loss of switching the component off on "
+                f"each.", ""]
+      for t in sorted(tops, key=lambda t: (t.group, -t.frequency)):
+        name = f"{t.group} " if t.group else ""
+        lines.append(f"- **{name}c{t.index}** (frequency {t.frequency:.4f})"
+                     + "".join(f"\n  - {describe_input(x)}: {self.score} "
+                               f"{_num(float(v))}, ablation {_num(float(a))}"
+                               for x, v, a in zip(t.inputs, t.scores,
+                                                  t.ablation, strict=True)))
+    return "\n".join(lines) + "\n"
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready: totals, counts and one dict per component."""
+    return dict(method=self.method, score=self.score,
+                n_examples=self.n_examples, totals=dict(self.totals),
+                counts=self.counts(),
+                components=[dataclasses.asdict(c) for c in self.components])
+
+
+_DEFINITIONS = (
+    "*frequency*: fraction of examples on which the component is active "
+    "(APD: in the top-k mask; SPD: causal importance G > threshold); "
+    "*mean score*: its mean attribution A² (SPD: mean G) when active; "
+    "*norm*: ‖P_c‖_F per decomposed matrix; *eff.rank*: exp of the entropy "
+    "of P_c's normalised singular values; *dead*: never active; "
+    "*always on*: active on ≥ 99% of examples.")
+
+
+def _num(v: float) -> str:
+  return "nan" if v is None or not math.isfinite(v) else f"{v:.4g}"
+
+
+def factor_spectrum(U: Array, V: Array) -> Array:
+  """Singular values `[C, k]` of each `P_c = U_c V_c` (`U [C, i, m]`,
+  `V [C, m, o]`) from the factors: with `U_c = Q_u R_u` and
+  `V_cᵀ = Q_v R_v`, `σ(P_c) = σ(R_u R_vᵀ)`, a `[k, k]` problem."""
+  def one(u, v):
+    r_u = jnp.linalg.qr(u, mode="r")
+    r_v = jnp.linalg.qr(v.T, mode="r")
+    return jnp.linalg.svd(r_u @ r_v.T, compute_uv=False)
+  return jax.vmap(one)(U, V)
+
+
+def effective_rank(sigma: Array) -> Array:
+  """`exp(H(p))` with `p = σ / Σσ` over the last axis (0 where σ = 0)."""
+  total = jnp.sum(sigma, axis=-1, keepdims=True)
+  p = sigma / jnp.where(total > 0, total, 1.0)
+  h = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0),
+               axis=-1)
+  return jnp.where(total[..., 0] > 0, jnp.exp(h), 0.0)
+
+
+def activity(result, x: Array) -> dict[str, tuple[Array, Array]]:
+  """`{group: (active [B, C_g] bool, score [B, C_g])}` on the batch `x`."""
+  if type(result.method).__name__ == "SPD":
+    t = result.method.threshold
+    return {k: (g > t, g) for k, g in result.causal_importances(x).items()}
+  return {"": (result.topk_mask(x) > 0, result.attributions(x))}
+
+
+def _leaves_of(result, group: str) -> tuple[str, ...]:
+  if not group:
+    return tuple(result.components.U)
+  return (result.plan.leaves[result.plan.labels.index(group)],)
+
+
+def summarize(result, sample_fn, key: Array, *, batch_size: int = 1024,
+              n_batches: int = 4, always_on: float = ALWAYS_ON) -> Summary:
+  """The `Summary` of `result` on `n_batches` batches from `sample_fn`."""
+  counts, sums, n = {}, {}, 0
+  for i in range(n_batches):
+    x = sample_fn(jax.random.fold_in(key, i), batch_size)
+    for g, (act, score) in activity(result, x).items():
+      act = np.asarray(act, np.float64)
+      counts[g] = counts.get(g, 0) + act.sum(axis=0)
+      sums[g] = sums.get(g, 0) + (act * np.asarray(score)).sum(axis=0)
+    n += act.shape[0]
+  spectra = {n: np.asarray(factor_spectrum(result.components.U[n],
+                                           result.components.V[n]))
+             for n in result.components.U}
+  ranks = {n: np.asarray(effective_rank(s)) for n, s in spectra.items()}
+  rows = []
+  for g in counts:
+    leaves = _leaves_of(result, g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      mean = np.where(counts[g] > 0, sums[g] / counts[g], np.nan)
+    for c in range(len(counts[g])):
+      f = float(counts[g][c] / n)
+      rows.append(Component(
+          group=g, index=c, frequency=f, mean_score=float(mean[c]),
+          norm={n: float(np.sqrt(np.sum(spectra[n][c] ** 2)))
+                for n in leaves},
+          effective_rank={n: float(ranks[n][c]) for n in leaves},
+          status="dead" if f == 0 else "always on" if f >= always_on
+          else ""))
+  final = result.method.evaluate(result, sample_fn, jax.random.fold_in(
+      key, n_batches), batch_size=batch_size, n_batches=n_batches)
+  totals = {k: float(v) for k, v in final.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k != "threshold"}
+  spd = type(result.method).__name__ == "SPD"
+  return Summary(method="SPD" if spd else "APD",
+                 score="G" if spd else "attribution", n_examples=n,
+                 components=tuple(rows), totals=totals)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopInputs:
+  """A component's highest-scoring examples and what switching it off
+  costs on each."""
+  group: str
+  index: int
+  frequency: float
+  inputs: np.ndarray              # [k, ...] the examples
+  scores: np.ndarray              # [k] attribution A² (SPD: G), descending
+  ablation: np.ndarray            # [k] recon loss with the component off
+
+
+def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
+               batch_size: int = 1024, n_batches: int = 4,
+               include_dead: bool = False, max_ties: int = 4096
+               ) -> list[TopInputs]:
+  """Per component, the `k` examples of `n_batches` fresh batches with the
+  highest score (only examples where the score is positive; ties, e.g. at
+  SPD's `G = 1`, broken by the larger ablation, among up to `max_ties`),
+  and the reconstruction loss between the output with all components on
+  and with this one off, on each (`ablation`)."""
+  xs, acts = [], {}
+  for i in range(n_batches):
+    x = sample_fn(jax.random.fold_in(key, i), batch_size)
+    xs.append(np.asarray(x))
+    for g, (act, score) in activity(result, x).items():
+      acts.setdefault(g, []).append((np.asarray(act), np.asarray(score)))
+  x_all = np.concatenate(xs)
+  out = []
+  for g, parts in acts.items():
+    active = np.concatenate([a for a, _ in parts])
+    score = np.concatenate([s for _, s in parts])
+    freq = active.mean(axis=0)
+    picks = []
+    for c in range(score.shape[1]):
+      if freq[c] == 0 and not include_dead:
+        continue
+      order = np.argsort(-score[:, c], kind="stable")
+      kth = score[order[min(k, len(order)) - 1], c]
+      order = order[(score[order, c] >= kth) & (score[order, c] > 0)]
+      if order.size:
+        picks.append((c, order[:max(k, max_ties)]))
+    if not picks:
+      continue
+    ablation = _ablate(result, g, x_all, picks, score.shape[1])
+    start = 0
+    for c, cand in picks:
+      abl = ablation[start:start + cand.size]
+      start += cand.size
+      best = np.lexsort((-abl, -score[cand, c]))[:k]
+      out.append(TopInputs(g, c, float(freq[c]), x_all[cand[best]],
+                           score[cand[best], c], abl[best]))
+  return out
+
+
+def _ablate(result, group, x_all, picks, n_components) -> np.ndarray:
+  """The per-example recon loss of switching off each picked component on
+  its own examples (all in one batch)."""
+  x = jnp.asarray(np.concatenate([x_all[o] for _, o in picks]))
+  off = np.ones((x.shape[0], n_components), np.float32)
+  start = 0
+  for c, order in picks:
+    off[start:start + order.size, c] = 0.0
+    start += order.size
+  on = jnp.ones_like(off)
+  if group:                                   # SPD: one product masked
+    y_on = result.apply(x, {group: on})
+    y_off = result.apply(x, {group: jnp.asarray(off)})
+  else:
+    y_on = result.apply(x, on)
+    y_off = result.apply(x, jnp.asarray(off))
+  recon = losses.kl if result.method.recon == "kl" else losses.mse
+  return np.asarray(jax.vmap(lambda a, b: recon(a[None], b[None]))(y_on,
+                                                                   y_off))
+
+
+def describe_input(x: np.ndarray, n: int = 4) -> str:
+  """A vector input as its `n` largest entries, e.g. `x3=0.82, x0=0.10`
+  (all of them when zero elsewhere)."""
+  x = np.asarray(x).reshape(-1)
+  idx = np.argsort(-np.abs(x), kind="stable")[:n]
+  idx = idx[x[idx] != 0]
+  return ", ".join(f"x{i}={x[i]:.2f}" for i in idx) or "0"
