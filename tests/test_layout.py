@@ -9,8 +9,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "apd_jax"
 # Lower layers never import higher ones; a layer may import itself.
-LAYERS = {"core": 0, "fast": 1, "analysis": 1, "methods": 2, "training": 3,
-          "engine": 4, "targets": 5, "cli": 6}
+LAYERS = {"core": 0, "fast": 1, "analysis": 1, "models": 1, "methods": 2,
+          "training": 3, "engine": 4, "targets": 5, "cli": 6}
 TOP = 7   # apd_jax/__init__.py and apd_jax/main.py
 
 

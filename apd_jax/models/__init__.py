@@ -1,0 +1,1 @@
+"""Real models as targets: a Flax transformer and the text it learns."""
