@@ -2,9 +2,11 @@
 
 A decomposed leaf is named by `jax.tree_util.keystr` of its path (for example
 `"['W']"` or `"['params']['Dense_0']['kernel']"`). Selection is a regular
-expression searched in that name; every selected leaf must be 2-D. All other
-leaves (biases, embeddings) stay fixed. A leaf used twice by the model (TMS uses
-`W` and `Wᵀ`) is one leaf here, so both uses share its components.
+expression searched in that name; every selected leaf must have at least 2
+axes (one of more axes is decomposed as the matrix it is: see
+`target.matrix_axes`). All other leaves (biases, embeddings) stay fixed. A
+leaf used twice by the model (TMS uses `W` and `Wᵀ`) is one leaf here, so
+both uses share its components.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def select_leaves(params: Params, include: str) -> tuple[str, ...]:
 
   Raises:
     ValueError: if the pattern is invalid, matches no leaf, or matches a leaf
-      that is not a 2-D array.
+      with fewer than 2 axes.
   """
   try:
     pattern = re.compile(include)
@@ -42,10 +44,11 @@ def select_leaves(params: Params, include: str) -> tuple[str, ...]:
     name = jax.tree_util.keystr(path)
     if not pattern.search(name):
       continue
-    if np.ndim(leaf) != 2:
+    if np.ndim(leaf) < 2:
       raise ValueError(
           f"include={include!r} matches leaf {name} of shape "
-          f"{np.shape(leaf)}; only 2-D weight leaves can be decomposed")
+          f"{np.shape(leaf)}; only weight matrices (2 or more axes) can be "
+          f"decomposed")
     names.append(name)
   if not names:
     raise ValueError(

@@ -8,6 +8,14 @@ named like a decomposed leaf (its keystr) is taken as that leaf's input `a`
 
 `Target.forward` runs one example with the decomposed leaves replaced, which is
 what the attribution and masking code vmaps over.
+
+A leaf with more than 2 axes (an attention kernel `[d_model, heads, d_head]`,
+or `[heads, d_head, d_model]`, as Flax's `DenseGeneral` stores them) is
+decomposed as the matrix it is: its leading axes, those the model's product
+contracts with the activation, are the rows and the rest the columns
+(`[d_model, heads·d_head]`, `[heads·d_head, d_model]`). `matrix_axes` finds
+that split from the model's `dot_general`; `Target.weights` are the 2-D
+views, and `Target.batch` reshapes weights back before calling `apply_fn`.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from typing import Mapping
 
 import jax
 import jax.extend
+import jax.numpy as jnp
+import numpy as np
 
 from apd_jax.core import selection
 
@@ -34,18 +44,44 @@ class Target:
   params: Any
   names: tuple[str, ...]
   has_aux: bool = False
+  # Per name, how many leading axes are the matrix's rows (None: 1 each).
+  row_axes: tuple[int, ...] | None = None
+
+  def __post_init__(self):
+    rows = self.row_axes or (1,) * len(self.names)
+    if len(rows) != len(self.names):
+      raise ValueError(f"row_axes {rows} must give one count per leaf "
+                       f"{self.names}")
+    for n, k in zip(self.names, rows, strict=True):
+      shape = self.shapes[n]
+      if not 1 <= k < len(shape) or (len(shape) > 2 and self.row_axes is None):
+        raise ValueError(f"leaf {n} of shape {shape} needs row_axes in "
+                         f"[1, {len(shape) - 1}] (see matrix_axes)")
+
+  @property
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    """The decomposed leaves' own shapes."""
+    return {n: tuple(np.shape(w)) for n, w in
+            selection.get_leaves(self.params, self.names).items()}
 
   @property
   def weights(self) -> dict[str, Array]:
-    """The target's decomposed leaves θ*."""
-    return selection.get_leaves(self.params, self.names)
+    """The target's decomposed leaves θ*, as matrices `[rows, columns]`."""
+    rows = self.row_axes or (1,) * len(self.names)
+    leaves = selection.get_leaves(self.params, self.names)
+    return {n: jnp.reshape(leaves[n], (int(np.prod(np.shape(leaves[n])[:k])),
+                                       -1))
+            for n, k in zip(self.names, rows, strict=True)}
 
   def batch(self, x: Array, weights: Mapping[str, Array] | None = None
             ) -> tuple[Array, dict[str, Array]]:
     """`(y, acts)` on a batch, with the target's or the given weights."""
     params = self.params
     if weights is not None:
-      params = selection.replace_leaves(params, weights)
+      shapes = self.shapes
+      params = selection.replace_leaves(params, {
+          n: jnp.reshape(w, shapes[n]) if jnp.ndim(w) != len(shapes[n])
+          else w for n, w in weights.items()})
     out = self.apply_fn(params, x)
     return out if self.has_aux else (out, {})
 
@@ -134,3 +170,67 @@ def check_sampler(sample_fn: SampleFn, batch_size: int) -> None:
         "(written with numpy or a fixed array?): it is traced once into the "
         "compiled step, so training would see one batch. Draw with "
         "jax.random from the key.")
+
+
+def matrix_axes(apply_fn: ApplyFn, params: Any, names: tuple[str, ...],
+                x: Any) -> tuple[int, ...]:
+  """Per leaf, the number of its leading axes that the model's products
+  contract with an activation (1 for a matrix): from the `dot_general`s of
+  `apply_fn(params, x)` (`x` may be abstract).
+
+  Raises:
+    ValueError: for a leaf of more than 2 axes that no product contracts
+      on leading axes, or that two products contract differently.
+  """
+  leaves = selection.get_leaves(params, names)
+  deep = sorted(n for n in names if np.ndim(leaves[n]) > 2)
+  if not deep:
+    return (1,) * len(names)
+  f = lambda ws, x: apply_fn(selection.replace_leaves(params, ws), x)  # noqa: E731
+  closed = jax.make_jaxpr(f)({n: leaves[n] for n in deep}, x)
+  watched = dict(zip(closed.jaxpr.invars[:len(deep)], deep, strict=True))
+  found = {n: set() for n in deep}
+  _contractions(closed.jaxpr, watched, found)
+  out = []
+  for n in names:
+    if n not in found:
+      out.append(1)
+      continue
+    dims = found[n]
+    if len(dims) != 1 or next(iter(dims)) != tuple(range(len(next(iter(
+        dims))))):
+      raise ValueError(
+          f"leaf {n} of shape {np.shape(leaves[n])} is contracted on axes "
+          f"{sorted(dims) or 'nowhere'}; a leaf of more than 2 axes is "
+          f"decomposed only where every product contracts the same leading "
+          f"axes (store it as a matrix otherwise)")
+    out.append(len(next(iter(dims))))
+  return tuple(out)
+
+
+_PASS = ("convert_element_type", "copy", "copy_p")
+_SUBJAXPRS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+def _contractions(jaxpr, watched: dict, found: dict) -> None:
+  """Adds to `found[name]` the weight-side contracting dims of every
+  `dot_general` on a watched variable (through copies and calls)."""
+  lit = jax.extend.core.Literal
+  for eqn in jaxpr.eqns:
+    ins = [None if isinstance(v, lit) else v for v in eqn.invars]
+    if eqn.primitive.name == "dot_general":
+      (lc, rc), _ = eqn.params["dimension_numbers"]
+      for v, dims in zip(ins, (lc, rc), strict=True):
+        if v in watched:
+          found[watched[v]].add(tuple(dims))
+      continue
+    if eqn.primitive.name in _PASS and ins[0] in watched:
+      watched[eqn.outvars[0]] = watched[ins[0]]
+      continue
+    sub = next((eqn.params[p] for p in _SUBJAXPRS if p in eqn.params), None)
+    if sub is not None:
+      sub = getattr(sub, "jaxpr", sub)
+      inner = {iv: watched[v] for v, iv in zip(ins, sub.invars, strict=False)
+               if v in watched}
+      if inner:
+        _contractions(sub, inner, found)

@@ -27,12 +27,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from apd_jax.analysis import summary as summary_lib
 from apd_jax.core import components as comp_lib
 from apd_jax.core import masking
 from apd_jax.core import selection
+from apd_jax.core import target as target_lib
 from apd_jax.core.target import ApplyFn
 from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
@@ -191,14 +193,27 @@ def _full_apply(target, comps, x):
 
 
 def make_target(apply_fn: ApplyFn, params: Any, include: str, *,
-                has_aux: bool = False, log: bool = True) -> Target:
+                has_aux: bool = False, log: bool = True,
+                sample_fn: SampleFn | None = None) -> Target:
   """The target with the leaves matched by the regex `include` named for
-  decomposition (logged with their shapes)."""
+  decomposition (logged with their shapes). A leaf of more than 2 axes is
+  decomposed as the matrix its product contracts (`target.matrix_axes`,
+  which traces `apply_fn` on an example of `sample_fn`, then required)."""
   names = selection.select_leaves(params, include)
-  target = Target(apply_fn, params, names, has_aux)
+  rows = None
+  if any(np.ndim(w) > 2 for w in
+         selection.get_leaves(params, names).values()):
+    if sample_fn is None:
+      raise ValueError("a leaf of more than 2 axes is decomposed as the "
+                       "matrix its product contracts: give sample_fn")
+    x = jax.eval_shape(lambda k: sample_fn(k, 1), jax.random.PRNGKey(0))
+    rows = target_lib.matrix_axes(apply_fn, params, names, x)
+  target = Target(apply_fn, params, names, has_aux, rows)
   if log:
-    shapes = ", ".join(f"{n} {tuple(w.shape)}"
-                       for n, w in target.weights.items())
+    shapes = ", ".join(
+        f"{n} {tuple(w.shape)}" + (f" as {tuple(target.weights[n].shape)}"
+                                   if w.ndim > 2 else "")
+        for n, w in selection.get_leaves(params, names).items())
     train.progress_line("include=%r matched %d leaves: %s", include,
                         len(names), shapes)
   return target
@@ -325,7 +340,7 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   method, training = split_options(method, training, options)
   mesh = sharding.make_mesh() if training.mesh is None else training.mesh
   target = make_target(apply_fn, params, include, has_aux=has_aux,
-                       log=training.progress)
+                       log=training.progress, sample_fn=sample_fn)
   check_inputs(method, target, sample_fn, training, mesh)
   state = init_state(method, target, training, mesh=mesh,
                      sample_fn=sample_fn)

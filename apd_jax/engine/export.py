@@ -86,6 +86,8 @@ def save(result: api.Decomposition, directory: str, *,
                 options=dataclasses.asdict(result.method),
                 plan=dataclasses.asdict(result.plan),
                 names=list(result.target.names),
+                row_axes=(list(result.target.row_axes)
+                          if result.target.row_axes else None),
                 has_aux=result.target.has_aux,
                 apply_fn=function_path(result.target.apply_fn),
                 metrics=result.metrics, history=result.history,
@@ -119,8 +121,9 @@ def load(directory: str, *, apply_fn: ApplyFn | None = None
   with ocp.StandardCheckpointer() as ckpt:
     factors = ckpt.restore(os.path.join(directory, "components"))
     params = ckpt.restore(os.path.join(directory, "target_params"))
+  rows = meta.get("row_axes")
   target = Target(apply_fn, dev(params), tuple(meta["names"]),
-                  meta["has_aux"])
+                  meta["has_aux"], tuple(rows) if rows else None)
   if meta.get("method") not in METHODS:
     raise ValueError(f"{directory} holds a decomposition by the unknown "
                      f"method {meta.get('method')!r}; known: {sorted(METHODS)}")

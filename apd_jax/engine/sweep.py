@@ -151,7 +151,7 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   # One static method for the program; the runs' numbers come as hypers.
   static = method.bound(runs)
   target = api.make_target(apply_fn, params, include, has_aux=has_aux,
-                           log=training.progress)
+                           log=training.progress, sample_fn=sample_fn)
   api.check_inputs(static, target, sample_fn, training)
   seeds = [r.get("seed", training.seed) for r in runs]
   states = [api.init_state(method, target, training, seed=s,

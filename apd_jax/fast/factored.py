@@ -23,6 +23,7 @@ differentiate with respect to those probes (`attribution.py`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 from typing import Callable
 from typing import Mapping
@@ -54,6 +55,9 @@ class Factored:
     capacity: if set (a masked pass, `coef` a mask), vmapping computes only
       the at most `capacity` nonzero (example, component) entries of the
       batched mask (`sparse.py`).
+    shape: set where the model reshaped the matrix `[i, o]` into a leaf of
+      more axes `(*rows, *columns)` (an attention kernel); `rows` is its
+      number of leading row axes.
   """
   base: Array | None
   U: Array | None = None
@@ -62,6 +66,8 @@ class Factored:
   transposed: bool = False
   name: str = ""
   capacity: int | None = None
+  shape: tuple[int, ...] | None = None
+  rows: int = 1
 
   def T(self) -> Factored:
     return dataclasses.replace(self, transposed=not self.transposed)
@@ -76,6 +82,8 @@ class Factored:
     w = 0.0 if self.base is None else self.base
     if self.U is not None:
       w = w + jnp.einsum("c,cim,cmo->io", self.coef, self.U, self.V)
+    if self.shape is not None:
+      return jnp.reshape(w, self.shape)
     return w.T if self.transposed else w
 
   def matmul(self, a: Array) -> Array:
@@ -164,8 +172,16 @@ def passed_on(eqn, invals) -> list[Any] | None:
   """The outputs of a transpose, copy or same-dtype conversion of a
   `Factored` value (still factored); None for any other operation."""
   name, params = eqn.primitive.name, eqn.params
-  if name == "transpose" and tuple(params["permutation"]) == (1, 0):
-    return [invals[0].T()]
+  w = invals[0]
+  if name == "transpose" and w.shape is None and tuple(
+      params["permutation"]) == (1, 0):
+    return [w.T()]
+  if (name == "reshape" and w.shape is None and not w.transposed
+      and params.get("dimensions") is None):
+    rows = _row_split(_matrix_shape(w), tuple(params["new_sizes"]))
+    if rows is not None:
+      return [dataclasses.replace(w, shape=tuple(params["new_sizes"]),
+                                  rows=rows)]
   if name in ("copy", "copy_p", "optimization_barrier"):
     return list(invals)
   if (name == "convert_element_type"
@@ -211,6 +227,21 @@ def bind(eqn, invals) -> list[Any]:
   return outs if eqn.primitive.multiple_results else [outs]
 
 
+def _matrix_shape(f: Factored) -> tuple[int, int]:
+  if f.base is not None:
+    return tuple(f.base.shape)
+  return (f.U.shape[1], f.V.shape[2])
+
+
+def _row_split(matrix: tuple[int, int], shape: tuple[int, ...]) -> int | None:
+  """The number of leading axes of `shape` whose sizes multiply to the
+  matrix's rows (the rest to its columns), or None."""
+  for k in range(1, len(shape)):
+    if (math.prod(shape[:k]), math.prod(shape[k:])) == matrix:
+      return k
+  return None
+
+
 def _dtype(f: Factored):
   return (f.base if f.base is not None else f.U).dtype
 
@@ -223,7 +254,8 @@ def product(params, invals) -> tuple[Factored, Array, int, bool] | None:
   (lc, rc), (lb, rb) = params["dimension_numbers"]
   lhs, rhs = invals
   if lb or rb or len(lc) != 1 or isinstance(lhs, Factored) == isinstance(
-      rhs, Factored):
+      rhs, Factored) or any(isinstance(v, Factored) and v.shape is not None
+                            for v in invals):
     return None
   w_is_rhs = isinstance(rhs, Factored)
   w, a = (rhs, lhs) if w_is_rhs else (lhs, rhs)
@@ -231,13 +263,38 @@ def product(params, invals) -> tuple[Factored, Array, int, bool] | None:
   return (w.T() if w_dim == 1 else w), a, a_dim, w_is_rhs
 
 
+def reshaped_product(params, invals) -> tuple[Factored, Array] | None:
+  """`(w, a)` with `a [..., i]` if a `dot_general` contracts the row axes of
+  a reshaped `Factored` rhs (`tensordot(a, W.reshape(*rows, *cols))`, as
+  Flax's `DenseGeneral` does) with axes of `a`; else None."""
+  (lc, rc), (lb, rb) = params["dimension_numbers"]
+  a, w = invals
+  if (lb or rb or not isinstance(w, Factored) or w.shape is None
+      or isinstance(a, Factored) or tuple(rc) != tuple(range(w.rows))):
+    return None
+  a = jnp.moveaxis(a, tuple(lc), tuple(range(a.ndim - len(lc), a.ndim)))
+  return w, a.reshape(a.shape[:a.ndim - len(lc)] + (-1,))
+
+
 def _factored_dot(invals, params, ctx) -> Array | None:
   """`a @ W` or `W @ a` patterns of `dot_general`; None if not one."""
   found = product(params, invals)
   if found is None:
-    return None
+    shaped = reshaped_product(params, invals)
+    if shaped is None:
+      return None
+    w, a = shaped
+    out = _record(ctx, dataclasses.replace(w, shape=None, rows=1), a, params)
+    return out.reshape(out.shape[:-1] + w.shape[w.rows:])
   w, a, a_dim, w_is_rhs = found
   a = jnp.moveaxis(a, a_dim, -1)
+  out = _record(ctx, w, a, params)
+  return out if w_is_rhs else jnp.moveaxis(out, -1, 0)
+
+
+def _record(ctx, w: Factored, a: Array, params) -> Array:
+  """`a @ W` for `a [..., i]` as this occurrence computes it (own
+  coefficients, probe), with its input and occurrence recorded."""
   k = len(ctx["inputs"])
   ctx["inputs"].append(a)
   ctx["occ"].append(Occurrence(w.name, w.transposed))
@@ -247,8 +304,7 @@ def _factored_dot(invals, params, ctx) -> Array | None:
     out = w.matmul(a)
   if ctx["probes"] is not None:
     out = out + ctx["probes"][k]
-  out = out.astype(params.get("preferred_element_type") or out.dtype)
-  return out if w_is_rhs else jnp.moveaxis(out, -1, 0)
+  return out.astype(params.get("preferred_element_type") or out.dtype)
 
 
 def _own_coefs(w: Factored, a: Array, coef: Array | None) -> Array:

@@ -170,6 +170,10 @@ class APD:
                                                     batch_size) < 1:
       raise ValueError(f"batch top-k keeps int(topk*batch_size) = 0 entries "
                        f"(topk={self.topk}, batch_size={batch_size})")
+    if self.attribution_mode == "lazy" and not _all_matrices(target):
+      raise ValueError("attribution_mode='lazy' needs every decomposed leaf "
+                       "stored as a matrix; use 'auto', 'forward' or "
+                       "'reverse' for leaves of more axes")
     for name, w in target.weights.items():
       if self.rank is not None and self.rank > min(w.shape):
         logging.warning(
@@ -334,11 +338,17 @@ def _cheapest(method: APD, plan: objective.Plan, target: Target,
   # Exact forward-mode attributions win ties, and win over an estimate from
   # projections when they cost no more.
   exact = dataclasses.replace(plan, attribution_projections=0)
-  for mode in (("lazy", "forward") if plan.factored else ("forward",)):
+  lazy = plan.factored and _all_matrices(target)
+  for mode in (("lazy", "forward") if lazy else ("forward",)):
     if cost(mode, contract, exact) <= best:
       return dataclasses.replace(exact, attribution_mode=mode)
   return dataclasses.replace(plan, attribution_mode="reverse",
                              attribution_contract=contract)
+
+
+def _all_matrices(target: Target) -> bool:
+  """Whether every decomposed leaf is stored 2-D (the lazy mode needs it)."""
+  return all(len(s) == 2 for s in target.shapes.values())
 
 
 class ProjectState(NamedTuple):

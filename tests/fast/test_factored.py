@@ -8,13 +8,16 @@ import pytest
 from conftest import apd_and_plan
 from conftest import random_components
 
+from apd_jax import APD
 from apd_jax.core import attribution
 from apd_jax.core import components as C
 from apd_jax.core import selection
 from apd_jax.core.target import Target
+from apd_jax.core.target import matrix_axes
 from apd_jax.fast import attribute as fast_attribute
 from apd_jax.fast import factored
 from apd_jax.methods import apd_objective as objective
+from apd_jax.models import transformer
 from apd_jax.targets import resid_mlp
 from apd_jax.targets import tms
 
@@ -49,7 +52,22 @@ def cases():
           p_lin, "kernel")), jax.random.normal(k2, (3, 4))),
       "lhs": (Target(weight_as_lhs, {"w": jax.random.normal(k1, (4, 3))},
                      ("['w']",)), jax.random.normal(k2, (3, 4))),
+      "transformer": transformer_case(k1, k2),
   }
+
+
+def transformer_case(k1, k2):
+  """Every matrix of a 1-layer transformer, the 3-D attention kernels
+  included, on token sequences (the sequence axis inside the example)."""
+  c = transformer.TransformerConfig(n_layers=1, d_model=8, n_heads=2,
+                                    d_mlp=12, context=6, vocab=11)
+  params = transformer.init(k1, c)
+  apply_fn = lambda p, x: transformer.apply(p, x, c)  # noqa: E731
+  names = selection.select_leaves(
+      params, r"(query|key|value|out|mlp_in|mlp_out)'\]\['kernel")
+  x = jax.random.randint(k2, (3, 6), 0, 11)
+  rows = matrix_axes(apply_fn, params, names, x)
+  return Target(apply_fn, params, names, row_axes=rows), x
 
 
 def setup(name):
@@ -60,7 +78,8 @@ def setup(name):
   return tgt, comps, x, factored.Model(tgt.forward, tgt.weights, x[0])
 
 
-@pytest.mark.parametrize("name", ["tms", "resid_mlp", "linen", "lhs"])
+@pytest.mark.parametrize("name", ["tms", "resid_mlp", "linen", "lhs",
+                                  "transformer"])
 def test_masked_pass_equals_materialised_weights(name):
   tgt, comps, x, model = setup(name)
   P = C.component_weights(comps)
@@ -74,12 +93,18 @@ def test_masked_pass_equals_materialised_weights(name):
                                  atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tms", "resid_mlp", "linen", "lhs"])
+@pytest.mark.parametrize("name", ["tms", "resid_mlp", "linen", "lhs",
+                                  "transformer"])
 @pytest.mark.parametrize("mode,contract", [
     ("forward", "direct"), ("reverse", "direct"), ("reverse", "cotangent"),
     ("lazy", "direct")])
 def test_attributions_equal_the_dense_form(name, mode, contract):
   tgt, comps, x, model = setup(name)
+  if name == "transformer" and mode == "lazy":   # matrices only: refused
+    method = APD(n_components=4, topk=1.0, attribution_mode="lazy")
+    with pytest.raises(ValueError, match="needs every decomposed leaf"):
+      method.check(tgt, lambda k, n: jnp.zeros((n, 6), jnp.int32), 8)
+    return
   P = C.component_weights(comps)
   if model.materialised:  # objective.attributions takes the dense path
     assert name == "lhs" and model.materialised == {"['w']"}
@@ -144,3 +169,27 @@ def test_projected_attributions_are_unbiased():
   np.testing.assert_allclose(est.mean(0), exact, rtol=0.08)
   # One draw is not exact (the test is not vacuous).
   assert not np.allclose(est[0], exact, rtol=1e-3)
+
+
+def test_attention_kernels_are_decomposed_as_matrices_without_materialising():
+  tgt, x = cases()["transformer"]
+  rows = dict(zip(tgt.names, tgt.row_axes, strict=True))
+  assert rows["['params']['block_0']['query']['kernel']"] == 1   # [d, H, e]
+  assert rows["['params']['block_0']['out']['kernel']"] == 2     # [H, e, d]
+  assert rows["['params']['block_0']['mlp_in']['kernel']"] == 1
+  assert tgt.weights["['params']['block_0']['out']['kernel']"].shape == (8, 8)
+  assert tgt.shapes["['params']['block_0']['out']['kernel']"] == (2, 4, 8)
+  model = factored.Model(tgt.forward, tgt.weights, x[0])
+  assert not model.materialised and len(model.occurrences) == 6
+  # The 2-D views put back give the model itself.
+  np.testing.assert_allclose(tgt.batch(x, tgt.weights)[0],
+                             tgt.apply_fn(tgt.params, x), rtol=1e-6)
+
+
+def test_a_leaf_contracted_on_trailing_axes_is_refused():
+  w = jnp.ones((2, 3, 4))
+  f = lambda p, x: jnp.einsum("bk,ijk->bij", x, p["w"])  # noqa: E731
+  with pytest.raises(ValueError, match="contracted on axes"):
+    matrix_axes(f, {"w": w}, ("['w']",), jnp.ones((1, 4)))
+  with pytest.raises(ValueError, match="needs row_axes"):
+    Target(f, {"w": w}, ("['w']",))
