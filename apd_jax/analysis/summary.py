@@ -74,19 +74,23 @@ class Summary:
     return out
 
   def _rows(self, alive_only: bool) -> tuple[list[str], list[list[str]]]:
-    leaves = list(dict.fromkeys(n for c in self.components for n in c.norm))
-    head = (["product"] if self.method == "SPD" else []) + [
+    """Columns: per leaf norm and rank for APD (a component spans every
+    leaf); one norm and rank for SPD (a subcomponent has one leaf)."""
+    spd = self.method == "SPD"
+    leaves = [""] if spd else list(dict.fromkeys(
+        n for c in self.components for n in c.norm))
+    head = (["product"] if spd else []) + [
         "c", "frequency", f"mean {self.score}"] + [
-            f"{k} {n}" for n in leaves for k in ("norm", "eff.rank")] + [
-                "status"]
+            f"{k} {n}".strip() for n in leaves for k in ("norm", "eff.rank")
+        ] + ["status"]
     rows = []
     for c in sorted(self.components, key=lambda c: (c.group, -c.frequency,
                                                     c.index)):
       if alive_only and c.status == "dead":
         continue
-      cells = ([c.group] if self.method == "SPD" else []) + [
+      cells = ([c.group] if spd else []) + [
           str(c.index), f"{c.frequency:.4f}", _num(c.mean_score)]
-      for n in leaves:
+      for n in ([next(iter(c.norm))] if spd else leaves):
         cells += ([_num(c.norm[n]), f"{c.effective_rank[n]:.2f}"]
                   if n in c.norm else ["", ""])
       rows.append(cells + [c.status])
@@ -180,10 +184,14 @@ def effective_rank(sigma: Array) -> Array:
 
 
 def activity(result, x: Array) -> dict[str, tuple[Array, Array]]:
-  """`{group: (active [B, C_g] bool, score [B, C_g])}` on the batch `x`."""
+  """`{group: (active [N, C_g] bool, score [N, C_g])}` on the batch `x`;
+  `N = B·T` where the method scores each of T positions of an example (SPD
+  on sequences: position `t` of example `b` is row `b·T + t`)."""
   if type(result.method).__name__ == "SPD":
     t = result.method.threshold
-    return {k: (g > t, g) for k, g in result.causal_importances(x).items()}
+    G = {k: g.reshape(-1, g.shape[-1])
+         for k, g in result.causal_importances(x).items()}
+    return {k: (g > t, g) for k, g in G.items()}
   return {"": (result.topk_mask(x) > 0, result.attributions(x))}
 
 
@@ -243,6 +251,7 @@ class TopInputs:
   inputs: np.ndarray              # [k, ...] the examples
   scores: np.ndarray              # [k] attribution A² (SPD: G), descending
   ablation: np.ndarray            # [k] recon loss with the component off
+  positions: np.ndarray | None = None   # [k] the position in a sequence
 
 
 def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
@@ -265,6 +274,7 @@ def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
   for g, parts in acts.items():
     active = np.concatenate([a for a, _ in parts])
     score = np.concatenate([s for _, s in parts])
+    per = active.shape[0] // x_all.shape[0]     # positions per example
     freq = active.mean(axis=0)
     picks = []
     for c in range(score.shape[1]):
@@ -277,25 +287,31 @@ def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
         picks.append((c, order[:max(k, max_ties)]))
     if not picks:
       continue
-    ablation = _ablate(result, g, x_all, picks, score.shape[1])
+    ablation = _ablate(result, g, x_all, picks, score.shape[1], per)
     start = 0
     for c, cand in picks:
       abl = ablation[start:start + cand.size]
       start += cand.size
-      best = np.lexsort((-abl, -score[cand, c]))[:k]
-      out.append(TopInputs(g, c, float(freq[c]), x_all[cand[best]],
-                           score[cand[best], c], abl[best]))
+      order = np.lexsort((-abl, -score[cand, c]))[:k]
+      best = cand[order]
+      out.append(TopInputs(g, c, float(freq[c]), x_all[best // per],
+                           score[best, c], abl[order],
+                           best % per if per > 1 else None))
   return out
 
 
-def _ablate(result, group, x_all, picks, n_components) -> np.ndarray:
+def _ablate(result, group, x_all, picks, n_components, per: int = 1
+            ) -> np.ndarray:
   """The per-example recon loss of switching off each picked component on
-  its own examples (all in one batch)."""
-  x = jnp.asarray(np.concatenate([x_all[o] for _, o in picks]))
-  off = np.ones((x.shape[0], n_components), np.float32)
+  its own examples (all in one batch; on sequences, off at every position
+  and the loss at the picked one)."""
+  rows = np.concatenate([o for _, o in picks])
+  x = jnp.asarray(x_all[rows // per])
+  lead = () if per == 1 else (per,)
+  off = np.ones((x.shape[0],) + lead + (n_components,), np.float32)
   start = 0
   for c, order in picks:
-    off[start:start + order.size, c] = 0.0
+    off[start:start + order.size, ..., c] = 0.0
     start += order.size
   on = jnp.ones_like(off)
   if group:                                   # SPD: one product masked
@@ -304,6 +320,10 @@ def _ablate(result, group, x_all, picks, n_components) -> np.ndarray:
   else:
     y_on = result.apply(x, on)
     y_off = result.apply(x, jnp.asarray(off))
+  if per > 1:                    # the output at the picked position
+    at = jnp.asarray(rows % per)
+    y_on = jnp.take_along_axis(y_on, at[:, None, None], axis=1)[:, 0]
+    y_off = jnp.take_along_axis(y_off, at[:, None, None], axis=1)[:, 0]
   recon = losses.kl if result.method.recon == "kl" else losses.mse
   return np.asarray(jax.vmap(lambda a, b: recon(a[None], b[None]))(y_on,
                                                                    y_off))

@@ -20,7 +20,8 @@ mesh, and writes to `workdir` (files from process 0 only):
                          norm and effective rank, dead/always on; and its
                          top inputs with the cost of switching it off
   summary.png            every component's firing frequency
-  top_inputs.png         each component's top inputs
+  top_inputs.png         each component's top inputs (vector inputs)
+  top_contexts.txt/.html language model: each component's top contexts
   components.png         TMS: target weights beside each component;
                          gated functions: each component's neurons,
                          coloured by the function they serve
@@ -214,20 +215,24 @@ def summarize(result: api.Decomposition, **extra) -> dict:
 def describe_components(config: ml_collections.ConfigDict,
                         result: api.Decomposition, sample_fn,
                         workdir: str) -> dict:
-  """Writes `summary.md` (every component, its top inputs), `summary.png`
-  and `top_inputs.png`, logs the table; returns the summary as a dict."""
+  """Writes `summary.md` (every component and, for vector inputs, its top
+  inputs), `summary.png` and `top_inputs.png`, logs the table; returns the
+  summary as a dict."""
   opts = dict(batch_size=min(config.batch_size, 1024),
               n_batches=min(4, config.eval_batches))
   s = result.summary(sample_fn, key=jax.random.PRNGKey(config.seed + 3),
                      **opts)
-  tops = result.top_inputs(sample_fn, key=jax.random.PRNGKey(config.seed + 4),
-                           **opts)
+  tops = None
+  x = jax.eval_shape(lambda k: sample_fn(k, 1), jax.random.PRNGKey(0))
+  if jax.numpy.issubdtype(x.dtype, jax.numpy.floating):  # not tokens
+    tops = result.top_inputs(sample_fn,
+                             key=jax.random.PRNGKey(config.seed + 4), **opts)
+    component_figures.plot_top_inputs(
+        tops, os.path.join(workdir, "top_inputs.png"),
+        what="attribution" if s.method == "APD" else "causal importance")
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(s.markdown(tops))
   component_figures.plot_summary(s, os.path.join(workdir, "summary.png"))
-  component_figures.plot_top_inputs(
-      tops, os.path.join(workdir, "top_inputs.png"),
-      what="attribution" if s.method == "APD" else "causal importance")
   logging.info("components:\n%s", s.table())
   return s.to_dict()
 

@@ -17,11 +17,12 @@ from typing import Any
 import jax
 
 from apd_jax.targets import gated
+from apd_jax.targets import lm
 from apd_jax.targets import resid_mlp
 from apd_jax.targets import tms
 
 TARGETS: dict[str, ModuleType] = {"tms": tms, "resid_mlp": resid_mlp,
-                                  "gated": gated}
+                                  "gated": gated, "lm": lm}
 
 
 def get(name: str) -> ModuleType:

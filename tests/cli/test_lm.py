@@ -1,0 +1,82 @@
+"""The transformer target from the command line's config: SPD on every
+matrix of a tiny model, per position, with the top-contexts report."""
+
+import html.parser
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+
+from apd_jax.cli import experiment
+from apd_jax.engine import export
+from apd_jax.targets import lm
+
+ROOT = pathlib.Path(__file__).parents[2]
+
+
+def load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(
+      name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+class Checker(html.parser.HTMLParser):
+  """Counts tags closed out of order and the marked positions."""
+  VOID = ("meta",)
+
+  def __init__(self):
+    super().__init__()
+    self.stack, self.errors, self.marks = [], 0, 0
+
+  def handle_starttag(self, tag, attrs):
+    if tag not in self.VOID:
+      self.stack.append(tag)
+    self.marks += tag == "mark"
+
+  def handle_endtag(self, tag):
+    if not self.stack or self.stack.pop() != tag:
+      self.errors += 1
+
+
+def test_spd_on_every_matrix_of_a_tiny_transformer(tmp_path):
+  c = load("spd_lm", "tiny")
+  summary = experiment.train_and_evaluate(c, str(tmp_path))
+  names = [k[len("alive/"):] for k in summary if k.startswith("alive/")]
+  assert sorted(n.split("'")[5] for n in names) == [
+      "key", "mlp_in", "mlp_out", "out", "query", "value"]
+  assert np.isfinite(summary["stochastic_recon"]) and summary["alive"] > 0
+  assert summary["heldout_nats_per_byte_target"] < np.log(256)
+  assert np.isfinite(summary["heldout_nats_per_byte_masked"])
+  # Each position of each window is an example: L0 counts per position.
+  counts = summary["components"]["counts"]
+  assert summary["components"]["n_examples"] == 1 * 8 * 16
+  assert 0 < summary["heldout_components_described"] <= sum(
+      g["total"] for g in counts.values()) == 6 * 8
+  checker = Checker()
+  page = (tmp_path / "top_contexts.html").read_text()
+  checker.feed(page)
+  assert checker.errors == 0 and not checker.stack
+  assert checker.marks == sum(
+      line.startswith("  G ") for line in
+      (tmp_path / "top_contexts.txt").read_text().splitlines())
+  assert checker.marks > 0 and page.startswith("<!DOCTYPE html>")
+  # The saved decomposition reloads with its 3-D attention kernels.
+  again = export.load(str(tmp_path / "decomposition"))
+  rows = dict(zip(again.target.names, again.target.row_axes, strict=True))
+  assert rows["['params']['block_0']['out']['kernel']"] == 2
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["target"]["name"] == "lm" and config["recon"] == "kl"
+
+
+def test_architecture_is_read_from_the_params_and_contexts_are_marked():
+  c = load("spd_lm", "tiny")
+  params = lm.init(__import__("jax").random.PRNGKey(0),
+                   **{k: c.target[k] for k in lm.ARCH})
+  arch = lm.config_of(params)
+  assert (arch.n_layers, arch.d_model, arch.n_heads, arch.d_mlp,
+          arch.context, arch.tied) == (1, 32, 2, 64, 16, True)
+  window = np.frombuffer(b"def f(x):\n  return x", np.uint8).astype(np.int32)
+  assert lm.context_of(window, 4) == ("def ", "f", "(")
