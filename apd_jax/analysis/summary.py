@@ -256,13 +256,14 @@ class TopInputs:
 
 def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
                batch_size: int = 1024, n_batches: int = 4,
-               include_dead: bool = False, max_ties: int = 4096
-               ) -> list[TopInputs]:
+               include_dead: bool = False, max_ties: int = 64,
+               chunk: int = 256) -> list[TopInputs]:
   """Per component, the `k` examples of `n_batches` fresh batches with the
   highest score (only examples where the score is positive; ties, e.g. at
   SPD's `G = 1`, broken by the larger ablation, among up to `max_ties`),
   and the reconstruction loss between the output with all components on
-  and with this one off, on each (`ablation`)."""
+  and with this one off, on each (`ablation`; computed `chunk` examples at
+  a time)."""
   xs, acts = [], {}
   for i in range(n_batches):
     x = sample_fn(jax.random.fold_in(key, i), batch_size)
@@ -287,7 +288,7 @@ def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
         picks.append((c, order[:max(k, max_ties)]))
     if not picks:
       continue
-    ablation = _ablate(result, g, x_all, picks, score.shape[1], per)
+    ablation = _ablate(result, g, x_all, picks, score.shape[1], per, chunk)
     start = 0
     for c, cand in picks:
       abl = ablation[start:start + cand.size]
@@ -300,19 +301,29 @@ def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
   return out
 
 
-def _ablate(result, group, x_all, picks, n_components, per: int = 1
-            ) -> np.ndarray:
+def _ablate(result, group, x_all, picks, n_components, per: int = 1,
+            chunk: int = 256) -> np.ndarray:
   """The per-example recon loss of switching off each picked component on
-  its own examples (all in one batch; on sequences, off at every position
-  and the loss at the picked one)."""
+  its own examples, `chunk` at a time (on sequences: off at every position,
+  the loss at the picked one)."""
   rows = np.concatenate([o for _, o in picks])
+  comp = np.concatenate([np.full(o.size, c) for c, o in picks])
+  n = rows.size
+  size = min(chunk, n)
+  pad = -n % size                  # every chunk one shape: one compile
+  rows, comp = np.pad(rows, (0, pad), mode="edge"), np.pad(comp, (0, pad),
+                                                           mode="edge")
+  out = [_ablate_chunk(result, group, x_all, rows[i:i + size],
+                       comp[i:i + size], n_components, per)
+         for i in range(0, rows.size, size)]
+  return np.concatenate(out)[:n]
+
+
+def _ablate_chunk(result, group, x_all, rows, comp, n_components, per):
   x = jnp.asarray(x_all[rows // per])
   lead = () if per == 1 else (per,)
   off = np.ones((x.shape[0],) + lead + (n_components,), np.float32)
-  start = 0
-  for c, order in picks:
-    off[start:start + order.size, ..., c] = 0.0
-    start += order.size
+  off[np.arange(len(rows)), ..., comp] = 0.0
   on = jnp.ones_like(off)
   if group:                                   # SPD: one product masked
     y_on = result.apply(x, {group: on})
