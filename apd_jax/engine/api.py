@@ -326,7 +326,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     sample_fn: `sample_fn(key, batch_size) -> x_batch`, jittable (JAX, not
       numpy: it is traced once and compiled into the step).
     include: regex searched in `jax.tree_util.keystr` of each leaf's path;
-      the matched leaves (all 2-D) are decomposed.
+      the matched leaves are decomposed (a leaf of more than 2 axes, such
+      as an attention kernel, as the matrix its product contracts).
     method: what is optimised, e.g. `APD(n_components=..., topk=...)`.
     training: how (`Training(...)`); default `Training()`.
     has_aux: `apply_fn` returns `(y, {name: activation})`.

@@ -67,26 +67,9 @@ def test_cli_writes_every_output_and_a_rerun_resumes(tmp_path):
     assert again[key] == summary[key], key
 
 
-def test_saved_target_is_reloaded(tmp_path):
-  first = tmp_path / "a"
-  base = [sys.executable, "-m", "apd_jax.main",
-          "--config=configs/tms_5_2.py", "--config.steps=10",
-          "--config.log_every=10", "--config.eval_batches=1"]
-  subprocess.run(base + [f"--workdir={first}", "--config.target.steps=50"],
-                 cwd=ROOT, check=True, capture_output=True, timeout=300)
-  second = tmp_path / "b"
-  run = subprocess.run(
-      base + [f"--workdir={second}",
-              f"--config.target.path={first / 'target_params.msgpack'}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "loaded target params" in run.stderr
-  assert ((first / "target_params.msgpack").read_bytes()
-          == (second / "target_params.msgpack").read_bytes())
-
-
-
 def test_restart_with_other_settings_is_refused_unless_fresh(tmp_path):
+  """Refused with the differing fields named; --fresh starts again, here on
+  the target the first run saved (given as target.path)."""
   base = [sys.executable, "-m", "apd_jax.main",
           "--config=configs/tms_5_2.py", f"--workdir={tmp_path}",
           "--config.log_every=10", "--config.eval_batches=1",
@@ -100,12 +83,19 @@ def test_restart_with_other_settings_is_refused_unless_fresh(tmp_path):
   assert other.returncode != 0
   assert "steps: 10 -> 20, topk: 0.211 -> 0.3" in other.stderr
   assert json.loads((tmp_path / "config.json").read_text())["steps"] == 10
+  # Afresh, on the target the first run trained and saved (reloaded).
+  saved = tmp_path / "target.msgpack"
+  shutil.copy(tmp_path / "target_params.msgpack", saved)
   fresh = subprocess.run(base + ["--config.steps=20", "--config.topk=0.3",
-                                 "--fresh"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+                                 f"--config.target.path={saved}", "--fresh"],
+                         cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
   assert fresh.returncode == 0, fresh.stderr[-3000:]
   assert "step 10/20" in fresh.stderr and "resuming" not in fresh.stderr
   assert json.loads((tmp_path / "config.json").read_text())["topk"] == 0.3
+  assert "loaded target params" in fresh.stderr
+  assert saved.read_bytes() == (tmp_path / "target_params.msgpack"
+                                ).read_bytes()
 
 
 def test_unknown_config_argument_is_rejected(tmp_path):
