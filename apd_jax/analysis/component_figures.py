@@ -19,10 +19,14 @@ def plot_summary(summary, path: str):
   groups = {}
   for c in summary.components:
     groups.setdefault(c.group, []).append(c)
-  fig, axes = plt.subplots(len(groups), 1, squeeze=False,
-                           figsize=(8, 2.6 * len(groups) + 1.2))
+  cols = 1 if len(groups) <= 3 else 2
+  rows = math.ceil(len(groups) / cols)
+  fig, axes = plt.subplots(rows, cols, squeeze=False,
+                           figsize=(8 * cols, 2.6 * rows + 1.2))
+  for ax in axes.flat[len(groups):]:
+    ax.axis("off")
   floor = 0.5 / summary.n_examples
-  for ax, (g, comps) in zip(axes[:, 0], groups.items(), strict=True):
+  for ax, (g, comps) in zip(axes.flat, groups.items(), strict=False):
     comps = sorted(comps, key=lambda c: (-c.frequency, c.index))
     freq = np.array([max(c.frequency, floor) for c in comps])
     colour = ["0.7" if c.status == "dead" else "tab:red"
