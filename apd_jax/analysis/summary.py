@@ -202,8 +202,11 @@ def _leaves_of(result, group: str) -> tuple[str, ...]:
 
 
 def summarize(result, sample_fn, key: Array, *, batch_size: int = 1024,
-              n_batches: int = 4, always_on: float = ALWAYS_ON) -> Summary:
-  """The `Summary` of `result` on `n_batches` batches from `sample_fn`."""
+              n_batches: int = 4, always_on: float = ALWAYS_ON,
+              totals: dict | None = None) -> Summary:
+  """The `Summary` of `result` on `n_batches` batches from `sample_fn`;
+  the totals are `totals`' numbers if given (a run's final metrics), else
+  the method's evaluation on fresh batches."""
   counts, sums, n = {}, {}, 0
   for i in range(n_batches):
     x = sample_fn(jax.random.fold_in(key, i), batch_size)
@@ -230,11 +233,12 @@ def summarize(result, sample_fn, key: Array, *, batch_size: int = 1024,
           effective_rank={n: float(ranks[n][c]) for n in leaves},
           status="dead" if f == 0 else "always on" if f >= always_on
           else ""))
-  final = result.method.evaluate(result, sample_fn, jax.random.fold_in(
-      key, n_batches), batch_size=batch_size, n_batches=n_batches)
+  final = totals or result.method.evaluate(
+      result, sample_fn, jax.random.fold_in(key, n_batches),
+      batch_size=batch_size, n_batches=n_batches)
   totals = {k: float(v) for k, v in final.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and k != "threshold"}
+            and k not in ("threshold", "steps", "wall_seconds")}
   spd = type(result.method).__name__ == "SPD"
   return Summary(method="SPD" if spd else "APD",
                  score="G" if spd else "attribution", n_examples=n,

@@ -220,7 +220,7 @@ def describe_components(config: ml_collections.ConfigDict,
   summary as a dict."""
   opts = dict(batch_size=min(config.batch_size, 1024),
               n_batches=min(4, config.eval_batches))
-  s = result.summary(sample_fn, key=jax.random.PRNGKey(config.seed + 3),
+  s = result.summary(key=jax.random.PRNGKey(config.seed + 3),
                      **opts)
   tops = None
   x = jax.eval_shape(lambda k: sample_fn(k, 1), jax.random.PRNGKey(0))

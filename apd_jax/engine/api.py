@@ -90,11 +90,14 @@ class Decomposition:
     """Per component on fresh examples from `sample_fn` (default the
     training sampler): how often it is active, its mean attribution (SPD:
     causal importance) when active, its norm and effective rank per leaf,
-    dead or always on; and the totals (faithfulness, reconstruction, L0).
-    `print(result.summary().table())`; see `analysis.summary`."""
+    dead or always on; and the totals (faithfulness, reconstruction, L0:
+    the run's final metrics, or, with another `sample_fn`, evaluated on
+    it). `print(result.summary().table())`; see `analysis.summary`."""
     key = jax.random.PRNGKey(1) if key is None else key
+    final = self.metrics if sample_fn is None else None
     return summary_lib.summarize(self, self._sampler(sample_fn), key,
-                                 batch_size=batch_size, n_batches=n_batches)
+                                 batch_size=batch_size, n_batches=n_batches,
+                                 totals=final)
 
   def top_inputs(self, sample_fn: SampleFn | None = None, *, k: int = 8,
                  key: Array | None = None, batch_size: int = 1024,

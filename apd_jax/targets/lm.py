@@ -22,6 +22,7 @@ import os
 import jax
 import numpy as np
 
+from apd_jax.analysis import summary as summary_lib
 from apd_jax.models import lm_target
 from apd_jax.models import text
 from apd_jax.models import transformer
@@ -101,9 +102,10 @@ def report(config, result, sample_fn, workdir: str) -> dict:
   t = config.target
   held = corpus(t.max_train_bytes, t.max_heldout_bytes, t.heldout_frac)
   held_fn = text.sampler(held.heldout, t.context)
-  tops = result.top_inputs(held_fn, k=8, key=jax.random.PRNGKey(5),
-                           batch_size=min(config.batch_size, 64),
-                           n_batches=min(4, config.eval_batches))
+  tops = summary_lib.top_inputs(   # ties not broken: a pass per candidate
+      result, held_fn, jax.random.PRNGKey(5), k=8, max_ties=8,
+      batch_size=min(config.batch_size, 64),
+      n_batches=min(4, config.eval_batches))
   write_contexts(tops, workdir)
   return dict(heldout_components_described=len(tops),
               **heldout_cross_entropy(result, held.heldout, t.context))
