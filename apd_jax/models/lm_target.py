@@ -2,6 +2,7 @@
 
     params, log = train(config, corpus, steps=3000, batch_size=32, lr=1e-3)
     heldout_loss(params, config, corpus.heldout)     # nats per byte
+    train_and_write(ml_config, workdir)   # the script's run: files + summary
 
 AdamW (weight decay 0.01 on matrices) on a linear warm-up then cosine
 schedule; every `log_every` steps compiled into one `lax.scan`, then a
@@ -12,7 +13,10 @@ covering the held-out text once (nats per byte; bits = nats / ln 2).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
 import sys
 import time
 from typing import Callable
@@ -20,8 +24,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.serialization
 import optax
 
+from apd_jax.analysis import plotting
 from apd_jax.models import text
 from apd_jax.models import transformer
 from apd_jax.models.transformer import TransformerConfig
@@ -104,3 +110,58 @@ def train(config: TransformerConfig, corpus: text.Corpus, *, steps: int,
     if not math.isfinite(record["train"]):
       raise FloatingPointError(f"non-finite training loss at step {done}")
   return params, log
+
+
+def train_and_write(config, workdir: str) -> dict:
+  """Trains on an `ml_collections` config (configs/lm_target.py) and writes
+  to `workdir`: target_params.msgpack, config.json, metrics.jsonl,
+  summary.json and losses.png; returns the summary."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  model = TransformerConfig(**config.model)
+  corpus = text.stdlib_corpus(**config.corpus, seed=config.seed)
+  t0 = time.perf_counter()
+  params, log = train(
+      model, corpus, steps=config.steps, batch_size=config.batch_size,
+      lr=config.lr, seed=config.seed, warmup=config.warmup,
+      log_every=config.log_every, eval_every=config.eval_every)
+  seconds = time.perf_counter() - t0
+  with open(os.path.join(workdir, "target_params.msgpack"), "wb") as f:
+    f.write(flax.serialization.to_bytes(params))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in log)
+  n_params = sum(a.size for a in jax.tree.leaves(params))
+  tokens = config.steps * config.batch_size * model.context
+  summary = dict(
+      heldout_nats_per_byte=log[-1]["heldout"],
+      heldout_bits_per_byte=log[-1]["heldout"] / math.log(2),
+      train_nats_per_byte=log[-1]["train"], train_seconds=seconds,
+      tokens_per_s=tokens / seconds, n_params=int(n_params),
+      python=platform.python_version(), corpus_root=corpus.root,
+      train_files=len(corpus.train_files), train_bytes=int(corpus.train.size),
+      heldout_files=len(corpus.heldout_files),
+      heldout_bytes=int(corpus.heldout.size))
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  plot_log(log, os.path.join(workdir, "losses.png"))
+  return summary
+
+
+def plot_log(log, path):
+  """Training and held-out loss (nats per byte) against the step."""
+  fig, ax = plotting.plt.subplots(figsize=(7, 4.2))
+  ax.plot([r["step"] for r in log], [r["train"] for r in log],
+          label="training windows (mean over each log interval)")
+  held = [r for r in log if "heldout" in r]
+  ax.plot([r["step"] for r in held], [r["heldout"] for r in held], "o-",
+          label="held-out files (all of their text)")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("next-byte cross-entropy (nats / byte)")
+  ax.set_yscale("log")
+  ax.legend(fontsize=8)
+  plotting.integer_ticks(ax, y=False)
+  plotting.titled(fig, "Transformer target: next-byte loss while training",
+                  (f"final held-out {held[-1]['heldout']:.3f} nats/byte "
+                   f"({held[-1]['heldout'] / math.log(2):.3f} bits/byte)",))
+  return plotting.save(fig, path)

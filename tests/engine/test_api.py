@@ -36,7 +36,7 @@ def tiny(include="W", **kw):
 
 @pytest.mark.parametrize("kw,message", [
     (dict(include="nope"), "matches no leaf"),
-    (dict(include="b_final"), "only 2-D"),
+    (dict(include="b_final"), "2 or more axes"),
     (dict(topk=6.0), "larger than n_components"),
     (dict(topk=2.5, batch_topk=False), "integer topk"),
     (dict(topk=0.001), "int\\(topk\\*batch_size\\) = 0"),

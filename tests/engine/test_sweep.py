@@ -55,8 +55,8 @@ def test_sweep_runs_equal_separate_runs(tms_target):
                                  **BASE)
   assert len(result.runs) == 4
   assert repr(result).startswith(
-      "SweepResult(APD, 4 runs over {seed: 2 values, topk: 2 values, "
-      "faithfulness_coeff: 1 value,")
+      "SweepResult(APD, 4 runs over {seed: 2 values, lr: 1 value, "
+      "topk: 2 values, faithfulness_coeff: 1 value,")
   assert len(repr(result)) < 400 and len(repr(result.decompositions[0])) < 400
   for run, got in zip(result.runs, result.decompositions, strict=True):
     want = alone(params, sample_fn, run)

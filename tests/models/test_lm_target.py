@@ -1,4 +1,4 @@
-"""Training the transformer target: the script on the tiny config."""
+"""Training the transformer target: the script's run on the tiny config."""
 
 import importlib.util
 import json
@@ -31,8 +31,7 @@ def test_tiny_training_learns_and_writes_its_outputs(tmp_path):
   fresh = lm_target.heldout_loss(T.init(jax.random.PRNGKey(0), model), model,
                                  corpus.heldout)
   assert abs(fresh - math.log(256)) < 0.1
-  script = load("train_lm", ROOT / "scripts" / "train_lm.py")
-  summary = script.run(config, str(tmp_path))
+  summary = lm_target.train_and_write(config, str(tmp_path))
   assert summary["heldout_nats_per_byte"] < 0.85 * math.log(256)
   assert summary["heldout_bits_per_byte"] == (
       summary["heldout_nats_per_byte"] / math.log(2))
