@@ -9,8 +9,8 @@ ROOT = pathlib.Path(__file__).parent.parent
 SCRIPT = ROOT / "scripts" / "tutorial.py"
 
 
-def tutorial_code():
-  text = SCRIPT.read_text()
+def tutorial_code(script=SCRIPT):
+  text = script.read_text()
   body = re.search(r"# --- tutorial start ---\n(.*?)  # --- tutorial end",
                    text, re.S).group(1)
   return textwrap.dedent(body)

@@ -186,13 +186,16 @@ def effective_rank(sigma: Array) -> Array:
 def activity(result, x: Array) -> dict[str, tuple[Array, Array]]:
   """`{group: (active [N, C_g] bool, score [N, C_g])}` on the batch `x`;
   `N = B·T` where the method scores each of T positions of an example (SPD
-  on sequences: position `t` of example `b` is row `b·T + t`)."""
+  on sequences, APD with `per_position`: position `t` of example `b` is
+  row `b·T + t`)."""
   if type(result.method).__name__ == "SPD":
     t = result.method.threshold
     G = {k: g.reshape(-1, g.shape[-1])
          for k, g in result.causal_importances(x).items()}
     return {k: (g > t, g) for k, g in G.items()}
-  return {"": (result.topk_mask(x) > 0, result.attributions(x))}
+  attr = result.attributions(x)
+  C = attr.shape[-1]
+  return {"": (result.topk_mask(x).reshape(-1, C) > 0, attr.reshape(-1, C))}
 
 
 def _leaves_of(result, group: str) -> tuple[str, ...]:

@@ -269,5 +269,7 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
     log.histograms(step, G, G > result.method.threshold,
                    name="causal_importance")
   else:
-    log.histograms(step, result.attributions(x), result.topk_mask(x))
+    attr, mask = result.attributions(x), result.topk_mask(x)
+    C = attr.shape[-1]           # per position: every (window, position)
+    log.histograms(step, np.reshape(attr, (-1, C)), np.reshape(mask, (-1, C)))
   return summary

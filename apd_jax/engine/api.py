@@ -101,14 +101,16 @@ class Decomposition:
 
   def top_inputs(self, sample_fn: SampleFn | None = None, *, k: int = 8,
                  key: Array | None = None, batch_size: int = 1024,
-                 n_batches: int = 4) -> list[summary_lib.TopInputs]:
+                 n_batches: int = 4, max_ties: int = 64
+                 ) -> list[summary_lib.TopInputs]:
     """Per alive component, the `k` fresh examples on which it is most
     attributed (SPD: most important), with the reconstruction loss of
-    switching it off on each; see `analysis.summary.top_inputs`."""
+    switching it off on each (ties of the score broken by that loss among
+    up to `max_ties`); see `analysis.summary.top_inputs`."""
     key = jax.random.PRNGKey(2) if key is None else key
     return summary_lib.top_inputs(self, self._sampler(sample_fn), key, k=k,
                                   batch_size=batch_size,
-                                  n_batches=n_batches)
+                                  n_batches=n_batches, max_ties=max_ties)
 
   @property
   def component_weights(self) -> dict[str, Array]:
@@ -122,18 +124,22 @@ class Decomposition:
                        f"{type(self.method).__name__}")
 
   def attributions(self, x: Array) -> Array:
-    """Squared attributions `[B, C]` of the batch `x` (exact, also where
-    training estimated them from random projections). APD only."""
+    """Squared attributions `[B, C]` of the batch `x` (`[B, T, C]` per
+    position with `per_position`; exact, also where training estimated
+    them from random projections). APD only."""
     self._need(APD, "attributions")
     exact = dataclasses.replace(self.plan, attribution_projections=0)
     return _attributions(self.target, self.method, exact, self.components, x)
 
   def topk_mask(self, x: Array) -> Array:
-    """The top-k mask `[B, C]` training would use on the batch `x`. APD
-    only."""
+    """The top-k mask `[B, C]` (`[B, T, C]` per position) training would
+    use on the batch `x`. APD only."""
     self._need(APD, "topk_mask")
-    return masking.make_mask(self.attributions(x), self.method.topk,
-                             batch_topk=self.method.batch_topk)
+    attr = self.attributions(x)
+    return masking.make_mask(attr.reshape(-1, attr.shape[-1]),
+                             self.method.topk,
+                             batch_topk=self.method.batch_topk
+                             ).reshape(attr.shape)
 
   def causal_importances(self, x: Array) -> dict[str, Array]:
     """SPD: `{product: G [B, C_l]}`, each subcomponent's causal importance
@@ -151,8 +157,9 @@ class Decomposition:
 
   def apply(self, x: Array, mask: Any = None) -> Array:
     """The target's output with weights `W(mask)` per example (all if None):
-    APD: `mask [B, C]`; SPD: `{product: [B, C_l]}` (a product left out
-    keeps the target's weights)."""
+    APD: `mask [B, C]` (or `[B, T, C]`, per position); SPD:
+    `{product: [B, C_l]}` (a product left out keeps the target's
+    weights)."""
     if mask is None:
       return _full_apply(self.target, self.components, x)
     if isinstance(self.method, SPD):

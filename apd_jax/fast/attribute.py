@@ -29,16 +29,18 @@ def attributions(model: factored.Model, base: Mapping[str, Array],
                  U: Mapping[str, Array], V: Mapping[str, Array], x: Array, *,
                  mode: str = "forward",
                  contract: str | Sequence[str] = "direct",
-                 projections: int = 0, key: Array | None = None
-                 ) -> tuple[Array, Any]:
+                 projections: int = 0, key: Array | None = None,
+                 keep: int = 0) -> tuple[Array, Any]:
   """`(A² [C], forward(base, x))` for one example `x`, at the weights
   `base`; `contract` and `projections` as for `factored.Model.attributions`
-  (reverse mode only)."""
+  (reverse mode only), and `keep = 1` for `A² [T, C]`, the attributions
+  of the outputs at each position (forward and reverse mode)."""
   if mode == "lazy":
-    if projections:
-      raise ValueError("projections need mode 'reverse', not 'lazy'")
+    if projections or keep:
+      raise ValueError("projections and attributions per position need "
+                       "mode 'forward' or 'reverse', not 'lazy'")
     return tangents.attributions(model, base, U, V, x)
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   return model.attributions(base, U, V, x, mode=mode, contract=contract,
-                            projections=projections, key=key)
+                            projections=projections, key=key, keep=keep)

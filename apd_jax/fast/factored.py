@@ -312,6 +312,13 @@ def _own_coefs(w: Factored, a: Array, coef: Array | None) -> Array:
   (one coefficient per component and per leading position of `a`)."""
   if coef is None:
     return a @ (w.base.T if w.transposed else w.base)
+  # A per-position mask [T, C] meets the example's input [1, T, i].
+  coef = coef.reshape((1,) * max(0, a.ndim - coef.ndim) + coef.shape)
+  if coef.shape[:-1] != a.shape[:-1]:
+    raise ValueError(
+        f"a mask of shape {coef.shape} does not fit the input "
+        f"{a.shape} of a product with {w.name}: per-position masks need "
+        f"every decomposed product applied to activations [T, i]")
   U, V = w.factors()
   z = jnp.einsum("...i,cim->...cm", a, U) * coef[..., None]
   return jnp.einsum("...cm,cmo->...o", z, V)
@@ -353,8 +360,13 @@ class Model:
     """`forward(W(mask), x)` with `W_l(α) = Σ_c α_c U_{l,c} V_{l,c}`.
 
     With `capacity`, a bound on the nonzero entries of the batched mask,
-    vmapping this skips the components the mask switches off.
+    vmapping this skips the components the mask switches off. A mask
+    `[T, C]` is one per position: every product's input `a [T, i]` is
+    masked row by row, `Σ_c mask_{tc} (a_t U_c) V_c`.
     """
+    if jnp.ndim(mask) > 1:
+      weights = {n: Factored(None, U[n], V[n], name=n) for n in U}
+      return self(weights, x, coefs=[mask] * len(self.occurrences))[0]
     weights = {n: Factored(None, U[n], V[n], mask, name=n, capacity=capacity)
                for n in U}
     return self(weights, x)[0]
@@ -362,8 +374,8 @@ class Model:
   def attributions(self, base: Mapping[str, Array], U: Mapping[str, Array],
                    V: Mapping[str, Array], x: Array, *, mode: str = "forward",
                    contract: str | Sequence[str] = "direct",
-                   projections: int = 0, key: Array | None = None
-                   ) -> tuple[Array, Any]:
+                   projections: int = 0, key: Array | None = None,
+                   keep: int = 0) -> tuple[Array, Any]:
     """`(A² [C], forward(base, x))`: gradient attributions at `base`.
 
     `A_c² = Σ_o (Σ_k ⟨∂y_o/∂δ_k, a_k U_c V_c⟩)²`, the output's derivative
@@ -378,6 +390,10 @@ class Model:
     by k random projections `R y`, `R ~ N(0, 1/k)^{k×d_out}` drawn from
     `key`: `E_R ||R J_c||² = ||J_c||²`, so the estimate is unbiased and costs
     k instead of d_out cotangents.
+
+    With `keep = 1` the sum over outputs runs over the output's last axes
+    only: `A² [T, C]`, `A_{tc}² = Σ_o (∂y_{to}/∂α_c)²`, the attribution of
+    the outputs at each position `t` (a sequence model's logits `[T, V]`).
     """
     if mode not in ("forward", "reverse"):
       raise ValueError(f"mode must be 'forward' or 'reverse' here, got "
@@ -399,6 +415,11 @@ class Model:
       return y if project is None else project @ y.reshape(-1)
 
     C = next(iter(U.values())).shape[0]
+    lead = jax.eval_shape(lambda: out[0]).shape[:keep]
+    if keep and (projections or len(lead) < keep):
+      raise ValueError(f"attributions per position need exact attributions "
+                       f"and an output of more than {keep} axes (got "
+                       f"projections={projections}, output {lead})")
     if mode == "forward" and not projections:
       direct = [_direct(a, U, V, o) for a, o in zip(inputs, occ, strict=True)]
       J = jax.vmap(lambda t: jax.jvp(probed, (zeros,), (t,))[1])(direct)
@@ -409,7 +430,8 @@ class Model:
       G = jax.jacrev(probed)(zeros)
       J = sum(_contract(g, a, U, V, o, how)
               for g, a, o, how in zip(G, inputs, occ, contract, strict=True))
-    return jnp.sum(J ** 2, axis=0), out
+    A2 = jnp.sum((J ** 2).reshape((math.prod(lead), -1, C)), axis=1)
+    return A2.reshape(lead + (C,)), out
 
 
 def factors_of(U, V, occ: Occurrence) -> tuple[Array, Array]:

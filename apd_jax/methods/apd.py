@@ -97,6 +97,13 @@ class APD:
     factored: run the target in factored form `Σ_c α_c (a U_c) V_c` (True)
       or with [C, i, o] component weights (False); None [default]: factored
       unless the decomposed leaves hold fewer than 4096 parameters.
+    per_position: [False] each position of the output's first axis after
+      the batch (a sequence model's logits `[B, T, V]`) is an example for
+      top-k: attributions `A²[b, t, c] = Σ_v (∂y_{btv}/∂α_c)²` of the
+      outputs at position t, a top-k mask `[B, T, C]` over all B·T
+      positions, and in the masked pass every decomposed product at
+      position t (its input `[T, i]`) uses position t's mask. Needs exact
+      gradient attributions in the factored form.
   """
   n_components: int
   topk: float
@@ -119,6 +126,7 @@ class APD:
   init_gain: float = 1.0
   unit_norm_matrices: bool = False
   factored: bool | None = None
+  per_position: bool = False
 
   # The numeric options a sweep may vary between its runs (traced).
   SWEEPABLE: ClassVar[tuple[str, ...]] = (
@@ -155,6 +163,14 @@ class APD:
     if p and self.factored is False:
       raise ValueError("attribution_projections needs the factored form "
                        "(factored=None or True)")
+    if self.per_position and (
+        self.attribution_type != "gradient" or p or self.factored is False
+        or self.attribution_mode == "lazy"):
+      raise ValueError(
+          "per_position=True needs exact gradient attributions in the "
+          "factored form: attribution_type='gradient', "
+          "attribution_projections=0, factored None or True and "
+          "attribution_mode 'auto', 'forward' or 'reverse'")
 
   def replace(self, **values) -> APD:
     """A copy with `values` changed (checked again)."""
@@ -183,6 +199,9 @@ class APD:
             min(w.shape))
     _, out = check_target(target, sample_fn, batch_size)
     acts = out[1] if target.has_aux else {}
+    if self.per_position and jnp.ndim(out[0] if target.has_aux else out) < 3:
+      raise ValueError("per_position=True needs outputs [B, T, ...] with a "
+                       "position axis after the batch")
     if self.attribution_type == "activation":
       missing = [n for n in target.names if n not in acts]
       if missing:
@@ -254,6 +273,7 @@ class APD:
     factored product's contraction, by XLA's cost analysis."""
     size = sum(w.size for w in target.weights.values())
     form = (size >= FACTORED_MIN_SIZE or bool(self.attribution_projections)
+            or self.per_position
             if self.factored is None else bool(self.factored))
     mode = "forward" if self.attribution_mode == "auto" else (
         self.attribution_mode)
@@ -285,6 +305,7 @@ class APD:
       mask = result.topk_mask(x)
       y = result.target.batch(x)[0]
       recon.append(float(recon_fn(y, result.apply(x, mask))))
+      mask = mask.reshape(-1, mask.shape[-1])        # per position: [B·T, C]
       l0s.append(float(metrics_lib.l0(mask)))
       masks.append(jnp.any(mask > 0, axis=0))
     dead = metrics_lib.dead_components(jnp.stack(masks))
@@ -338,7 +359,7 @@ def _cheapest(method: APD, plan: objective.Plan, target: Target,
   # Exact forward-mode attributions win ties, and win over an estimate from
   # projections when they cost no more.
   exact = dataclasses.replace(plan, attribution_projections=0)
-  lazy = plan.factored and _all_matrices(target)
+  lazy = plan.factored and _all_matrices(target) and not method.per_position
   for mode in (("lazy", "forward") if lazy else ("forward",)):
     if cost(mode, contract, exact) <= best:
       return dataclasses.replace(exact, attribution_mode=mode)

@@ -80,7 +80,8 @@ def attributions(target: Target, m: Any, plan: Plan,
                  comps: comp_lib.Components, x: Array,
                  key: Array | None = None
                  ) -> tuple[Array, Array, dict[str, Array]]:
-  """`(A² [B, C], y, acts)`: attributions and the target's outputs on `x`.
+  """`(A² [B, C], y, acts)`: attributions and the target's outputs on `x`
+  (`A² [B, T, C]` with `per_position`: those of each position's outputs).
 
   Gradient attributions run the target in factored form (`factored.py`);
   at θ* that same pass yields the target's outputs, which are reused. With
@@ -97,11 +98,17 @@ def attributions(target: Target, m: Any, plan: Plan,
     attr, (y, acts) = jax.vmap(lambda xb: fast_attribute.attributions(
         model, base, comps.U, comps.V, xb, mode=plan.attribution_mode,
         contract=plan.attribution_contract,
-        projections=plan.attribution_projections, key=key))(x)
+        projections=plan.attribution_projections, key=key,
+        keep=int(m.per_position)))(x)
     if at_target:
       return attr, y, acts
     y, acts = target.batch(x)
     return attr, y, acts
+  if m.per_position:
+    raise ValueError(
+        f"per_position=True needs gradient attributions in factored form; "
+        f"the target uses {sorted(model.materialised) or 'its leaves'} "
+        f"other than in matrix products (or factored=False)")
   y, acts = target.batch(x)
   P = comp_lib.component_weights(comps)
   if m.attribution_type == "gradient":  # dense form, or a non-product use
@@ -125,7 +132,8 @@ def masked_forward(target: Target, comps: comp_lib.Components, mask: Array,
   factored form `a W(s) = Σ_c s_c (a U_c) V_c`, or with per-example
   weights `W(s_b) = Σ_c s_bc P_c` (cheaper for tiny layers). In factored
   form, `capacity` (a bound on the mask's nonzero entries) makes each
-  product skip the switched-off components (`sparse.py`)."""
+  product skip the switched-off components (`sparse.py`); a mask
+  `[B, T, C]` (per position) masks each product's row t by `mask[b, t]`."""
   if not factored_form:
     P = comp_lib.component_weights(comps)
     return jax.vmap(lambda m, xb: target.forward(
@@ -139,7 +147,8 @@ def mask_capacity(m: Any, plan: Plan, batch_size: int, n_components: int
                   ) -> int | None:
   """The most nonzero entries a top-k mask has, if the sparse masked pass
   pays off (it keeps at most a quarter of the `B·C` entries), else None."""
-  if not (plan.sparse_masked and plan.factored and m.sparsity == "topk"):
+  if not (plan.sparse_masked and plan.factored and m.sparsity == "topk"
+          and not m.per_position):
     return None
   if m.batch_topk:
     k = masking.batch_topk_count(m.topk, batch_size)
@@ -177,9 +186,10 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target, s: Any,
   terms = {"faithfulness": faith}
   if s.sparsity == "topk":
     attr = jax.lax.stop_gradient(attr)
-    mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk,
-                             k_max=s.topk)
-    capacity = mask_capacity(s, plan, *mask.shape)
+    mask = masking.make_mask(attr.reshape(-1, attr.shape[-1]), h.topk,
+                             batch_topk=s.batch_topk,
+                             k_max=s.topk).reshape(attr.shape)
+    capacity = mask_capacity(s, plan, mask.shape[0], mask.shape[-1])
     out, acts = masked_forward(target, comps, mask, x, plan.factored,
                                capacity)
     recon = losses.kl if s.recon == "kl" else losses.mse
@@ -190,12 +200,13 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target, s: Any,
           select_acts(acts, s.hidden_acts))
     weights = mask
   else:
-    d_out = target_out[0].size
+    d_out = target_out[0][0].size if s.per_position else target_out[0].size
     terms["minimality"] = losses.lp_sparsity(attr, d_out, s.lp_p)
     weights = losses.lp_weights(attr, d_out, s.lp_p)
     mask = (attr > 0).astype(attr.dtype)
   terms["simplicity"] = losses.simplicity(
-      comps.U, comps.V, weights, h.schatten_p, n_params)
+      comps.U, comps.V, weights.reshape(-1, weights.shape[-1]),
+      h.schatten_p, n_params)
   coeffs = {"faithfulness": h.faithfulness_coeff,
             "minimality": h.minimality_coeff,
             "hidden_act": h.hidden_act_coeff,

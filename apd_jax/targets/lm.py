@@ -33,8 +33,8 @@ ARCH = ("vocab", "n_layers", "d_model", "n_heads", "d_mlp", "context",
 TRAIN = ("steps", "batch_size", "lr")
 SAMPLER = ("context", "max_train_bytes", "max_heldout_bytes", "heldout_frac")
 HAS_AUX = False
-METRICS = ("stochastic_recon", "ci_masked_recon", "l0", "alive")
-SELECT = ("stochastic_recon", "min")
+METRICS = ("heldout_nats_per_byte_target", "heldout_nats_per_byte_masked")
+SELECT = ("heldout_nats_per_byte_masked", "min")
 SUCCESS = None
 BEFORE = 24          # bytes of context shown before the marked position
 
@@ -106,7 +106,8 @@ def report(config, result, sample_fn, workdir: str) -> dict:
       result, held_fn, jax.random.PRNGKey(5), k=8, max_ties=8,
       batch_size=min(config.batch_size, 64),
       n_batches=min(4, config.eval_batches))
-  write_contexts(tops, workdir)
+  spd = type(result.method).__name__ == "SPD"
+  write_contexts(tops, workdir, score="G" if spd else "A²")
   return dict(heldout_components_described=len(tops),
               **heldout_cross_entropy(result, held.heldout, t.context))
 
@@ -143,9 +144,10 @@ def context_of(window: np.ndarray, position: int) -> tuple[str, str, str]:
           show(window[position + 1:position + 2]))
 
 
-def write_contexts(tops, workdir: str) -> None:
+def write_contexts(tops, workdir: str, score: str = "G") -> None:
   """`top_contexts.txt` (the marked byte in [[ ]]) and `top_contexts.html`
-  (the marked byte highlighted)."""
+  (the marked byte highlighted); `score` names the scores (SPD's causal
+  importance `G`, APD's attribution `A²`)."""
   lines, blocks = [], []
   for tp in sorted(tops, key=lambda t: (t.group, -t.frequency)):
     head = (f"{tp.group} c{tp.index}: fires on {100 * tp.frequency:.2f}% "
@@ -157,13 +159,14 @@ def write_contexts(tops, workdir: str) -> None:
     for x, pos, g, abl in zip(tp.inputs, positions, tp.scores,
                               tp.ablation, strict=True):
       before, at, after = context_of(np.asarray(x), int(pos))
-      lines.append(f"  G {g:.2f}  ablation {abl:.3g}  "
+      lines.append(f"  {score} {g:.3g}  ablation {abl:.3g}  "
                    f"{before!r}[[{at!r}]] -> {after!r}")
-      rows.append(f"<tr><td>{g:.2f}</td><td>{abl:.3g}</td><td><code>"
+      rows.append(f"<tr><td>{g:.3g}</td><td>{abl:.3g}</td><td><code>"
                   f"{html.escape(before)}<mark>{html.escape(at)}</mark>"
                   f"</code></td><td><code>{html.escape(after)}</code></td>"
                   f"</tr>")
-    blocks.append(f"<h2>{html.escape(head)}</h2>\n<table><tr><th>G</th>"
+    blocks.append(f"<h2>{html.escape(head)}</h2>\n<table><tr>"
+                  f"<th>{score}</th>"
                   f"<th>ablation</th><th>context (marked: the position)</th>"
                   f"<th>next byte</th></tr>\n" + "\n".join(rows) +
                   "\n</table>")

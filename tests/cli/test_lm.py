@@ -80,3 +80,16 @@ def test_architecture_is_read_from_the_params_and_contexts_are_marked():
           arch.context, arch.tied) == (1, 32, 2, 64, 16, True)
   window = np.frombuffer(b"def f(x):\n  return x", np.uint8).astype(np.int32)
   assert lm.context_of(window, 4) == ("def ", "f", "(")
+
+
+def test_apd_per_position_on_a_tiny_transformer(tmp_path):
+  c = load("apd_lm", "tiny")
+  summary = experiment.train_and_evaluate(c, str(tmp_path))
+  # Batch top-k over the 8 windows × 16 positions keeps int(2 · 128).
+  assert summary["l0"] == 2.0
+  assert summary["components"]["n_examples"] == 1 * 8 * 16
+  assert np.isfinite(summary["topk_recon"])
+  assert np.isfinite(summary["heldout_nats_per_byte_masked"])
+  lines = (tmp_path / "top_contexts.txt").read_text().splitlines()
+  assert any(line.startswith("  A² ") for line in lines)
+  assert summary["heldout_components_described"] > 0
