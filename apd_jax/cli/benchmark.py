@@ -2,6 +2,7 @@ r"""Speed of the APD train step on the paper's targets, against the machine.
 
   python -m apd_jax.cli.benchmark --out=/tmp/bench          # ~10 min on 2 cores
   python -m apd_jax.cli.benchmark --quick --out=/tmp/bench  # < 1 min
+  python -m apd_jax.cli.benchmark --only=lm_per_position,lm_window,lm_window_dense
 
 For each case (paper batch size and C) it prints and writes to
 `<out>/benchmark.json`: compile seconds, steady-state steps/s and examples/s,
@@ -11,6 +12,12 @@ measured in the same run, so the ratio to the hardware is visible. Without
 `--quick` it also times how the step grows with C, batch size and layer
 width (`<out>/scaling.json`, `<out>/scaling.png`). Targets are freshly
 initialised, not trained: the cost does not depend on the weights' values.
+
+The `lm_*` cases are the default transformer (2 layers, d_model 128,
+windows of 128 bytes) with all 12 matrices decomposed (C 32, rank 16, KL):
+per position (`per_position=True`, factored), and one mask per window in
+factored form against the dense form with `[C, i, o]` component weights;
+their examples are windows, and `tokens/s` counts positions.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from absl import flags
 
 from apd_jax.engine import api
 from apd_jax.methods.apd import APD
+from apd_jax.models import transformer
 from apd_jax.targets import resid_mlp
 from apd_jax.targets import tms
 from apd_jax.training import train
@@ -39,12 +47,14 @@ def define_flags() -> None:
   flags.DEFINE_bool("quick", False, "Small step counts; no scaling sweep.")
   flags.DEFINE_string("out", "", "Directory for the JSON files and figure.")
   flags.DEFINE_integer("steps", 0, "Timed steps per case (0: automatic).")
+  flags.DEFINE_list("only", [], "Run only these cases (names, comma-"
+                    "separated); no scaling sweep.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
   name: str
-  target: str            # 'tms' or 'resid_mlp'
+  target: str            # 'tms', 'resid_mlp' or 'lm'
   dims: tuple            # model dimensions, as keyword pairs
   n_components: int
   rank: int | None
@@ -55,6 +65,8 @@ class Case:
 
 RESID = dict(topk=1.28, hidden_act_coeff=1.0, hidden_acts="post_relu",
              schatten_p=0.9, simplicity_coeff=10.0)
+LM = dict(topk=2.0, recon="kl", simplicity_coeff=1.0, schatten_p=0.9)
+LM_INCLUDE = r"(query|key|value|out|mlp_in|mlp_out)'\]\['kernel"
 CASES = [
     Case("tms_5_2", "tms", (("n_features", 5), ("n_hidden", 2)), 5, 3, 2048,
          dict(topk=0.211, simplicity_coeff=0.7,
@@ -72,6 +84,9 @@ CASES = [
          dict(RESID, minimality_coeff=2.0, simplicity_coeff=7.0)),
     Case("resid_mlp_2_m1", "resid_mlp", (("n_layers", 2),), 200, 1, 2048,
          dict(RESID, minimality_coeff=2.0, simplicity_coeff=7.0)),
+    Case("lm_per_position", "lm", (), 32, 16, 4, dict(LM, per_position=True)),
+    Case("lm_window", "lm", (), 32, 16, 4, dict(LM, factored=True)),
+    Case("lm_window_dense", "lm", (), 32, 16, 4, dict(LM, factored=False)),
 ]
 
 
@@ -88,14 +103,22 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 
 def build(case: Case):
-  """`(step_fn, state, plan)` for a case, through the public building blocks
-  (the plan as `decompose` derives it)."""
+  """`(step_fn, state, plan, sample_fn)` for a case, through the public
+  building blocks (the plan as `decompose` derives it)."""
   dims = dict(case.dims)
   if case.target == "tms":
     params = tms.init(jax.random.PRNGKey(0), **dims)
     target = api.make_target(tms.apply, params, "W", log=False)
     sample = tms.sampler(n_features=dims["n_features"],
                          feature_probability=0.05)
+  elif case.target == "lm":
+    config = transformer.TransformerConfig(**dims)
+    params = transformer.init(jax.random.PRNGKey(0), config)
+    sample = lambda k, n: jax.random.randint(  # noqa: E731
+        k, (n, config.context), 0, config.vocab)
+    target = api.make_target(
+        lambda p, x: transformer.apply(p, x, config), params, LM_INCLUDE,
+        log=False, sample_fn=sample)
   else:
     params = resid_mlp.init(jax.random.PRNGKey(0), **dims)
     target = api.make_target(resid_mlp.apply, params, "W_in|W_out",
@@ -108,12 +131,12 @@ def build(case: Case):
   state = api.init_state(method, target, training, seed=1)
   plan = method.plan(target, sample, case.batch_size, state.components)
   step = api.make_train_step(method, plan, target, sample, training)
-  return step, state, plan
+  return step, state, plan, sample
 
 
 def measure(case: Case, steps: int) -> dict:
   """Compile time, steps/s, memory and FLOPs of one case's step."""
-  step, state, plan = build(case)
+  step, state, plan, sample = build(case)
   key = jax.random.PRNGKey(2)
   single = jax.jit(step, compiler_options=dict(
       train.compiler_options())).lower(state, key).compile()
@@ -133,6 +156,8 @@ def measure(case: Case, steps: int) -> dict:
   planned = sum(getattr(mem, a, 0) or 0 for a in (
       "temp_size_in_bytes", "argument_size_in_bytes",
       "output_size_in_bytes")) if mem is not None else float("nan")
+  x = jax.eval_shape(lambda k: sample(k, 1), key)
+  tokens = case.batch_size * (x.shape[1] if case.target == "lm" else 1)
   return dict(case=case.name, batch_size=case.batch_size,
               n_components=case.n_components, rank=case.rank,
               projections=case.projections,
@@ -140,6 +165,7 @@ def measure(case: Case, steps: int) -> dict:
                           f"{plan.attribution_contract}",
               compile_s=max(first - steps * dt, 0.0), step_s=dt,
               steps_per_s=1 / dt, examples_per_s=case.batch_size / dt,
+              tokens_per_s=tokens / dt,
               gflop_per_step=flops / 1e9, gflops=flops / dt / 1e9,
               memory_mib=planned / 2 ** 20)
 
@@ -186,29 +212,37 @@ def plot_scaling(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps)
+  run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps, only=FLAGS.only)
 
 
-def run(*, quick: bool = False, out: str = "", steps: int = 0) -> dict:
-  """Measures every case (and, unless `quick`, the scaling); prints the
-  table, writes JSON (and the figure) to `out` if given; returns the
-  results."""
+def run(*, quick: bool = False, out: str = "", steps: int = 0,
+        only: list[str] | tuple = ()) -> dict:
+  """Measures every case (`only`: the named ones; and, unless `quick` or
+  `only`, the scaling); prints the table, writes JSON (and the figure) to
+  `out` if given; returns the results."""
+  names = [c.name for c in CASES]
+  unknown = sorted(set(only) - set(names))
+  if unknown:
+    raise ValueError(f"unknown benchmark cases {unknown}; known: {names}")
   steps = steps or (3 if quick else 10)
   peak = matmul_gflops()
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}; dense "
         f"matmul {peak:.1f} GFLOP/s")
   cases = CASES[:1] + CASES[3:4] if quick else CASES
+  if only:
+    cases = [c for c in CASES if c.name in only]
   rows = []
   header = (f"{'case':22s} {'compile s':>9s} {'steps/s':>8s} {'ex/s':>9s} "
-            f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'% matmul':>8s} "
-            f"{'MiB':>7s}  attribution")
+            f"{'tokens/s':>9s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
+            f"{'% matmul':>8s} {'MiB':>7s}  attribution")
   print(header)
   for case in cases:
     r = measure(case, steps)
     r["matmul_fraction"] = r["gflops"] / peak
     rows.append(r)
     print(f"{r['case']:22s} {r['compile_s']:9.1f} {r['steps_per_s']:8.2f} "
-          f"{r['examples_per_s']:9.0f} {r['gflop_per_step']:10.2f} "
+          f"{r['examples_per_s']:9.0f} {r['tokens_per_s']:9.0f} "
+          f"{r['gflop_per_step']:10.2f} "
           f"{r['gflops']:8.1f} {100 * r['matmul_fraction']:7.1f}% "
           f"{r['memory_mib']:7.0f}  {r['attribution']}", flush=True)
   result = dict(jax=jax.__version__, device=jax.devices()[0].device_kind,
@@ -217,7 +251,7 @@ def run(*, quick: bool = False, out: str = "", steps: int = 0) -> dict:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "benchmark.json"), "w") as f:
       json.dump(result, f, indent=2)
-  if not quick:
+  if not quick and not only:
     print("scaling (resid_mlp_1_m1):")
     result["scaling"] = scaling(max(steps // 2, 2))
     if out:

@@ -14,3 +14,16 @@ def test_measure_reports_consistent_figures():
       "examples_per_s"]
   assert r["gflop_per_step"] > 0 and r["memory_mib"] > 0
   assert abs(r["gflops"] - r["gflop_per_step"] * r["steps_per_s"]) < 1e-6
+
+
+def test_the_language_model_case_counts_tokens():
+  (case,) = [c for c in benchmark.CASES if c.name == "lm_per_position"]
+  case = dataclasses.replace(
+      case, n_components=4, rank=2, batch_size=2,
+      dims=(("n_layers", 1), ("d_model", 16), ("n_heads", 2),
+            ("d_mlp", 32), ("context", 8)))
+  r = benchmark.measure(case, steps=2)
+  assert abs(r["tokens_per_s"] - 8 * r["examples_per_s"]) < 1e-6 * r[
+      "tokens_per_s"]
+  assert r["gflop_per_step"] > 0 and r["attribution"].startswith(
+      ("forward", "reverse"))
