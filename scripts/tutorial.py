@@ -17,8 +17,12 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "/tmp/apd_tutorial", "Where the figure goes.")
-flags.DEFINE_integer("steps", 10_000, "Decomposition steps.")
+
+
+def define_flags() -> None:
+  """The flags (defined when run, so the tests can import the script)."""
+  flags.DEFINE_string("workdir", "/tmp/apd_tutorial", "Where the figure goes.")
+  flags.DEFINE_integer("steps", 10_000, "Decomposition steps.")
 
 
 def tutorial(workdir: str, steps: int = 10_000, model_steps: int = 5000):
@@ -106,4 +110,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

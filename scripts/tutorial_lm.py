@@ -20,9 +20,13 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "/tmp/apd_tutorial_lm", "Where reports go.")
-flags.DEFINE_integer("steps", 2000, "Decomposition steps.")
-flags.DEFINE_integer("model_steps", 2000, "Target training steps.")
+
+
+def define_flags() -> None:
+  """The flags (defined when run, so the tests can import the script)."""
+  flags.DEFINE_string("workdir", "/tmp/apd_tutorial_lm", "Where reports go.")
+  flags.DEFINE_integer("steps", 2000, "Decomposition steps.")
+  flags.DEFINE_integer("model_steps", 2000, "Target training steps.")
 
 
 def tutorial(workdir: str, steps: int = 2000, model_steps: int = 2000,
@@ -120,4 +124,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -89,6 +89,9 @@ def test_apd_per_position_on_a_tiny_transformer(tmp_path):
   assert summary["l0"] == 2.0
   assert summary["components"]["n_examples"] == 1 * 8 * 16
   assert np.isfinite(summary["topk_recon"])
+  log = [json.loads(line) for line in
+         (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert log[-1]["faithfulness"] < log[0]["faithfulness"]
   assert np.isfinite(summary["heldout_nats_per_byte_masked"])
   lines = (tmp_path / "top_contexts.txt").read_text().splitlines()
   assert any(line.startswith("  A² ") for line in lines)

@@ -7,13 +7,11 @@ import pytest
 from conftest import random_components
 from test_factored import transformer_case
 
-import apd_jax
 from apd_jax import APD
 from apd_jax.core import components as C
 from apd_jax.core.target import Target
 from apd_jax.fast import attribute as fast_attribute
 from apd_jax.fast import factored
-from apd_jax.models import transformer
 
 
 def transformer_setup():
@@ -107,28 +105,3 @@ def test_options_that_cannot_give_attributions_per_position_are_refused():
     APD(n_components=4, topk=1.0, per_position=True).check(
         tgt, lambda k, n: jax.random.normal(k, (n, 3)), 8)
 
-
-def test_a_short_per_position_run_on_a_transformer():
-  c = transformer.TransformerConfig(n_layers=1, d_model=16, n_heads=2,
-                                    d_mlp=32, context=8, vocab=32)
-  params = transformer.init(jax.random.PRNGKey(0), c)
-  apply_fn = lambda p, x: transformer.apply(p, x, c)  # noqa: E731
-  sample = lambda k, n: jax.random.randint(k, (n, 8), 0, 32)  # noqa: E731
-  method = APD(n_components=6, topk=1.5, rank=2, recon="kl",
-               per_position=True, simplicity_coeff=0.1)
-  result = apd_jax.decompose(
-      apply_fn, params, sample,
-      include=r"(query|mlp_in|mlp_out)'\]\['kernel", method=method,
-      training=apd_jax.Training(steps=30, batch_size=4, lr=1e-2,
-                                log_every=10, eval_batches=1))
-  x = sample(jax.random.PRNGKey(3), 4)
-  mask = result.topk_mask(x)
-  assert mask.shape == (4, 8, 6)
-  # Batch top-k over the 32 positions keeps int(1.5 · 32) = 48 entries.
-  assert int(mask.sum()) == 48
-  assert result.metrics["l0"] == pytest.approx(1.5)
-  h = result.history
-  assert h[-1]["minimality"] < h[0]["minimality"]
-  assert h[-1]["faithfulness"] < h[0]["faithfulness"]
-  s = result.summary(batch_size=4, n_batches=1)
-  assert s.n_examples == 32      # positions, not windows
