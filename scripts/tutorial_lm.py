@@ -10,7 +10,7 @@ rank-one subcomponents, each position of each window an example. We print
 the summary of every subcomponent, write each one's top contexts on
 held-out files (`top_contexts.txt`, `top_contexts.html`) and compare the
 held-out cross-entropy of the target with that of the pass that keeps only
-the important subcomponents. About 10 minutes on a 2-core CPU.
+the important subcomponents. About 3.5 minutes on a 2-core CPU.
 The README's tutorial shows the code between the `tutorial` markers.
 """
 
