@@ -1,8 +1,9 @@
 r"""Speed of the APD train step on the paper's targets, against the machine.
 
-  python -m apd_jax.cli.benchmark --out=/tmp/bench          # ~10 min on 2 cores
+  python -m apd_jax.cli.benchmark --out=/tmp/bench          # ~12 min on 2 cores
   python -m apd_jax.cli.benchmark --quick --out=/tmp/bench  # < 1 min
-  python -m apd_jax.cli.benchmark --only=lm_per_position,lm_window,lm_window_dense
+  python -m apd_jax.cli.benchmark \
+      --only=lm_per_position,lm_window,lm_window_dense     # ~2 min
 
 For each case (paper batch size and C) it prints and writes to
 `<out>/benchmark.json`: compile seconds, steady-state steps/s and examples/s,
