@@ -116,22 +116,31 @@ def heldout_cross_entropy(result, data: np.ndarray, context: int, *,
                           max_windows: int = 256, batch_size: int = 32
                           ) -> dict:
   """Next-byte cross-entropy (nats per byte) on consecutive held-out
-  windows: of the target, and of the pass with only the active
-  components (SPD: masks `G`; APD: the top-k mask)."""
+  windows: of the target (`_target`), and of the pass with only the
+  active components (`_masked`; SPD: masks `G`; APD: the top-k mask).
+  SPD also gives `_active`: masks 1 where `G > threshold`, else 0, the
+  binary pass over exactly the subcomponents its L0 counts."""
   tiles = text.tiles(data, context + 1)[:max_windows]
   spd = type(result.method).__name__ == "SPD"
-  target, masked = [], []
+  ce = {"target": [], "masked": [], **({"active": []} if spd else {})}
   for i in range(0, len(tiles), batch_size):
     w = jax.numpy.asarray(tiles[i:i + batch_size])
     x, nxt = w[:, :-1], w[:, 1:]
-    mask = (result.causal_importances(x) if spd else result.topk_mask(x))
-    for out, logits in ((target, result.target.batch(x)[0]),
-                        (masked, result.apply(x, mask))):
+    passes = {"target": result.target.batch(x)[0]}
+    if spd:
+      G = result.causal_importances(x)
+      passes["masked"] = result.apply(x, G)
+      passes["active"] = result.apply(x, {
+          k: (g > result.method.threshold).astype(g.dtype)
+          for k, g in G.items()})
+    else:
+      passes["masked"] = result.apply(x, result.topk_mask(x))
+    for name, logits in passes.items():
       logp = jax.nn.log_softmax(logits, -1)
-      out.append(-np.asarray(jax.numpy.take_along_axis(
+      ce[name].append(-np.asarray(jax.numpy.take_along_axis(
           logp, nxt[..., None], -1)).mean())
-  return dict(heldout_nats_per_byte_target=float(np.mean(target)),
-              heldout_nats_per_byte_masked=float(np.mean(masked)))
+  return {f"heldout_nats_per_byte_{k}": float(np.mean(v))
+          for k, v in ce.items()}
 
 
 def context_of(window: np.ndarray, position: int) -> tuple[str, str, str]:

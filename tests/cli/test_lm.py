@@ -50,6 +50,7 @@ def test_spd_on_every_matrix_of_a_tiny_transformer(tmp_path):
   assert np.isfinite(summary["stochastic_recon"]) and summary["alive"] > 0
   assert summary["heldout_nats_per_byte_target"] < np.log(256)
   assert np.isfinite(summary["heldout_nats_per_byte_masked"])
+  assert np.isfinite(summary["heldout_nats_per_byte_active"])
   # Each position of each window is an example: L0 counts per position.
   counts = summary["components"]["counts"]
   assert summary["components"]["n_examples"] == 1 * 8 * 16
