@@ -20,8 +20,6 @@ tuned values: the APD paper decomposes no language model. `:tiny` is a
 it).
 """
 
-import ml_collections
-
 from apd_jax.cli import config as common
 from apd_jax.targets import lm
 
@@ -30,28 +28,17 @@ def get_config(arg=None):
   args = common.parse_arg(arg, tiny=False)
   c = common.default_config()
   c.method = "apd"
-  c.include = r"(query|key|value|out|mlp_in|mlp_out)'\]\['kernel"
-  c.target = ml_collections.ConfigDict(dict(
-      name="lm", path="", vocab=256, n_layers=2, d_model=128, n_heads=4,
-      d_mlp=512, context=128, tied=True, max_train_bytes=4_000_000,
-      max_heldout_bytes=400_000, heldout_frac=0.1, steps=4000,
-      batch_size=32, lr=2e-3))
+  lm.configure(c)
   c.n_components = 32
   c.rank = 16
   c.topk = 2.0
   c.per_position = True
-  c.recon = "kl"
   c.faithfulness_coeff = 1e4
   c.simplicity_coeff = 1.0
   c.schatten_p = 0.9
   c.steps = 1000
   c.batch_size = 4
-  c.lr = 2e-3
-  c.lr_schedule = "cosine"
   c.warmup_frac = 0.05
-  c.log_every = 50
   c.print_every = 100
-  c.checkpoint_every = 500
-  c.eval_batches = 4
   lm.variants(c, tiny=args.tiny)
   return c

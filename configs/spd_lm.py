@@ -21,8 +21,6 @@ tuned values: the SPD paper gives none for this model. `:tiny` is a 1-layer
 d_model 32 model trained and decomposed in seconds (the tests run it).
 """
 
-import ml_collections
-
 from apd_jax.cli import config as common
 from apd_jax.targets import lm
 
@@ -31,25 +29,14 @@ def get_config(arg=None):
   args = common.parse_arg(arg, tiny=False)
   c = common.default_config()
   c.method = "spd"
-  c.include = r"(query|key|value|out|mlp_in|mlp_out)'\]\['kernel"
-  c.target = ml_collections.ConfigDict(dict(
-      name="lm", path="", vocab=256, n_layers=2, d_model=128, n_heads=4,
-      d_mlp=512, context=128, tied=True, max_train_bytes=4_000_000,
-      max_heldout_bytes=400_000, heldout_frac=0.1, steps=4000,
-      batch_size=32, lr=2e-3))
+  lm.configure(c)
   c.n_components = 192
   c.importance_coeff = 3e-4
   c.importance_p = 1.0
   c.faithfulness_coeff = 1e6
-  c.recon = "kl"
   c.steps = 2000
   c.batch_size = 8
-  c.lr = 2e-3
-  c.lr_schedule = "cosine"
   c.warmup_frac = 0.0
-  c.log_every = 50
   c.print_every = 200
-  c.checkpoint_every = 500
-  c.eval_batches = 4
   lm.variants(c, tiny=args.tiny)
   return c

@@ -35,6 +35,7 @@ from absl import flags
 from apd_jax.engine import api
 from apd_jax.methods.apd import APD
 from apd_jax.models import transformer
+from apd_jax.targets import lm
 from apd_jax.targets import resid_mlp
 from apd_jax.targets import tms
 from apd_jax.training import train
@@ -66,8 +67,7 @@ class Case:
 
 RESID = dict(topk=1.28, hidden_act_coeff=1.0, hidden_acts="post_relu",
              schatten_p=0.9, simplicity_coeff=10.0)
-LM = dict(topk=2.0, recon="kl", simplicity_coeff=1.0, schatten_p=0.9)
-LM_INCLUDE = r"(query|key|value|out|mlp_in|mlp_out)'\]\['kernel"
+LM_OPTIONS = dict(topk=2.0, recon="kl", simplicity_coeff=1.0, schatten_p=0.9)
 CASES = [
     Case("tms_5_2", "tms", (("n_features", 5), ("n_hidden", 2)), 5, 3, 2048,
          dict(topk=0.211, simplicity_coeff=0.7,
@@ -85,9 +85,11 @@ CASES = [
          dict(RESID, minimality_coeff=2.0, simplicity_coeff=7.0)),
     Case("resid_mlp_2_m1", "resid_mlp", (("n_layers", 2),), 200, 1, 2048,
          dict(RESID, minimality_coeff=2.0, simplicity_coeff=7.0)),
-    Case("lm_per_position", "lm", (), 32, 16, 4, dict(LM, per_position=True)),
-    Case("lm_window", "lm", (), 32, 16, 4, dict(LM, factored=True)),
-    Case("lm_window_dense", "lm", (), 32, 16, 4, dict(LM, factored=False)),
+    Case("lm_per_position", "lm", (), 32, 16, 4,
+         dict(LM_OPTIONS, per_position=True)),
+    Case("lm_window", "lm", (), 32, 16, 4, dict(LM_OPTIONS, factored=True)),
+    Case("lm_window_dense", "lm", (), 32, 16, 4,
+         dict(LM_OPTIONS, factored=False)),
 ]
 
 
@@ -118,7 +120,7 @@ def build(case: Case):
     sample = lambda k, n: jax.random.randint(  # noqa: E731
         k, (n, config.context), 0, config.vocab)
     target = api.make_target(
-        lambda p, x: transformer.apply(p, x, config), params, LM_INCLUDE,
+        lambda p, x: transformer.apply(p, x, config), params, lm.INCLUDE,
         log=False, sample_fn=sample)
   else:
     params = resid_mlp.init(jax.random.PRNGKey(0), **dims)

@@ -55,6 +55,7 @@ from absl import logging
 from apd_jax import targets
 from apd_jax.analysis import component_figures
 from apd_jax.analysis import plotting
+from apd_jax.analysis import summary as summary_lib
 from apd_jax.cli import config as cli_config
 from apd_jax.cli import runlog
 from apd_jax.engine import api
@@ -262,14 +263,11 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
   step = result.metrics["steps"]
   log.figures(step, workdir)
   x = sample_fn(jax.random.PRNGKey(config.seed + 2), config.batch_size)
-  if config.method == "spd":   # every product's subcomponents side by side
-    G = result.causal_importances(x)
-    G = np.concatenate([np.asarray(g).reshape(-1, g.shape[-1])
-                        for g in G.values()], axis=1)
-    log.histograms(step, G, G > result.method.threshold,
-                   name="causal_importance")
-  else:
-    attr, mask = result.attributions(x), result.topk_mask(x)
-    C = attr.shape[-1]           # per position: every (window, position)
-    log.histograms(step, np.reshape(attr, (-1, C)), np.reshape(mask, (-1, C)))
+  # Every product's (SPD) or the one group's (APD) scores side by side,
+  # each position of a sequence a row.
+  groups = summary_lib.activity(result, x).values()
+  log.histograms(step, np.concatenate([s for _, s in groups], axis=1),
+                 np.concatenate([a for a, _ in groups], axis=1),
+                 name="causal_importance" if config.method == "spd"
+                 else "attributions")
   return summary

@@ -70,14 +70,20 @@ def traced_mask(attributions: Array, k: Array, *, k_max: float,
 
 def make_mask(attributions: Array, k: float | Array, *, batch_topk: bool,
               k_max: float | None = None) -> Array:
-  """Batch or per-example top-k mask of `attributions [B, C]`.
+  """Batch or per-example top-k mask of `attributions [B, C]`, or of
+  `[B, T, C]` with each of the B·T positions an example (the mask has the
+  attributions' shape).
 
   A traced `k` needs `k_max`, a Python number bounding it.
   """
+  shape = attributions.shape
+  attributions = attributions.reshape(-1, shape[-1])
   if isinstance(k, jax.Array):
     if k_max is None:
       raise ValueError("a traced top-k needs k_max, a static bound")
-    return traced_mask(attributions, k, k_max=k_max, batch_topk=batch_topk)
-  if batch_topk:
-    return batch_topk_mask(attributions, k)
-  return topk_mask(attributions, int(k))
+    mask = traced_mask(attributions, k, k_max=k_max, batch_topk=batch_topk)
+  elif batch_topk:
+    mask = batch_topk_mask(attributions, k)
+  else:
+    mask = topk_mask(attributions, int(k))
+  return mask.reshape(shape)

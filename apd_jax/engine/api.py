@@ -135,11 +135,8 @@ class Decomposition:
     """The top-k mask `[B, C]` (`[B, T, C]` per position) training would
     use on the batch `x`. APD only."""
     self._need(APD, "topk_mask")
-    attr = self.attributions(x)
-    return masking.make_mask(attr.reshape(-1, attr.shape[-1]),
-                             self.method.topk,
-                             batch_topk=self.method.batch_topk
-                             ).reshape(attr.shape)
+    return masking.make_mask(self.attributions(x), self.method.topk,
+                             batch_topk=self.method.batch_topk)
 
   def causal_importances(self, x: Array) -> dict[str, Array]:
     """SPD: `{product: G [B, C_l]}`, each subcomponent's causal importance

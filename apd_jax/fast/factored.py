@@ -415,7 +415,7 @@ class Model:
       return y if project is None else project @ y.reshape(-1)
 
     C = next(iter(U.values())).shape[0]
-    lead = jax.eval_shape(lambda: out[0]).shape[:keep]
+    lead = jnp.shape(out[0])[:keep]
     if keep and (projections or len(lead) < keep):
       raise ValueError(f"attributions per position need exact attributions "
                        f"and an output of more than {keep} axes (got "

@@ -186,9 +186,8 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target, s: Any,
   terms = {"faithfulness": faith}
   if s.sparsity == "topk":
     attr = jax.lax.stop_gradient(attr)
-    mask = masking.make_mask(attr.reshape(-1, attr.shape[-1]), h.topk,
-                             batch_topk=s.batch_topk,
-                             k_max=s.topk).reshape(attr.shape)
+    mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk,
+                             k_max=s.topk)
     capacity = mask_capacity(s, plan, mask.shape[0], mask.shape[-1])
     out, acts = masked_forward(target, comps, mask, x, plan.factored,
                                capacity)

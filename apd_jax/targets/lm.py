@@ -20,6 +20,7 @@ import html
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 from apd_jax.analysis import summary as summary_lib
@@ -37,6 +38,26 @@ METRICS = ("heldout_nats_per_byte_target", "heldout_nats_per_byte_masked")
 SELECT = ("heldout_nats_per_byte_masked", "min")
 SUCCESS = None
 BEFORE = 24          # bytes of context shown before the marked position
+# Every matrix of every block: the attention's kernels and the MLP's.
+INCLUDE = r"(query|key|value|out|mlp_in|mlp_out)'\]\['kernel"
+
+
+def configure(c) -> None:
+  """The LM configs' shared settings on `c`: the default transformer (the
+  one `configs/lm_target.py` trains) as the target, every matrix
+  decomposed, KL on the next-byte logits, and the training schedule."""
+  c.target = ml_collections.ConfigDict(dict(
+      name="lm", path="", vocab=256, n_layers=2, d_model=128, n_heads=4,
+      d_mlp=512, context=128, tied=True, max_train_bytes=4_000_000,
+      max_heldout_bytes=400_000, heldout_frac=0.1, steps=4000,
+      batch_size=32, lr=2e-3))
+  c.include = INCLUDE
+  c.recon = "kl"
+  c.lr = 2e-3
+  c.lr_schedule = "cosine"
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.eval_batches = 4
 
 
 def config_of(params: dict) -> TransformerConfig:

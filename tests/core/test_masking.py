@@ -68,3 +68,13 @@ def test_traced_batch_topk_count_is_floor_kB():
   mask = jax.jit(lambda k: masking.make_mask(attr, k, batch_topk=True,
                                              k_max=1.0))(jnp.float32(0.211))
   assert int(mask.sum()) == 432           # ⌊0.211·2048⌋ = ⌊432.128⌋
+
+
+def test_a_mask_over_positions_counts_every_position_as_an_example():
+  attr = jax.random.uniform(jax.random.PRNGKey(3), (2, 5, 4))   # B, T, C
+  batch = masking.make_mask(attr, 1.5, batch_topk=True)
+  assert batch.shape == (2, 5, 4) and int(batch.sum()) == 15   # 1.5 · 10
+  # The kept entries are the 15 largest of all B·T·C attributions.
+  assert float(attr[batch > 0].min()) > float(attr[batch == 0].max())
+  per = masking.make_mask(attr, 2, batch_topk=False)
+  assert (per.sum(axis=-1) == 2).all()

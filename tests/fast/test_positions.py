@@ -5,22 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import random_components
-from test_factored import transformer_case
+from test_factored import setup as factored_setup
 
 from apd_jax import APD
 from apd_jax.core import components as C
 from apd_jax.core.target import Target
 from apd_jax.fast import attribute as fast_attribute
 from apd_jax.fast import factored
-
-
-def transformer_setup():
-  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-  tgt, x = transformer_case(k1, k2)
-  shapes = {n: w.shape for n, w in tgt.weights.items()}
-  comps = random_components(jax.random.PRNGKey(7), shapes, 4, 2)
-  comps = comps.replace(U={n: 3.0 * u for n, u in comps.U.items()})
-  return tgt, comps, x, factored.Model(tgt.forward, tgt.weights, x[0])
 
 
 def by_position(tgt, P, xb):
@@ -37,7 +28,7 @@ def by_position(tgt, P, xb):
 @pytest.mark.parametrize("mode,contract", [("forward", "direct"),
                                            ("reverse", "cotangent")])
 def test_attributions_per_position_equal_dense_forward_mode(mode, contract):
-  tgt, comps, x, model = transformer_setup()
+  tgt, comps, x, model = factored_setup("transformer")
   P = C.component_weights(comps)
   for xb in x:
     got, _ = fast_attribute.attributions(
@@ -76,7 +67,7 @@ def test_a_mask_per_position_masks_each_row_by_its_own_mask():
 
 
 def test_the_same_mask_at_every_position_is_the_per_example_mask():
-  tgt, comps, x, model = transformer_setup()
+  tgt, comps, x, model = factored_setup("transformer")
   m = jnp.array([1.0, 0.0, 1.0, 1.0])
   got, _ = model.masked(comps.U, comps.V, jnp.tile(m, (6, 1)), x[0])
   want, _ = model.masked(comps.U, comps.V, m, x[0])
@@ -104,4 +95,3 @@ def test_options_that_cannot_give_attributions_per_position_are_refused():
   with pytest.raises(ValueError, match="position axis"):
     APD(n_components=4, topk=1.0, per_position=True).check(
         tgt, lambda k, n: jax.random.normal(k, (n, 3)), 8)
-
