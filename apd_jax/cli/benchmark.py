@@ -38,6 +38,7 @@ from apd_jax.models import transformer
 from apd_jax.targets import lm
 from apd_jax.targets import resid_mlp
 from apd_jax.targets import tms
+from apd_jax.training import cpu
 from apd_jax.training import train
 from apd_jax.training.options import Training
 
@@ -142,7 +143,7 @@ def measure(case: Case, steps: int) -> dict:
   step, state, plan, sample = build(case)
   key = jax.random.PRNGKey(2)
   single = jax.jit(step, compiler_options=dict(
-      train.compiler_options())).lower(state, key).compile()
+      cpu.compiler_options())).lower(state, key).compile()
   cost = single.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   mem = single.memory_analysis()

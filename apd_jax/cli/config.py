@@ -75,6 +75,8 @@ def default_config() -> ml_collections.ConfigDict:
   # (empty: not swept); see apd_jax/engine/sweep.py.
   c.sweep = ml_collections.ConfigDict(dict(
       **{n: () for n in SWEEPABLE},
+      target_per_seed=False,   # each seed's run decomposes a target
+                               # trained with that seed
       select="topk_recon",     # the metric that picks the best run
       select_mode="min",       # 'min' or 'max'
       mmcs_threshold=0.99))    # TMS: seeds at MMCS >= this count as success

@@ -4,6 +4,9 @@ lists values: all combinations train in one program (`apd_jax.engine.sweep`).
 Writes to `workdir`:
 
   config.json, target_params.msgpack   as a single run
+  targets/seed_<s>/target_params.msgpack
+                         with `sweep.target_per_seed`: the target trained
+                         with seed s, which the runs of seed s decompose
   runs/run_<i>/          each run as a normal decomposition workdir (its own
                          metrics.jsonl, TensorBoard events, summary.json,
                          components.npz and figures)
@@ -86,6 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   apply_fn, params, sample_fn, has_aux = experiment.make_target(
       config.target, config.seed, workdir)
   values = swept(config)
+  own = _seed_targets(config, workdir, values, resumed=step is not None)
   runs = sweep.grid(values, SWEEPABLE)
   dirs = [os.path.join(workdir, "runs", f"run_{i:03d}")
           for i in range(len(runs))]
@@ -103,7 +107,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   t0 = time.perf_counter()
   result = sweep.decompose_sweep(
       apply_fn, params, sample_fn, include=config.include, sweep=values,
-      method=method, training=training, has_aux=has_aux)
+      method=method, training=training, has_aux=has_aux,
+      params_for_run=(lambda run: own[run["seed"]]) if own else None)
   total = time.perf_counter() - t0
   module = targets.get(config.target.name)
   metrics = METRICS[config.method] + module.METRICS
@@ -131,7 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if runlog.is_writer():
     _write_reports(workdir, config, rows, names, metrics, pooled,
                    module.SUCCESS)
-    _export_best(workdir, dirs[best], run_config(config, runs[best]))
+    _export_best(workdir, dirs[best], run_config(config, runs[best]),
+                 _target_file(workdir, runs[best]["seed"]) if own
+                 else os.path.join(workdir, "target_params.msgpack"))
   summary = dict(
       n_runs=len(runs), swept=values, train_seconds=result.wall_seconds,
       total_seconds=total,
@@ -172,11 +179,39 @@ def _write_reports(workdir, config, rows, names, metrics, pooled, success):
                             hue=others[0] if others else None)
 
 
-def _export_best(workdir, run_dir, config):
+def _target_file(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, "targets", f"seed_{seed}",
+                      "target_params.msgpack")
+
+
+def _seed_targets(config, workdir, values, resumed: bool) -> dict:
+  """With `sweep.target_per_seed`: `{seed: params}`, the target trained
+  with each swept seed (as a single run with that seed trains it), saved
+  under `workdir/targets/` and read back from there on a restart."""
+  if not config.sweep.target_per_seed:
+    return {}
+  if "seed" not in values:
+    raise ValueError("sweep.target_per_seed needs seeds to sweep "
+                     "(sweep.seed)")
+  if config.target.path:
+    raise ValueError("sweep.target_per_seed trains a target per seed; it "
+                     f"cannot also load target.path={config.target.path!r}")
+  out = {}
+  for seed in values["seed"]:
+    path = _target_file(workdir, seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t = config.target.copy_and_resolve_references()
+    if resumed and os.path.exists(path):
+      t.path = path
+    out[seed] = experiment.make_target(t, seed, os.path.dirname(path))[1]
+  return out
+
+
+def _export_best(workdir, run_dir, config, target_file):
   best = os.path.join(workdir, "best")
   if os.path.exists(best):
     shutil.rmtree(best)
   shutil.copytree(run_dir, best)
-  shutil.copy(os.path.join(workdir, "target_params.msgpack"), best)
+  shutil.copy(target_file, os.path.join(best, "target_params.msgpack"))
   with open(os.path.join(best, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))

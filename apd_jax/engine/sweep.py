@@ -9,6 +9,10 @@
     result.metrics[i]         # run i's final metrics (as `decompose` gives)
     result.decompositions[i]  # run i as a `Decomposition`
 
+With `params_for_run`, each run decomposes its own target (e.g. one trained
+with the run's seed): `params_for_run(run)` gives run i's params, of
+`params`' structure and shapes, and they become a runs axis too.
+
 Every combination of the listed values is one run. The runs share the
 target, the data sampler and every structural option; what differs between
 them (the seed, the learning rate and the method's `SWEEPABLE` numeric
@@ -27,6 +31,7 @@ import itertools
 import math
 import time
 from typing import Any
+from typing import Callable
 from typing import Mapping
 from typing import Sequence
 
@@ -124,10 +129,30 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def _run_targets(target, runs, params_for_run):
+  """Each run's `Target`: `target`, or one with `params_for_run(run)`,
+  checked against `target.params`' structure and shapes."""
+  if params_for_run is None:
+    return [target] * len(runs)
+  want = jax.tree.map(lambda a: (np.shape(a), jnp.result_type(a)),
+                      target.params)
+  out = []
+  for run in runs:
+    p = params_for_run(run)
+    got = jax.tree.map(lambda a: (np.shape(a), jnp.result_type(a)), p)
+    if got != want:
+      raise ValueError(f"params_for_run({run}) gives params unlike "
+                       f"`params`: {got} vs {want}")
+    out.append(dataclasses.replace(target, params=p))
+  return out
+
+
 def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                     include: str, sweep: Mapping[str, Sequence[Any]],
                     method: Any = None, training: Training | None = None,
-                    has_aux: bool = False, **options) -> SweepResult:
+                    has_aux: bool = False,
+                    params_for_run: Callable[[dict], Any] | None = None,
+                    **options) -> SweepResult:
   """Trains every combination of `sweep`'s values together; see the module.
 
   Args:
@@ -137,6 +162,8 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       `training.mesh`'s devices (default: all) share the runs axis.
     sweep: `{name: values}` for names in `sweepable(method)`; each run takes
       one value of every name and the method's or training's for the rest.
+    params_for_run: `run -> params` (`run` a dict of the run's swept
+      values), each run's own target; default: `params` for every run.
 
   Returns:
     A `SweepResult`; a run whose loss became non-finite is kept, with
@@ -153,9 +180,10 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   target = api.make_target(apply_fn, params, include, has_aux=has_aux,
                            log=training.progress, sample_fn=sample_fn)
   api.check_inputs(static, target, sample_fn, training)
+  run_targets = _run_targets(target, runs, params_for_run)
   seeds = [r.get("seed", training.seed) for r in runs]
-  states = [api.init_state(method, target, training, seed=s,
-                           sample_fn=sample_fn) for s in seeds]
+  states = [api.init_state(method, t, training, seed=s, sample_fn=sample_fn)
+            for s, t in zip(seeds, run_targets, strict=True)]
   plan = static.plan(target, sample_fn, training.batch_size,
                      states[0].components)
   hypers = _stack([static.hypers(**{**{n: getattr(method, n) for n in
@@ -163,15 +191,24 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                    ._replace(lr_scale=run.get("lr", training.lr)
                              / training.lr) for run in runs])
   hypers = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), hypers)
-  step = api.make_train_step(static, plan, target, sample_fn, training)
   keys = _stack([api.run_keys(s)[1] for s in seeds])
   n = len(runs)
   devices = (list(training.mesh.devices.flat) if training.mesh is not None
              else jax.devices())
-  states, keys, hypers = _shard((_stack(states), keys, hypers), n, devices)
+  args = (keys, hypers)
+  if params_for_run is None:
+    step = api.make_train_step(static, plan, target, sample_fn, training)
+  else:  # the target's params are an argument, with a runs axis
+    args += (_stack([t.params for t in run_targets]),)
 
-  def sweep_step(states, keys_and_hypers):
-    return jax.vmap(step)(states, *keys_and_hypers)
+    def step(state, key, hyper, target_params):
+      own = dataclasses.replace(target, params=target_params)
+      return api.make_train_step(static, plan, own, sample_fn, training)(
+          state, key, hyper)
+  states, args = _shard((_stack(states), args), n, devices)
+
+  def sweep_step(states, args):
+    return jax.vmap(step)(states, *args)
 
   checkpoints, histories = None, None
   if training.checkpoint_dir:
@@ -185,7 +222,7 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   t0 = time.perf_counter()
   try:
     states, histories = api.fit(
-        states, sweep_step, (keys, hypers), steps=training.steps,
+        states, sweep_step, args, steps=training.steps,
         log_every=training.log_every,
         print_every=training.print_every, callback=training.callback,
         checkpoints=checkpoints, history=histories, n_runs=n,
@@ -204,11 +241,11 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                  for k, v in r.items() if k != "step")
     extra = dict(wall_seconds=wall, finite=finite)
     if finite:
-      d = api.finish(run_method, plan, target, static.project(comps),
+      d = api.finish(run_method, plan, run_targets[i], static.project(comps),
                      histories[i], sample_fn, api.run_keys(seeds[i])[2],
                      training, **extra)
     else:
-      d = api.Decomposition(target, run_method, plan, comps,
+      d = api.Decomposition(run_targets[i], run_method, plan, comps,
                             dict(steps=training.steps, **extra),
                             histories[i], sample_fn)
     results.append(d)

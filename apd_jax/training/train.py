@@ -11,7 +11,6 @@ its data axis and the state keeps the shardings of `sharding.train_state`.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 import time
@@ -28,10 +27,12 @@ from absl import logging
 from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.training import checkpoint as ckpt_lib
+from apd_jax.training import cpu
 from apd_jax.training import distributed
 from apd_jax.training import sharding
 
 Array = jax.Array
+cpu.unroll_threefry()
 
 
 @flax.struct.dataclass
@@ -84,25 +85,6 @@ def make_train_step(method: Any, plan: Any, target: Target,
   return train_step
 
 
-# XLA:CPU's XNNPACK-based ("ynn") fusions made the residual-MLP steps 1.3-1.6x
-# slower (a product-and-reduce fusion took half the rank-1 step; see
-# benchmark.py), so the step is compiled without them on CPU.
-_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-@functools.lru_cache(maxsize=None)
-def compiler_options() -> tuple[tuple[str, str], ...]:
-  """The XLA options for the compiled steps: `_CPU_OPTIONS` on a CPU backend
-  whose XLA knows them, else none."""
-  if jax.default_backend() != "cpu":
-    return ()
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS)(0.0)
-  except Exception:  # noqa: BLE001 - an XLA without the option
-    return ()
-  return tuple(_CPU_OPTIONS.items())
-
-
 def make_runner(train_step, state_shardings: Any = None
                 ) -> Callable[[TrainState, Any, int], Any]:
   """`run(state, args, n)`: n steps `train_step(state, args)` in one compiled
@@ -118,7 +100,7 @@ def make_runner(train_step, state_shardings: Any = None
     state, metrics = jax.lax.scan(body, state, None, length=n)
     return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-  options = dict(compiler_options())
+  options = dict(cpu.compiler_options())
   if state_shardings is None:
     return jax.jit(run, static_argnums=2, donate_argnums=0,
                    compiler_options=options)

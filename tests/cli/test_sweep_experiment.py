@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from apd_jax.cli import experiment
 from apd_jax.cli import sweep_experiment
 from apd_jax.cli import sweep_report
 from configs import tms_5_2
@@ -98,3 +99,31 @@ def test_best_run_exported_as_a_decomposition(swept):
   for name in ("components.npz", "components.png", "losses.png",
                "metrics.jsonl", "target_params.msgpack"):
     assert (workdir / "best" / name).stat().st_size > 0, name
+
+
+def test_target_per_seed_runs_equal_single_runs(tmp_path):
+  c = tms_5_2.get_config()
+  c.update(steps=40, log_every=20, eval_batches=2, batch_size=512)
+  c.target.steps = 300
+  c.sweep.seed = (0, 1)
+  c.sweep.target_per_seed = True
+  sweep_experiment.train_and_evaluate(c, str(tmp_path / "sweep"))
+  for i, seed in enumerate((0, 1)):
+    single = c.copy_and_resolve_references()
+    single.seed = seed
+    single.sweep.seed = ()
+    single.sweep.target_per_seed = False
+    want = experiment.train_and_evaluate(single, str(tmp_path / f"s{seed}"))
+    got = json.loads((tmp_path / "sweep" / "runs" / f"run_{i:03d}"
+                      / "summary.json").read_text())
+    for key in ("mmcs", "ml2r", "faithfulness", "topk_recon"):
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
+    saved = tmp_path / "sweep" / "targets" / f"seed_{seed}"
+    assert ((saved / "target_params.msgpack").read_bytes()
+            == (tmp_path / f"s{seed}" / "target_params.msgpack").read_bytes())
+  assert ((tmp_path / "s0" / "target_params.msgpack").read_bytes()
+          != (tmp_path / "s1" / "target_params.msgpack").read_bytes())
+  c.sweep.seed = ()
+  c.sweep.topk = (0.2, 0.3)
+  with pytest.raises(ValueError, match="needs seeds to sweep"):
+    sweep_experiment.train_and_evaluate(c, str(tmp_path / "bad"))

@@ -71,6 +71,34 @@ def test_sweep_runs_equal_separate_runs(tms_target):
         rtol=1e-4)
 
 
+def test_runs_with_their_own_targets_equal_separate_runs(tms_target):
+  params, sample_fn = tms_target
+  other, _ = tms.train(jax.random.PRNGKey(1), n_features=5, n_hidden=2,
+                       steps=500)
+  own = {0: params, 1: other}
+  result = sweep.decompose_sweep(
+      tms.apply, params, sample_fn, sweep=dict(seed=(0, 1)),
+      params_for_run=lambda run: own[run["seed"]], **BASE)
+  for run, got in zip(result.runs, result.decompositions, strict=True):
+    target = own[run["seed"]]
+    chex.assert_trees_all_close(got.target.params, target)
+    want = alone(target, sample_fn, run)
+    chex.assert_trees_all_close(got.components, want.components, atol=1e-5,
+                                rtol=1e-5)
+    np.testing.assert_allclose(got.metrics["faithfulness"],
+                               want.metrics["faithfulness"], rtol=1e-4)
+  # The two targets differ, so the same seed on the other target differs.
+  swapped = alone(other, sample_fn, dict(seed=0))
+  assert not np.allclose(swapped.components.U["['W']"],
+                         result.decompositions[0].components.U["['W']"],
+                         atol=1e-3)
+  with pytest.raises(ValueError, match="params unlike"):
+    sweep.decompose_sweep(
+        tms.apply, params, sample_fn, sweep=dict(seed=(0,)),
+        params_for_run=lambda run: {**params, "W": params["W"][:, :4]},
+        **BASE)
+
+
 def test_best_skips_non_finite_and_follows_mode(tms_target):
   params, sample_fn = tms_target
   result = sweep.decompose_sweep(
