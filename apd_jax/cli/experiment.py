@@ -13,8 +13,10 @@ mesh, and writes to `workdir` (files from process 0 only):
   components.npz         the factors U, V of every decomposed leaf
   summary.json           final metrics (faithfulness, L0, dead components;
                          MMCS/ML2R for TMS; feature recovery and
-                         scrubbing losses for residual MLPs) and, under
-                         `components`, every component's statistics
+                         scrubbing losses for residual MLPs), under
+                         `components` every component's statistics, under
+                         `diagnostics` the signs of a failed run
+                         (`analysis.diagnostics`)
   summary.md             the same as tables: per component its firing
                          frequency, mean attribution (SPD: G) when active,
                          norm and effective rank, dead/always on; and its
@@ -54,6 +56,7 @@ from absl import logging
 
 from apd_jax import targets
 from apd_jax.analysis import component_figures
+from apd_jax.analysis import diagnostics
 from apd_jax.analysis import plotting
 from apd_jax.analysis import summary as summary_lib
 from apd_jax.cli import config as cli_config
@@ -257,6 +260,10 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
       config, result, sample_fn, workdir))
   summary["components"] = describe_components(config, result, sample_fn,
                                                workdir)
+  summary["diagnostics"] = diagnostics.diagnose(
+      result, sample_fn, jax.random.PRNGKey(config.seed + 5),
+      batch_size=min(config.batch_size, 1024),
+      n_batches=min(4, config.eval_batches))
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   plotting.plot_history(result.history, os.path.join(workdir, "losses.png"))

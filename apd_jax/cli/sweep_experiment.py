@@ -89,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   apply_fn, params, sample_fn, has_aux = experiment.make_target(
       config.target, config.seed, workdir)
   values = swept(config)
-  own = _seed_targets(config, workdir, values, resumed=step is not None)
+  own = _seed_targets(as_given, workdir, values, resumed=step is not None)
   runs = sweep.grid(values, SWEEPABLE)
   dirs = [os.path.join(workdir, "runs", f"run_{i:03d}")
           for i in range(len(runs))]

@@ -77,8 +77,9 @@ def by_setting(rows: Sequence[Row], swept: Sequence[str],
     row = dict(zip(keys, values, strict=True), seeds=len(group))
     for m in metrics:
       vals = [float(r[m]) for r in group]
-      row[m] = statistics.fmean(vals)
-      row[f"{m}_sd"] = statistics.pstdev(vals)
+      row[m] = statistics.fmean(vals)       # nan if any is
+      row[f"{m}_sd"] = (statistics.pstdev(vals)
+                        if all(map(math.isfinite, vals)) else math.nan)
     if success is not None:
       row["success_frac"] = statistics.fmean(
           float(float(r[success]) >= threshold) for r in group)

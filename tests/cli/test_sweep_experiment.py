@@ -123,6 +123,14 @@ def test_target_per_seed_runs_equal_single_runs(tmp_path):
             == (tmp_path / f"s{seed}" / "target_params.msgpack").read_bytes())
   assert ((tmp_path / "s0" / "target_params.msgpack").read_bytes()
           != (tmp_path / "s1" / "target_params.msgpack").read_bytes())
+  # Started again, the finished sweep resumes on the saved targets.
+  first = (tmp_path / "sweep" / "runs" / "run_001" / "summary.json"
+           ).read_text()
+  sweep_experiment.train_and_evaluate(c, str(tmp_path / "sweep"))
+  again = json.loads((tmp_path / "sweep" / "runs" / "run_001" /
+                      "summary.json").read_text())
+  for key in ("mmcs", "ml2r", "faithfulness", "topk_recon"):
+    assert again[key] == json.loads(first)[key], key
   c.sweep.seed = ()
   c.sweep.topk = (0.2, 0.3)
   with pytest.raises(ValueError, match="needs seeds to sweep"):

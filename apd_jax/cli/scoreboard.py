@@ -1,0 +1,275 @@
+"""The reproduction scoreboard: each toy config of both methods over seeds.
+
+`run(workdir, names, seeds, quick)` trains every listed entry as one sweep
+over seeds (`sweep.target_per_seed`: seed n trains the target and the
+decomposition with seed n, as `--config.seed=n` would), each in
+`workdir/<entry>` (resumable; a finished entry is read back), and writes
+
+  scoreboard.md / .csv / .json   per entry: the fraction of seeds that
+                                 succeed by the entry's criterion, its
+                                 metrics' mean ± sd, wall time, steps/s,
+                                 and the failure signs of
+                                 `analysis.diagnostics` on failed and on
+                                 successful seeds, with how well each sign
+                                 separates the two (AUC).
+
+The criteria are those of the papers' claims: TMS, every feature with its
+own component of the right norm (MMCS ≥ 0.999 and 0.98 ≤ ML2R ≤ 1.04;
+`found` counts MMCS ≥ 0.99 alone); residual MLPs, features recovered at
+cosine ≥ 0.9 (APD: by the feature's best component; SPD: by its own `W_in`
+subcomponent, shared with no other feature); gated functions, every
+function recovered at cosine ≥ 0.9.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.util
+import json
+import math
+import os
+import statistics
+from typing import Callable
+
+import jax
+import ml_collections
+
+from apd_jax.analysis import diagnostics
+from apd_jax.cli import sweep_experiment
+from apd_jax.cli import sweep_report
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One row: a config (module of `configs/` and its argument)."""
+  name: str
+  module: str
+  arg: str | None
+  criterion: str                            # the success rule, in words
+  success: Callable[[dict], bool]           # of a run's summary.json
+  shown: tuple[str, ...]                    # metrics tabulated
+
+
+def _tms(s):
+  return s["mmcs"] >= 0.999 and 0.98 <= s["ml2r"] <= 1.04
+
+
+def _features(key, n):
+  return lambda s: s[key] >= n
+
+
+def _functions(s):
+  return min(s["function_recovery"]) >= 0.9
+
+
+TMS_RULE = "MMCS ≥ 0.999 and 0.98 ≤ ML2R ≤ 1.04"
+
+
+def _entries() -> tuple[Entry, ...]:
+  out = []
+  for method, prefix in (("apd", ""), ("spd", "spd_")):
+    own = ("features_recovered" if method == "apd"
+           else "features_with_own_subcomponent")
+    for m in ("tms_5_2", "tms_40_10"):
+      for arg in (None, "identity"):
+        out.append(Entry(prefix + m + (":" + arg if arg else ""),
+                         prefix + m, arg, TMS_RULE, _tms, ("mmcs", "ml2r")))
+    for layers, n in ((1, 100), (2, 95), (3, 95)):
+      out.append(Entry(f"{prefix}resid_mlp_{layers}",
+                       f"{prefix}resid_mlp_{layers}", None,
+                       f"{own} ≥ {n} of 100", _features(own, n), (own,)))
+    out.append(Entry(f"{prefix}gated_functions", f"{prefix}gated_functions",
+                     None, "every function's recovery ≥ 0.9", _functions,
+                     ("min_function_recovery",)))
+  return tuple(out)
+
+
+ENTRIES = _entries()
+BY_NAME = {e.name: e for e in ENTRIES}
+
+
+def load_config(configs: str, module: str, arg: str | None
+                ) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the file `configs/<module>.py`."""
+  path = os.path.join(configs, module + ".py")
+  spec = importlib.util.spec_from_file_location(f"_config_{module}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def entry_config(entry: Entry, configs: str, seeds: int, quick: bool
+                 ) -> ml_collections.ConfigDict:
+  """The entry's config as a sweep over seeds 0..seeds-1, one target per
+  seed; `quick`: a few steps of everything (a smoke run, not a result)."""
+  c = load_config(configs, entry.module, entry.arg)
+  c.sweep.seed = tuple(range(seeds))
+  c.sweep.target_per_seed = True
+  c.sweep.select = "faithfulness"
+  if quick:
+    c.update(steps=20, log_every=10, print_every=10, eval_batches=1,
+             batch_size=min(c.batch_size, 128), checkpoint_every=0)
+    if "steps" in c.target:
+      c.target.steps = min(c.target.steps, 200)
+  return c
+
+
+def auc(failed: list[float], succeeded: list[float]) -> float | None:
+  """P(a failed run's value > a successful run's), ties counted half;
+  None unless both kinds of run exist."""
+  if not failed or not succeeded:
+    return None
+  wins = sum((f > s) + 0.5 * (f == s) for f in failed for s in succeeded)
+  return wins / (len(failed) * len(succeeded))
+
+
+def _mean_sd(values):
+  values = [float(v) for v in values]
+  if not values or not all(map(math.isfinite, values)):
+    return (statistics.fmean(values) if values else math.nan, math.nan)
+  return statistics.fmean(values), statistics.pstdev(values)
+
+
+def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
+  """The entry's row from its runs' summary.json files and `sweep.json`."""
+  runs = []
+  for i in range(sweep["n_runs"]):
+    with open(os.path.join(workdir, "runs", f"run_{i:03d}",
+                           "summary.json")) as f:
+      s = json.load(f)
+    if "function_recovery" in s:
+      s["min_function_recovery"] = min(s["function_recovery"])
+    s["success"] = bool(entry.success(s))
+    runs.append(s)
+  ok = [r for r in runs if r["success"]]
+  bad = [r for r in runs if not r["success"]]
+  row = dict(entry=entry.name, method=runs[0].get("method", ""),
+             criterion=entry.criterion, seeds=len(runs),
+             succeeded=len(ok), success_frac=len(ok) / len(runs),
+             steps=runs[0]["steps"], train_seconds=sweep["train_seconds"],
+             run_steps_per_s=sweep["run_steps_per_s"])
+  if "mmcs" in runs[0]:
+    row["found"] = sum(r["mmcs"] >= 0.99 for r in runs)
+  for key in entry.shown + ("faithfulness", "l0"):
+    row[key], row[key + "_sd"] = _mean_sd([r[key] for r in runs])
+  row["per_seed"] = [{k: r.get(k) for k in ("success",) + entry.shown}
+                     for r in runs]
+  for key in diagnostics.KEYS:
+    vals = [r["diagnostics"].get(key) for r in runs]
+    if None in vals:
+      continue
+    row[f"{key}_failed"] = _mean_sd([r["diagnostics"][key] for r in bad])[0]
+    row[f"{key}_succeeded"] = _mean_sd([r["diagnostics"][key]
+                                        for r in ok])[0]
+    row[f"{key}_auc"] = auc([r["diagnostics"][key] for r in bad],
+                            [r["diagnostics"][key] for r in ok])
+  row["diagnostics"] = [r["diagnostics"] for r in runs]
+  return row
+
+
+def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
+              quick: bool) -> dict:
+  """Trains (or reads back) one entry's sweep; returns its row."""
+  config = entry_config(entry, configs, seeds, quick)
+  done = os.path.join(workdir, "sweep.json")
+  if os.path.exists(done) and _same_config(workdir, config):
+    with open(done) as f:
+      sweep = json.load(f)
+  else:
+    sweep = sweep_experiment.train_and_evaluate(config, workdir)
+  row = score_entry(entry, workdir, sweep)
+  row["method"] = config.method
+  return row
+
+
+def _same_config(workdir: str, config) -> bool:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f) == json.loads(config.to_json_best_effort())
+
+
+def pooled_separation(rows: list[dict]) -> dict[str, float | None]:
+  """Each sign's AUC over every run on the board (failed vs succeeded)."""
+  out = {}
+  for key in diagnostics.KEYS:
+    bad, ok = [], []
+    for row in rows:
+      for d, s in zip(row["diagnostics"], row["per_seed"], strict=True):
+        if key in d:
+          (ok if s["success"] else bad).append(d[key])
+    out[key] = auc(bad, ok)
+  return out
+
+
+def write(workdir: str, rows: list[dict], meta: dict) -> None:
+  """scoreboard.json (everything), .csv (one line per entry), .md."""
+  pooled = pooled_separation(rows)
+  with open(os.path.join(workdir, "scoreboard.json"), "w") as f:
+    json.dump(dict(meta, entries=rows, separation=pooled), f, indent=2)
+  flat = [{k: v for k, v in r.items() if not isinstance(v, list)}
+          for r in rows]
+  cols = list(dict.fromkeys(k for r in flat for k in r))
+  shown = []
+  for r in rows:
+    metrics = [f"{k} {sweep_report.fmt(r[k])} ± {sweep_report.fmt(r[k + '_sd'])}"
+               for k in BY_NAME[r["entry"]].shown]
+    shown.append(dict(
+        entry=f"`{r['entry']}`", method=r["method"].upper(),
+        success=f"{r['succeeded']} of {r['seeds']}",
+        criterion=r["criterion"],
+        found=(f"{r['found']} of {r['seeds']}" if "found" in r else ""),
+        metrics="; ".join(metrics),
+        faithfulness=r["faithfulness"], l0=r["l0"], steps=r["steps"],
+        wall=f"{r['train_seconds']:.0f} s",
+        rate=f"{r['run_steps_per_s']:.4g}"))
+  signs = [dict(sign=k, **{
+      r["entry"]: (f"{sweep_report.fmt(r.get(k + '_failed', float('nan')))} / "
+                   f"{sweep_report.fmt(r.get(k + '_succeeded', float('nan')))}"
+                   ) for r in rows}, pooled_auc=pooled[k] if pooled[k]
+      is not None else "") for k in diagnostics.KEYS]
+  extra = ("Failure signs (`apd_jax.analysis.diagnostics`), mean over the "
+           "failed / the successful seeds of each entry, and the AUC over "
+           "every run on the board (the chance that a failed run's value "
+           "exceeds a successful run's; 0.5 is no separation):\n\n"
+           + sweep_report.markdown(signs, ["sign"] + [r["entry"] for r in rows]
+                                   + ["pooled_auc"]))
+  sweep_report.write_table(
+      flat, cols, os.path.join(workdir, "scoreboard.csv"), os.devnull)
+  with open(os.path.join(workdir, "scoreboard.md"), "w") as f:
+    f.write(f"Scoreboard measured {meta['date']} on {meta['devices']} "
+            f"(jax {meta['jax']}){' — quick smoke run, not a result' if meta['quick'] else ''}."
+            " Seed n trains the target and the decomposition with seed n; "
+            "wall is the sweep's training time for all seeds together, rate "
+            "the steps per second summed over its runs.\n\n")
+    f.write(sweep_report.markdown(shown, [
+        "entry", "method", "success", "criterion", "found", "metrics",
+        "faithfulness", "l0", "steps", "wall", "rate"]))
+    f.write("\n" + extra)
+
+
+def run(workdir: str, configs: str, names: list[str], seeds: int,
+        quick: bool) -> list:
+  """Every entry of `names` (all if empty) from the config files in
+  `configs`, then the tables."""
+  unknown = sorted(set(names) - set(BY_NAME))
+  if unknown:
+    raise ValueError(f"unknown scoreboard entries {unknown}; known: "
+                     f"{sorted(BY_NAME)}")
+  os.makedirs(workdir, exist_ok=True)
+  rows = []
+  for e in ENTRIES:
+    if names and e.name not in names:
+      continue
+    rows.append(run_entry(e, os.path.join(workdir, e.name.replace(":", "_")),
+                          configs, seeds, quick))
+    write(workdir, rows, _meta(quick))      # after each entry: nothing lost
+  return rows
+
+
+def _meta(quick: bool) -> dict:
+  return dict(date=datetime.date.today().isoformat(), jax=jax.__version__,
+              devices=f"{len(jax.devices())} × {jax.devices()[0].device_kind}",
+              quick=quick)

@@ -1,0 +1,47 @@
+r"""The reproduction scoreboard: every toy config of APD and SPD over seeds.
+
+  python scripts/scoreboard.py --workdir=runs/scoreboard            # all
+  python scripts/scoreboard.py --workdir=runs/scoreboard \
+      --only=tms_5_2,spd_tms_5_2 --seeds=10
+  python scripts/scoreboard.py --workdir=/tmp/sb --quick --seeds=2  # smoke
+
+Each entry trains as one sweep over seeds (seed n: the target and the
+decomposition with seed n) in `<workdir>/<entry>`; a finished entry is read
+back, an interrupted one resumes from its checkpoints. After each entry the
+tables are rewritten: `scoreboard.md`, `.csv`, `.json` (see
+`apd_jax.cli.scoreboard` for the criteria and the failure signs).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from apd_jax.cli import scoreboard
+
+FLAGS = flags.FLAGS
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                       "configs")
+
+
+def define_flags():
+  flags.DEFINE_string("workdir", None, "Where the entries and tables go.")
+  flags.DEFINE_integer("seeds", 10, "Seeds 0 .. seeds-1 per entry.")
+  flags.DEFINE_list("only", [], "Entries to run (default all): "
+                    + ",".join(e.name for e in scoreboard.ENTRIES))
+  flags.DEFINE_bool("quick", False, "A few steps of each (smoke run).")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  scoreboard.run(FLAGS.workdir, CONFIGS, FLAGS.only, FLAGS.seeds, FLAGS.quick)
+  with open(os.path.join(FLAGS.workdir, "scoreboard.md")) as f:
+    print(f.read())
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,100 @@
+"""The scoreboard: its criteria and separation on hand-made runs, and
+`scripts/scoreboard.py --quick` end to end."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from apd_jax.cli import scoreboard
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIGS = str(ROOT / "configs")
+
+
+def test_auc_counts_pairs_and_ties():
+  # Pairs (f, s): (3, 1) win, (3, 3) tie, (2, 1) win, (2, 3) loss.
+  assert scoreboard.auc([3.0, 2.0], [1.0, 3.0]) == pytest.approx(2.5 / 4)
+  assert scoreboard.auc([], [1.0]) is None
+
+
+def _fake_runs(workdir, summaries):
+  for i, s in enumerate(summaries):
+    d = workdir / "runs" / f"run_{i:03d}"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps(s))
+  return dict(n_runs=len(summaries), train_seconds=12.0, run_steps_per_s=5.0)
+
+
+def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
+  runs = [dict(mmcs=0.9995, ml2r=1.0, faithfulness=1e-6, l0=1.0, steps=9,
+               diagnostics=dict(inputs_per_component=1.0, dead=0.0)),
+          dict(mmcs=0.9995, ml2r=0.95, faithfulness=3e-6, l0=1.0, steps=9,
+               diagnostics=dict(inputs_per_component=1.1, dead=0.0)),
+          dict(mmcs=0.95, ml2r=1.0, faithfulness=2e-6, l0=2.0, steps=9,
+               diagnostics=dict(inputs_per_component=2.0, dead=1.0))]
+  sweep = _fake_runs(tmp_path, runs)
+  row = scoreboard.score_entry(scoreboard.BY_NAME["tms_5_2"], str(tmp_path),
+                               sweep)
+  # Only the first has both MMCS >= 0.999 and ML2R in [0.98, 1.04].
+  assert [r["success"] for r in row["per_seed"]] == [True, False, False]
+  assert (row["succeeded"], row["found"]) == (1, 2)
+  assert row["faithfulness"] == pytest.approx(2e-6)
+  assert row["faithfulness_sd"] == pytest.approx((2 / 3) ** 0.5 * 1e-6)
+  assert row["inputs_per_component_failed"] == pytest.approx(1.55)
+  assert row["inputs_per_component_succeeded"] == pytest.approx(1.0)
+  assert row["inputs_per_component_auc"] == 1.0
+  assert row["dead_auc"] == 0.75          # (1 > 0) win, (0 = 0) tie
+  sep = scoreboard.pooled_separation([row, row])
+  assert sep["inputs_per_component"] == 1.0 and sep["coactivation"] is None
+
+
+def test_gated_rule_needs_every_function():
+  e = scoreboard.BY_NAME["spd_gated_functions"]
+  assert e.success(dict(function_recovery=[0.95, 0.91, 0.99, 0.9]))
+  assert not e.success(dict(function_recovery=[0.95, 0.89, 0.99, 0.99]))
+
+
+def test_unknown_entry_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="unknown scoreboard entries"):
+    scoreboard.run(str(tmp_path), CONFIGS, ["tms_5_3"], 2, True)
+
+
+def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
+                                                           monkeypatch):
+  names = ["tms_5_2", "spd_gated_functions"]
+  run = subprocess.run(
+      [sys.executable, "scripts/scoreboard.py", f"--workdir={tmp_path}",
+       "--quick", "--seeds=2", "--only=" + ",".join(names)],
+      cwd=ROOT, capture_output=True, text=True, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  board = json.loads((tmp_path / "scoreboard.json").read_text())
+  assert board["quick"] and [r["entry"] for r in board["entries"]] == names
+  for row, name in zip(board["entries"], names, strict=True):
+    entry = scoreboard.BY_NAME[name]
+    runs = [json.loads((tmp_path / name / "runs" / f"run_{i:03d}" /
+                        "summary.json").read_text()) for i in range(2)]
+    assert [r["steps"] for r in runs] == [20, 20]
+    assert row["succeeded"] == sum(entry.success(r) for r in runs)
+    assert row["diagnostics"] == [r["diagnostics"] for r in runs]
+    # Seed n's decomposition sits on seed n's own target.
+    assert (tmp_path / name / "targets" / "seed_1" /
+            "target_params.msgpack").exists()
+  with open(tmp_path / "scoreboard.csv") as f:
+    assert [r["entry"] for r in csv.DictReader(f)] == names
+  md = (tmp_path / "scoreboard.md").read_text()
+  assert "quick smoke run" in md and "`spd_gated_functions`" in md
+  assert "SPD" in md and "pooled_auc" in md
+  # A second call trains nothing: both entries are read back.
+  def no_training(*args, **kwargs):
+    raise AssertionError("retrained a finished entry")
+  monkeypatch.setattr(scoreboard.sweep_experiment, "train_and_evaluate",
+                      no_training)
+  rows = scoreboard.run(str(tmp_path), CONFIGS, names, 2, True)
+  assert [r["succeeded"] for r in rows] == [
+      r["succeeded"] for r in board["entries"]]
+  assert os.path.exists(tmp_path / "scoreboard.md")
