@@ -1,5 +1,7 @@
 """SPD's pieces against hand computations: hard sigmoids, masks, losses."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,6 +54,18 @@ def test_gate_is_the_written_mlp():
       gate["w1"][c] * h[c] + gate["b1"][c], approximate=False)
       + gate["b2"][c]) for c in range(3)]
   np.testing.assert_allclose(obj.gate_logits(gate, h), want, rtol=1e-5)
+
+
+def test_gelu_is_the_exact_gelu_with_its_derivative():
+  """x Φ(x) and d/dx = Φ(x) + x φ(x), in float64 by the standard library."""
+  x = np.linspace(-8.0, 8.0, 161, dtype=np.float32)
+  phi = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
+  pdf = np.exp(-0.5 * x.astype(np.float64) ** 2) / math.sqrt(2 * math.pi)
+  np.testing.assert_allclose(obj.gelu(x), x * phi, atol=2e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(obj.gelu))(x), phi + x * pdf,
+                             atol=2e-6)
+  np.testing.assert_allclose(obj.gelu(x), jax.nn.gelu(x, approximate=False),
+                             atol=2e-6)
 
 
 def constant_gates(params, z):
