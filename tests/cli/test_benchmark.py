@@ -1,6 +1,10 @@
-"""The benchmark's measurement on a tiny case (numbers are not asserted)."""
+"""The benchmarks' measurements on tiny cases (numbers are not asserted)."""
 
 import dataclasses
+import pathlib
+import re
+import subprocess
+import sys
 
 from apd_jax.cli import benchmark
 
@@ -27,3 +31,17 @@ def test_the_language_model_case_counts_tokens():
       "tokens_per_s"]
   assert r["gflop_per_step"] > 0 and r["attribution"].startswith(
       ("forward", "reverse"))
+
+
+def test_sweep_benchmark_per_step_prints_both_arms_and_their_ratio():
+  root = pathlib.Path(__file__).resolve().parents[2]
+  run = subprocess.run(
+      [sys.executable, "scripts/sweep_benchmark.py", "--arm=per_step",
+       "--config=tms_5_2", "--runs=2", "--steps=2"],
+      cwd=root, capture_output=True, text=True, check=False)
+  assert run.returncode == 0, run.stderr[-2000:]
+  m = re.search(r"one run ([\d.]+) ms/step, the sweep ([\d.]+) ms/step = "
+                r"([\d.]+) single-run steps", run.stdout)
+  assert m, run.stdout
+  one, sweep, ratio = map(float, m.groups())
+  assert one > 0 and abs(sweep / one - ratio) < 0.01 * ratio + 0.005
