@@ -32,7 +32,8 @@ CLI_DEFAULTS = dict(n_components=5, topk=0.211, steps=20_000, lr=3e-2,
                     warmup_frac=0.05, simplicity_coeff=0.7,
                     hidden_acts="post_relu", checkpoint_every=5000)
 # Options whose default is None, with the type a value must have.
-OPTIONAL = {"rank": int, "factored": bool, "importance_p_final": float}
+OPTIONAL = {"rank": int, "factored": bool, "importance_p_final": float,
+            "warmup_frac": float}
 # SPD's required options, at its TMS 5-2 paper value.
 SPD_DEFAULTS = dict(importance_coeff=3e-3)
 # Every numeric option a sweep may vary, of either method.

@@ -248,8 +248,10 @@ def run_keys(seed: int) -> tuple[Array, Array, Array]:
 
 def optimizer(method: Any, training: Training):
   """The run's optax optimiser: the method's gradient transform, then
-  `training`'s optimiser on its schedule."""
-  return training.make_optimizer(method.gradient_transform())
+  `training`'s optimiser on its schedule (warm-up: the method's default
+  unless `training` sets one)."""
+  return training.make_optimizer(method.gradient_transform(),
+                                 default_warmup=method.WARMUP_FRAC)
 
 
 def init_state(method: Any, target: Target, training: Training, *,

@@ -14,6 +14,7 @@ the engine (`engine/`) drives without knowing which method it is:
                                                 -> (L, metrics)
   method.hypers(**values)                       traced numeric options
   method.SWEEPABLE, method.bound(runs), method.check_runs(runs, B)
+  method.WARMUP_FRAC                            warm-up when Training's is None
   method.evaluate(result, sample_fn, key, batch_size=, n_batches=)
 
 `hypers` is a pytree whose leaves a sweep stacks over its runs; the step
@@ -32,6 +33,7 @@ from typing import Sequence
 class Method(Protocol):
   """The protocol above (see `apd.APD` for the reference implementation)."""
   SWEEPABLE: tuple[str, ...]
+  WARMUP_FRAC: float
 
   def check(self, target, sample_fn, batch_size: int) -> None: ...
   def init_params(self, key, target, sample_fn=None) -> Any: ...

@@ -80,6 +80,7 @@ class SPD:
   SWEEPABLE: ClassVar[tuple[str, ...]] = (
       "faithfulness_coeff", "stochastic_coeff", "layerwise_coeff",
       "importance_coeff", "importance_p")
+  WARMUP_FRAC: ClassVar[float] = 0.0   # the SPD paper's (no warm-up)
 
   def __post_init__(self):
     C = self.n_components

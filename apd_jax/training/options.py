@@ -36,7 +36,9 @@ class Training:
     lr_schedule: ['constant'] or 'cosine' (a quarter wave to 0 at the last
       step; the reference's).
     warmup_frac: linear warm-up from 0 over this fraction of the steps, in
-      [0, 1) [0.0]. Paper: 0.05 (TMS), 0.01 (residual MLPs).
+      [0, 1); None [default]: the method's `WARMUP_FRAC` (APD 0.05, chosen
+      from seeds: README "Defaults"; SPD 0, its paper's). APD paper: 0.05
+      (TMS), 0.01 (residual MLPs).
     seed: seeds the initial parameters, the data and the evaluation [0].
     optimizer: an optax factory called as `optimizer(learning_rate)`, e.g.
       `optax.adamw`; None [default]: `optax.adam` (the paper's).
@@ -63,7 +65,7 @@ class Training:
   batch_size: int = 2048
   lr: float = 1e-3
   lr_schedule: str = "constant"
-  warmup_frac: float = 0.0
+  warmup_frac: float | None = None
   seed: int = 0
   optimizer: Callable[[Any], optax.GradientTransformation] | None = None
   eval_batches: int = 10
@@ -85,7 +87,7 @@ class Training:
                    print_every=self.print_every,
                    keep_checkpoints=self.keep_checkpoints)
     check_choice("lr_schedule", self.lr_schedule, optim.SCHEDULES)
-    if not 0 <= self.warmup_frac < 1:
+    if self.warmup_frac is not None and not 0 <= self.warmup_frac < 1:
       raise ValueError(f"warmup_frac must be in [0, 1), got "
                        f"{self.warmup_frac}")
     if self.checkpoint_every < 0 or self.checkpoint_every % self.log_every:
@@ -97,11 +99,14 @@ class Training:
     """A copy with `values` changed (checked again)."""
     return dataclasses.replace(self, **values)
 
-  def make_optimizer(self, before: optax.GradientTransformation | None = None
+  def make_optimizer(self, before: optax.GradientTransformation | None = None,
+                     default_warmup: float = 0.0
                      ) -> optax.GradientTransformation:
     """The optimiser on the learning-rate schedule, after `before` (a
-    method's gradient transform) if given."""
-    rate = optim.schedule(self.lr, self.steps, warmup_frac=self.warmup_frac,
+    method's gradient transform) if given; `default_warmup` stands for a
+    `warmup_frac` of None."""
+    warmup = default_warmup if self.warmup_frac is None else self.warmup_frac
+    rate = optim.schedule(self.lr, self.steps, warmup_frac=warmup,
                           kind=self.lr_schedule)
     opt = (self.optimizer or optax.adam)(rate)
     return opt if before is None else optax.chain(before, opt)

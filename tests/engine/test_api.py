@@ -288,3 +288,18 @@ def test_own_loop_from_the_building_blocks():
   metrics = apd_jax.evaluate(result, sample, jax.random.PRNGKey(1),
                              batch_size=64, n_batches=1)
   assert set(metrics) >= {"faithfulness", "topk_recon", "l0"}
+
+
+@pytest.mark.parametrize("method,warmup,first_step_moves", [
+    (APD(n_components=2, topk=1.0), None, False),   # APD's 5% warm-up
+    (APD(n_components=2, topk=1.0), 0.0, True),
+    (apd_jax.SPD(n_components=2, importance_coeff=1.0), None, True)])
+def test_warmup_defaults_to_the_methods(method, warmup, first_step_moves):
+  """The first update is 0 under a warm-up from lr 0, the full Adam step
+  (lr · sign) without one."""
+  training = Training(steps=100, lr=0.1, warmup_frac=warmup)
+  opt = apd_jax.engine.api.optimizer(method, training)
+  g = {"w": jnp.array([0.5, -2.0])}
+  updates, _ = opt.update(g, opt.init(g), g)
+  want = [-0.1, 0.1] if first_step_moves else [0.0, 0.0]
+  np.testing.assert_allclose(updates["w"], want, rtol=1e-4)
