@@ -21,10 +21,10 @@ import sys
 import time
 from typing import Callable
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.serialization
 import optax
 
 from apd_jax.analysis import plotting
