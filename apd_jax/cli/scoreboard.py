@@ -143,38 +143,45 @@ def _mean_sd(values):
 
 
 def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
-  """The entry's row from its runs' summary.json files and `sweep.json`."""
+  """The entry's row from its runs' summary.json files and `sweep.json`; a
+  run whose loss became non-finite (no summary.json) counts as failed."""
   runs = []
   for i in range(sweep["n_runs"]):
-    with open(os.path.join(workdir, "runs", f"run_{i:03d}",
-                           "summary.json")) as f:
+    path = os.path.join(workdir, "runs", f"run_{i:03d}", "summary.json")
+    if not os.path.exists(path):
+      runs.append(dict(success=False, finite=False, diagnostics={}))
+      continue
+    with open(path) as f:
       s = json.load(f)
     if "function_recovery" in s:
       s["min_function_recovery"] = min(s["function_recovery"])
     s["success"] = bool(entry.success(s))
     runs.append(s)
+  good = [r for r in runs if r.get("finite", True)]
   ok = [r for r in runs if r["success"]]
   bad = [r for r in runs if not r["success"]]
   row = dict(entry=entry.name, method=runs[0].get("method", ""),
              criterion=entry.criterion, seeds=len(runs),
              succeeded=len(ok), success_frac=len(ok) / len(runs),
-             steps=runs[0]["steps"], train_seconds=sweep["train_seconds"],
-             run_steps_per_s=sweep["run_steps_per_s"])
-  if "mmcs" in runs[0]:
-    row["strict"] = sum(_tms(r) for r in runs)
+             steps=good[0]["steps"] if good else None,
+             train_seconds=sweep["train_seconds"],
+             run_steps_per_s=sweep["run_steps_per_s"],
+             non_finite=len(runs) - len(good))
+  if good and "mmcs" in good[0]:
+    row["strict"] = sum(_tms(r) for r in good)
   for key in entry.shown + ("faithfulness", "l0"):
-    row[key], row[key + "_sd"] = _mean_sd([r[key] for r in runs])
+    row[key], row[key + "_sd"] = _mean_sd([r.get(key, math.nan)
+                                           for r in runs])
   row["per_seed"] = [{k: r.get(k) for k in ("success",) + entry.shown}
                      for r in runs]
   for key in diagnostics.KEYS:
-    vals = [r["diagnostics"].get(key) for r in runs]
-    if None in vals:
+    failed = [r["diagnostics"][key] for r in bad if key in r["diagnostics"]]
+    fine = [r["diagnostics"][key] for r in ok if key in r["diagnostics"]]
+    if not failed and not fine:
       continue
-    row[f"{key}_failed"] = _mean_sd([r["diagnostics"][key] for r in bad])[0]
-    row[f"{key}_succeeded"] = _mean_sd([r["diagnostics"][key]
-                                        for r in ok])[0]
-    row[f"{key}_auc"] = auc([r["diagnostics"][key] for r in bad],
-                            [r["diagnostics"][key] for r in ok])
+    row[f"{key}_failed"] = _mean_sd(failed)[0]
+    row[f"{key}_succeeded"] = _mean_sd(fine)[0]
+    row[f"{key}_auc"] = auc(failed, fine)
   row["diagnostics"] = [r["diagnostics"] for r in runs]
   return row
 

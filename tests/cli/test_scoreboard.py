@@ -3,6 +3,7 @@
 
 import csv
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -56,6 +57,21 @@ def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
   assert row["dead_auc"] == 0.75          # (1 > 0) win, (0 = 0) tie
   sep = scoreboard.pooled_separation([row, row])
   assert sep["inputs_per_component"] == 1.0 and sep["coactivation"] is None
+
+
+def test_a_run_without_summary_counts_as_failed(tmp_path):
+  """A run whose loss became non-finite writes no summary.json."""
+  runs = [dict(mmcs=0.9995, ml2r=1.0, faithfulness=1e-6, l0=1.0, steps=9,
+               diagnostics=dict(inputs_per_component=1.0))]
+  sweep = _fake_runs(tmp_path, runs)
+  sweep["n_runs"] = 2
+  row = scoreboard.score_entry(scoreboard.BY_NAME["spd_tms_5_2"],
+                               str(tmp_path), sweep)
+  assert (row["succeeded"], row["seeds"], row["non_finite"]) == (1, 2, 1)
+  assert row["strict"] == 1 and row["steps"] == 9
+  assert math.isnan(row["mmcs"])             # one seed has no MMCS
+  assert row["inputs_per_component_succeeded"] == 1.0
+  assert row["inputs_per_component_auc"] is None
 
 
 def test_gated_rule_needs_every_function():
