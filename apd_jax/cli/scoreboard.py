@@ -1,9 +1,10 @@
 """The reproduction scoreboard: each toy config of both methods over seeds.
 
-`run(workdir, names, seeds, quick)` trains every listed entry as one sweep
-over seeds (`sweep.target_per_seed`: seed n trains the target and the
-decomposition with seed n, as `--config.seed=n` would), each in
-`workdir/<entry>` (resumable; a finished entry is read back), and writes
+`run(workdir, configs, names, seeds, quick)` trains every listed entry
+(a config file in `configs`) as one sweep over seeds
+(`sweep.target_per_seed`: seed n trains the target and the decomposition
+with seed n, as `--config.seed=n` would), each in `workdir/<entry>`
+(resumable; a finished entry is read back), and writes
 
   scoreboard.md / .csv / .json   per entry: the fraction of seeds that
                                  succeed by the entry's criterion, its
@@ -17,9 +18,9 @@ The criteria are those of each method's paper: TMS with SPD, every feature
 with its own component of the right norm (MMCS ≥ 0.999 and 0.98 ≤ ML2R ≤
 1.04, the SPD paper's 1.000 / 0.99-1.03); TMS with APD, every feature with
 its own component, shrunk by at most a fifth (MMCS ≥ 0.99 and ML2R ≥ 0.8;
-the APD paper's 0.998 / 0.893: APD shrinks by design, a merged or split
-feature drops ML2R below 0.7), and `strict` counts the SPD rule for both
-methods; residual MLPs, features recovered at
+the APD paper's 0.998 / 0.893: APD shrinks by design; runs with a merged
+or split feature had ML2R 0.04-0.71), and `strict` counts the SPD rule
+for both methods; residual MLPs, features recovered at
 cosine ≥ 0.9 (APD: by the feature's best component; SPD: by its own `W_in`
 subcomponent, shared with no other feature); gated functions, every
 function recovered at cosine ≥ 0.9.
