@@ -210,16 +210,24 @@ def _same_config(workdir: str, config) -> bool:
     return json.load(f) == json.loads(config.to_json_best_effort())
 
 
-def pooled_separation(rows: list[dict]) -> dict[str, float | None]:
-  """Each sign's AUC over every run on the board (failed vs succeeded)."""
+def pooled_separation(rows: list[dict]
+                      ) -> dict[str, dict[str, float | None]]:
+  """`{method: {sign: AUC}}` over every run of the method on the board
+  (failed vs succeeded). Pooled per method: what a sign reads on a good run
+  differs between them (SPD's subcomponents of an identity layer or an
+  output product each serve many inputs; its spare ones are dead)."""
   out = {}
-  for key in diagnostics.KEYS:
-    bad, ok = [], []
-    for row in rows:
-      for d, s in zip(row["diagnostics"], row["per_seed"], strict=True):
-        if key in d:
-          (ok if s["success"] else bad).append(d[key])
-    out[key] = auc(bad, ok)
+  for method in dict.fromkeys(r["method"] for r in rows):
+    out[method] = {}
+    for key in diagnostics.KEYS:
+      bad, ok = [], []
+      for row in rows:
+        if row["method"] != method:
+          continue
+        for d, s in zip(row["diagnostics"], row["per_seed"], strict=True):
+          if key in d:
+            (ok if s["success"] else bad).append(d[key])
+      out[method][key] = auc(bad, ok)
   return out
 
 
@@ -245,17 +253,21 @@ def write(workdir: str, rows: list[dict], meta: dict) -> None:
         faithfulness=r["faithfulness"], l0=r["l0"], steps=r["steps"],
         wall=f"{r['train_seconds']:.0f} s",
         rate=f"{r['run_steps_per_s']:.4g}"))
-  signs = [dict(sign=k, **{
-      r["entry"]: (f"{sweep_report.fmt(r.get(k + '_failed', float('nan')))} / "
-                   f"{sweep_report.fmt(r.get(k + '_succeeded', float('nan')))}"
-                   ) for r in rows}, pooled_auc=pooled[k] if pooled[k]
-      is not None else "") for k in diagnostics.KEYS]
+  def pair(r, k):
+    return (f"{sweep_report.fmt(r.get(k + '_failed', math.nan))} / "
+            f"{sweep_report.fmt(r.get(k + '_succeeded', math.nan))}")
+
+  aucs = [f"auc_{m}" for m in pooled]
+  signs = [dict(sign=k, **{r["entry"]: pair(r, k) for r in rows},
+                **{f"auc_{m}": "" if v[k] is None else v[k]
+                   for m, v in pooled.items()}) for k in diagnostics.KEYS]
   extra = ("Failure signs (`apd_jax.analysis.diagnostics`), mean over the "
-           "failed / the successful seeds of each entry, and the AUC over "
-           "every run on the board (the chance that a failed run's value "
-           "exceeds a successful run's; 0.5 is no separation):\n\n"
+           "failed / the successful seeds of each entry, and per method the "
+           "AUC over all its runs on the board (the chance that a failed "
+           "run's value exceeds a successful run's; 0.5 is no separation; "
+           "empty where the method has only one kind of run):\n\n"
            + sweep_report.markdown(signs, ["sign"] + [r["entry"] for r in rows]
-                                   + ["pooled_auc"]))
+                                   + aucs))
   sweep_report.write_table(
       flat, cols, os.path.join(workdir, "scoreboard.csv"), os.devnull)
   with open(os.path.join(workdir, "scoreboard.md"), "w") as f:

@@ -55,8 +55,15 @@ def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
   assert row["inputs_per_component_succeeded"] == pytest.approx(1.0)
   assert row["inputs_per_component_auc"] == 1.0
   assert row["dead_auc"] == 0.75          # (1 > 0) win, (0 = 0) tie
+  row["method"], apd["method"] = "spd", "apd"
   sep = scoreboard.pooled_separation([row, row])
-  assert sep["inputs_per_component"] == 1.0 and sep["coactivation"] is None
+  assert sep["spd"]["inputs_per_component"] == 1.0
+  assert sep["spd"]["coactivation"] is None
+  # Pooled per method: APD's runs are not scored against SPD's.
+  apd["diagnostics"] = [dict(inputs_per_component=9.0)] * 3
+  sep = scoreboard.pooled_separation([row, apd])
+  assert sep["spd"]["inputs_per_component"] == 1.0
+  assert sep["apd"]["inputs_per_component"] == 0.5     # all tied
 
 
 def test_a_run_without_summary_counts_as_failed(tmp_path):
@@ -109,7 +116,7 @@ def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
     assert [r["entry"] for r in csv.DictReader(f)] == names
   md = (tmp_path / "scoreboard.md").read_text()
   assert "quick smoke run" in md and "`spd_gated_functions`" in md
-  assert "SPD" in md and "pooled_auc" in md
+  assert "SPD" in md and "auc_apd" in md and "auc_spd" in md
   # A second call trains nothing: both entries are read back.
   def no_training(*args, **kwargs):
     raise AssertionError("retrained a finished entry")
