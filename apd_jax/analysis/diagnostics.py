@@ -33,7 +33,6 @@ given.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from apd_jax.analysis import summary
@@ -90,7 +89,7 @@ def diagnose(result, sample_fn, key: jax.Array, *, batch_size: int = 1024,
       acts.setdefault(g, []).append(np.asarray(act))
     xs.append(np.asarray(x))
   x = np.concatenate(xs)
-  vector = x.ndim == 2 and jnp.issubdtype(x.dtype, jnp.floating)
+  vector = x.ndim == 2 and np.issubdtype(x.dtype, np.floating)
   per = [from_activity(np.concatenate(a), x if vector else None)
          for a in acts.values()]
   out = {k: float(sum(p[k] for p in per)) for k in ("dead", "always_on")}

@@ -49,6 +49,7 @@ from apd_jax.cli import sweep_report
 class Entry:
   """One row: a config (module of `configs/` and its argument)."""
   name: str
+  method: str                               # 'apd' or 'spd'
   module: str
   arg: str | None
   criterion: str                            # the success rule, in words
@@ -85,14 +86,15 @@ def _entries() -> tuple[Entry, ...]:
       for arg in (None, "identity"):
         rule = (TMS_RULE, _tms) if method == "spd" else (TMS_APD_RULE,
                                                           _tms_apd)
-        out.append(Entry(prefix + m + (":" + arg if arg else ""),
+        out.append(Entry(prefix + m + (":" + arg if arg else ""), method,
                          prefix + m, arg, *rule, ("mmcs", "ml2r")))
     for layers, n in ((1, 100), (2, 95), (3, 95)):
-      out.append(Entry(f"{prefix}resid_mlp_{layers}",
+      out.append(Entry(f"{prefix}resid_mlp_{layers}", method,
                        f"{prefix}resid_mlp_{layers}", None,
                        f"{own} ≥ {n} of 100", _features(own, n), (own,)))
-    out.append(Entry(f"{prefix}gated_functions", f"{prefix}gated_functions",
-                     None, "every function's recovery ≥ 0.9", _functions,
+    out.append(Entry(f"{prefix}gated_functions", method,
+                     f"{prefix}gated_functions", None,
+                     "every function's recovery ≥ 0.9", _functions,
                      ("min_function_recovery",)))
   return tuple(out)
 
@@ -161,7 +163,7 @@ def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
   good = [r for r in runs if r.get("finite", True)]
   ok = [r for r in runs if r["success"]]
   bad = [r for r in runs if not r["success"]]
-  row = dict(entry=entry.name, method=runs[0].get("method", ""),
+  row = dict(entry=entry.name, method=entry.method,
              criterion=entry.criterion, seeds=len(runs),
              succeeded=len(ok), success_frac=len(ok) / len(runs),
              steps=good[0]["steps"] if good else None,
@@ -197,9 +199,7 @@ def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
       sweep = json.load(f)
   else:
     sweep = sweep_experiment.train_and_evaluate(config, workdir)
-  row = score_entry(entry, workdir, sweep)
-  row["method"] = config.method
-  return row
+  return score_entry(entry, workdir, sweep)
 
 
 def _same_config(workdir: str, config) -> bool:
@@ -240,8 +240,8 @@ def write(workdir: str, rows: list[dict], meta: dict) -> None:
           for r in rows]
   cols = list(dict.fromkeys(k for r in flat for k in r))
   shown = []
+  fmt = sweep_report.fmt
   for r in rows:
-    fmt = sweep_report.fmt
     metrics = [f"{k} {fmt(r[k])} ± {fmt(r[k + '_sd'])}"
                for k in BY_NAME[r["entry"]].shown]
     shown.append(dict(
@@ -253,9 +253,10 @@ def write(workdir: str, rows: list[dict], meta: dict) -> None:
         faithfulness=r["faithfulness"], l0=r["l0"], steps=r["steps"],
         wall=f"{r['train_seconds']:.0f} s",
         rate=f"{r['run_steps_per_s']:.4g}"))
+
   def pair(r, k):
-    return (f"{sweep_report.fmt(r.get(k + '_failed', math.nan))} / "
-            f"{sweep_report.fmt(r.get(k + '_succeeded', math.nan))}")
+    return (f"{fmt(r.get(k + '_failed', math.nan))} / "
+            f"{fmt(r.get(k + '_succeeded', math.nan))}")
 
   aucs = [f"auc_{m}" for m in pooled]
   signs = [dict(sign=k, **{r["entry"]: pair(r, k) for r in rows},

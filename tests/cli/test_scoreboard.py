@@ -55,7 +55,7 @@ def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
   assert row["inputs_per_component_succeeded"] == pytest.approx(1.0)
   assert row["inputs_per_component_auc"] == 1.0
   assert row["dead_auc"] == 0.75          # (1 > 0) win, (0 = 0) tie
-  row["method"], apd["method"] = "spd", "apd"
+  assert (row["method"], apd["method"]) == ("spd", "apd")
   sep = scoreboard.pooled_separation([row, row])
   assert sep["spd"]["inputs_per_component"] == 1.0
   assert sep["spd"]["coactivation"] is None
