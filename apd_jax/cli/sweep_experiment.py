@@ -38,6 +38,7 @@ from apd_jax.cli import runlog
 from apd_jax.cli import sweep_report
 from apd_jax.engine import sweep
 from apd_jax.training import checkpoint
+from apd_jax.training import sharding
 
 # The final metrics tabulated per run, by method.
 METRICS = {"apd": ("loss", "faithfulness", "topk_recon", "l0",
@@ -103,7 +104,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       log.write(step, record)
 
   method, training = cli_config.method_and_training(
-      config, callback=write, checkpoint_dir=ckpt_dir)
+      config, callback=write, mesh=sharding.make_mesh(**config.mesh),
+      checkpoint_dir=ckpt_dir)
   t0 = time.perf_counter()
   result = sweep.decompose_sweep(
       apply_fn, params, sample_fn, include=config.include, sweep=values,

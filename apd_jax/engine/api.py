@@ -226,14 +226,20 @@ def make_target(apply_fn: ApplyFn, params: Any, include: str, *,
   return target
 
 
+def component_counts(method: Any) -> list[int]:
+  """The distinct C of `method.n_components` (an int, or `(leaf, C)` pairs),
+  ascending."""
+  C = method.n_components
+  return sorted({v for _, v in C} if isinstance(C, tuple) else {C})
+
+
 def check_inputs(method: Any, target: Target, sample_fn: SampleFn,
                  training: Training, mesh: jax.sharding.Mesh | None = None
                  ) -> None:
   """Checks the sampler, the method against the target and the mesh sizes
   (abstractly; nothing is compiled)."""
   if mesh is not None:
-    C = method.n_components
-    for c in sorted({v for _, v in C} if isinstance(C, tuple) else {C}):
+    for c in component_counts(method):
       sharding.check_sizes(mesh, batch_size=training.batch_size,
                            n_components=c)
   check_sampler(sample_fn, training.batch_size)

@@ -20,8 +20,10 @@ options) is a leading "runs" axis of the train state, of the data keys and
 of the method's traced `hypers`. It is `decompose`'s building blocks
 (`init_state`, `make_train_step`, `fit`, `evaluate`) with the step `vmap`ped
 over that axis, so it checkpoints, resumes and stops on SIGTERM as a single
-run does; with several devices the runs axis is sharded over them. Run i is
-the same computation as `decompose` with run i's values.
+run does. On a mesh (`training.mesh`, or all devices) the runs axis is
+split over its data axis and the components' C axis over its component axis
+(runs too large for one device). Run i is the same computation as
+`decompose` with run i's values.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -46,6 +49,7 @@ from apd_jax.core.target import ApplyFn
 from apd_jax.core.target import SampleFn
 from apd_jax.engine import api
 from apd_jax.training import checkpoint as ckpt_lib
+from apd_jax.training import sharding
 from apd_jax.training.options import Training
 
 Array = jax.Array
@@ -113,16 +117,28 @@ def best_index(values: Sequence[float], mode: str = "min") -> int:
                         for s in scores]))
 
 
-def _shard(tree, n_runs, devices):
-  """Places the leading runs axis over `devices` (padding R up to a multiple
-  of the device count with copies of run 0)."""
-  if len(devices) == 1:
-    return tree
-  pad = -n_runs % len(devices)
-  tree = jax.tree.map(
+def _placement(mesh, n_runs, stacked, optimizer):
+  """Where a sweep's arrays live: the runs axis over `mesh`'s data axis (R
+  padded to a multiple of its size) and, in the train state, the C axis of
+  the factors and of the optimiser's moments over its component axis, for
+  sweeps whose runs are too large for one device.
+
+  Returns `(pad, state_shardings, args_sharding)`."""
+  runs = NamedSharding(mesh, PartitionSpec(sharding.DATA))
+  comp = jax.tree.map(
+      lambda _: NamedSharding(mesh, PartitionSpec(sharding.DATA,
+                                                  sharding.COMPONENT)),
+      stacked.components)
+  opt = optax.tree_map_params(optimizer, lambda _, s: s, stacked.opt_state,
+                              comp, transform_non_params=lambda _: runs)
+  states = stacked.replace(step=runs, components=comp, opt_state=opt)
+  return -n_runs % mesh.shape[sharding.DATA], states, runs
+
+
+def _pad(tree, pad):
+  """`tree` with its runs axis extended by `pad` copies of run 0."""
+  return jax.tree.map(
       lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), tree)
-  mesh = jax.sharding.Mesh(np.array(devices), ("runs",))
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("runs")))
 
 
 def _stack(trees):
@@ -193,8 +209,15 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   hypers = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), hypers)
   keys = _stack([api.run_keys(s)[1] for s in seeds])
   n = len(runs)
-  devices = (list(training.mesh.devices.flat) if training.mesh is not None
-             else jax.devices())
+  mesh = training.mesh
+  if mesh is None and jax.device_count() > 1:
+    mesh = sharding.make_mesh()
+  if mesh is not None:
+    for c in api.component_counts(method):
+      if c % mesh.shape[sharding.COMPONENT]:
+        raise ValueError(f"n_components={c} must be divisible by the mesh's "
+                         f"component axis ({mesh.shape[sharding.COMPONENT]} "
+                         f"devices)")
   args = (keys, hypers)
   if params_for_run is None:
     step = api.make_train_step(static, plan, target, sample_fn, training)
@@ -205,7 +228,12 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       own = dataclasses.replace(target, params=target_params)
       return api.make_train_step(static, plan, own, sample_fn, training)(
           state, key, hyper)
-  states, args = _shard((_stack(states), args), n, devices)
+  states, state_shardings = _stack(states), None
+  if mesh is not None:
+    pad, state_shardings, runs_sharding = _placement(
+        mesh, n, states, api.optimizer(static, training))
+    states = jax.device_put(_pad(states, pad), state_shardings)
+    args = jax.device_put(_pad(args, pad), runs_sharding)
 
   def sweep_step(states, args):
     return jax.vmap(step)(states, *args)
@@ -225,6 +253,7 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
         states, sweep_step, args, steps=training.steps,
         log_every=training.log_every,
         print_every=training.print_every, callback=training.callback,
+        state_shardings=state_shardings,
         checkpoints=checkpoints, history=histories, n_runs=n,
         progress=training.progress)
   finally:
