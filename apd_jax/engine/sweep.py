@@ -196,6 +196,15 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   target = api.make_target(apply_fn, params, include, has_aux=has_aux,
                            log=training.progress, sample_fn=sample_fn)
   api.check_inputs(static, target, sample_fn, training)
+  mesh = training.mesh
+  if mesh is None and jax.device_count() > 1:
+    mesh = sharding.make_mesh()
+  if mesh is not None:
+    for c in api.component_counts(method):
+      if c % mesh.shape[sharding.COMPONENT]:
+        raise ValueError(f"n_components={c} must be divisible by the mesh's "
+                         f"component axis ({mesh.shape[sharding.COMPONENT]} "
+                         f"devices)")
   run_targets = _run_targets(target, runs, params_for_run)
   seeds = [r.get("seed", training.seed) for r in runs]
   states = [api.init_state(method, t, training, seed=s, sample_fn=sample_fn)
@@ -209,15 +218,6 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   hypers = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), hypers)
   keys = _stack([api.run_keys(s)[1] for s in seeds])
   n = len(runs)
-  mesh = training.mesh
-  if mesh is None and jax.device_count() > 1:
-    mesh = sharding.make_mesh()
-  if mesh is not None:
-    for c in api.component_counts(method):
-      if c % mesh.shape[sharding.COMPONENT]:
-        raise ValueError(f"n_components={c} must be divisible by the mesh's "
-                         f"component axis ({mesh.shape[sharding.COMPONENT]} "
-                         f"devices)")
   args = (keys, hypers)
   if params_for_run is None:
     step = api.make_train_step(static, plan, target, sample_fn, training)
