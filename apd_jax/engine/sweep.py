@@ -232,8 +232,9 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   if mesh is not None:
     pad, state_shardings, runs_sharding = _placement(
         mesh, n, states, api.optimizer(static, training))
-    states = jax.device_put(_pad(states, pad), state_shardings)
-    args = jax.device_put(_pad(args, pad), runs_sharding)
+    states = sharding.put(_pad(states, pad), state_shardings)
+    args = sharding.put(_pad(args, pad),
+                        jax.tree.map(lambda _: runs_sharding, args))
 
   def sweep_step(states, args):
     return jax.vmap(step)(states, *args)
