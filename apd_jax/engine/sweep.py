@@ -40,10 +40,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 
 from apd_jax.core.target import ApplyFn
 from apd_jax.core.target import SampleFn
@@ -117,24 +114,6 @@ def best_index(values: Sequence[float], mode: str = "min") -> int:
                         for s in scores]))
 
 
-def _placement(mesh, n_runs, stacked, optimizer):
-  """Where a sweep's arrays live: the runs axis over `mesh`'s data axis (R
-  padded to a multiple of its size) and, in the train state, the C axis of
-  the factors and of the optimiser's moments over its component axis, for
-  sweeps whose runs are too large for one device.
-
-  Returns `(pad, state_shardings, args_sharding)`."""
-  runs = NamedSharding(mesh, PartitionSpec(sharding.DATA))
-  comp = jax.tree.map(
-      lambda _: NamedSharding(mesh, PartitionSpec(sharding.DATA,
-                                                  sharding.COMPONENT)),
-      stacked.components)
-  opt = optax.tree_map_params(optimizer, lambda _, s: s, stacked.opt_state,
-                              comp, transform_non_params=lambda _: runs)
-  states = stacked.replace(step=runs, components=comp, opt_state=opt)
-  return -n_runs % mesh.shape[sharding.DATA], states, runs
-
-
 def _pad(tree, pad):
   """`tree` with its runs axis extended by `pad` copies of run 0."""
   return jax.tree.map(
@@ -201,10 +180,7 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     mesh = sharding.make_mesh()
   if mesh is not None:
     for c in api.component_counts(method):
-      if c % mesh.shape[sharding.COMPONENT]:
-        raise ValueError(f"n_components={c} must be divisible by the mesh's "
-                         f"component axis ({mesh.shape[sharding.COMPONENT]} "
-                         f"devices)")
+      sharding.check_sizes(mesh, batch_size=None, n_components=c)
   run_targets = _run_targets(target, runs, params_for_run)
   seeds = [r.get("seed", training.seed) for r in runs]
   states = [api.init_state(method, t, training, seed=s, sample_fn=sample_fn)
@@ -229,12 +205,13 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
       return api.make_train_step(static, plan, own, sample_fn, training)(
           state, key, hyper)
   states, state_shardings = _stack(states), None
-  if mesh is not None:
-    pad, state_shardings, runs_sharding = _placement(
-        mesh, n, states, api.optimizer(static, training))
+  if mesh is not None:  # runs over `data`, each run's C over `component`
+    pad = -n % mesh.shape[sharding.DATA]
+    state_shardings = sharding.train_state(
+        mesh, states, api.optimizer(static, training), runs=True)
     states = sharding.put(_pad(states, pad), state_shardings)
     args = sharding.put(_pad(args, pad),
-                        jax.tree.map(lambda _: runs_sharding, args))
+                        jax.tree.map(lambda _: sharding.batch(mesh), args))
 
   def sweep_step(states, args):
     return jax.vmap(step)(states, *args)

@@ -56,10 +56,12 @@ def make_mesh(data: int = -1, component: int = 1) -> Mesh:
   return jax.make_mesh((data, component), (DATA, COMPONENT), axis_types=auto)
 
 
-def check_sizes(mesh: Mesh, *, batch_size: int, n_components: int) -> None:
-  """Raises `ValueError` unless the mesh axes divide B and C."""
+def check_sizes(mesh: Mesh, *, batch_size: int | None, n_components: int
+                ) -> None:
+  """Raises `ValueError` unless the mesh axes divide B and C (B unchecked
+  when None: a sweep splits runs, not the batch, over `data`)."""
   data, component = mesh.shape[DATA], mesh.shape[COMPONENT]
-  if batch_size % data:
+  if batch_size is not None and batch_size % data:
     raise ValueError(f"batch_size={batch_size} must be divisible by the "
                      f"mesh's data axis ({data} devices)")
   if n_components % component:
@@ -87,15 +89,21 @@ def components(mesh: Mesh, comps: Any) -> Any:
 
 
 def train_state(mesh: Mesh, state: Any,
-                optimizer: optax.GradientTransformation) -> Any:
+                optimizer: optax.GradientTransformation, *,
+                runs: bool = False) -> Any:
   """Shardings of a `TrainState` (arrays or abstract): factors and the
-  optimizer's per-parameter moments split over C, the rest replicated."""
-  comp = components(mesh, state.components)
+  optimizer's per-parameter moments split over C, the rest replicated. With
+  `runs` (a sweep's stacked states) every array has a leading runs axis,
+  split over `data`."""
+  lead = (DATA,) if runs else ()
+  comp = jax.tree.map(
+      lambda _: NamedSharding(mesh, PartitionSpec(*lead, COMPONENT)),
+      state.components)
+  rest = batch(mesh) if runs else replicated(mesh)
   opt = optax.tree_map_params(
       optimizer, lambda _, s: s, state.opt_state, comp,
-      transform_non_params=lambda _: replicated(mesh))
-  return state.replace(step=replicated(mesh), components=comp,
-                       opt_state=opt)
+      transform_non_params=lambda _: rest)
+  return state.replace(step=rest, components=comp, opt_state=opt)
 
 
 def init(fn: Callable[..., Any], shardings: Callable[[Any], Any],

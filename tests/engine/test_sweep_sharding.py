@@ -30,9 +30,11 @@ SCRIPT = textwrap.dedent("""
         sweep={"seed": (0, 1, 2)}, include="W", method=method,
         training=apd_jax.Training(steps=20, batch_size=128, lr=0.01,
                                   log_every=10, eval_batches=1, mesh=mesh))
+    first = jax.tree.leaves(r.decompositions[0].components)[0]
     print(json.dumps(dict(devices=jax.device_count(), leaves=[
         [a.tolist() for a in jax.tree.leaves(d.components)]
-        for d in r.decompositions])))
+        for d in r.decompositions],
+        shard_c=sorted({s.data.shape[0] for s in first.addressable_shards}))))
 """)
 
 
@@ -63,6 +65,7 @@ def test_runs_and_components_sharded_equal_one_device(method):
   # 2 × 2 mesh: 3 runs (padded to 4) over the data axis, C = 6 over 2.
   one, four = run(1, method), run(4, method, component=2)
   assert four["devices"] == 4
+  assert (one["shard_c"], four["shard_c"]) == ([6], [3])   # C split in 2
   assert_same(four, one)
 
 
