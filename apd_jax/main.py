@@ -17,6 +17,8 @@ checkpoint (refusing if the config differs; `--fresh` starts again). On
 SIGTERM it checkpoints and exits with status 143.
 """
 
+import difflib
+import importlib.util
 import json
 import logging as py_logging
 import sys
@@ -27,6 +29,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from apd_jax import methods
 from apd_jax.cli import experiment
 from apd_jax.cli import sweep_experiment
 from apd_jax.training import distributed
@@ -53,6 +56,58 @@ def _quiet_orbax(record) -> bool:
   """Drops orbax's INFO lines (several per checkpoint) from the log."""
   return (record.levelno >= py_logging.WARNING
           or "orbax" not in record.pathname)
+
+
+def _load_config(argv: list[str]):
+  """The config that `--config=PATH[:ARG]` in `argv` names, or None."""
+  for a in argv:
+    if a.startswith("--config="):
+      path, _, arg = a[len("--config="):].partition(":")
+      spec = importlib.util.spec_from_file_location("_config", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      return module.get_config(arg or None)
+  return None
+
+
+def unknown_option(argv: list[str]) -> str | None:
+  """One line for the first `--config.a.b=...` of `argv` that the config
+  does not hold: the section, its valid names, the nearest ones."""
+  try:
+    config = _load_config(argv)
+  except Exception:  # noqa: BLE001 - the parser's own error is shown then
+    return None
+  if config is None:
+    return None
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    path = a[len("--config."):].partition("=")[0].split(".")
+    section, where = config, "config"
+    for name in path:
+      if not hasattr(section, "keys") or name not in section:
+        valid = sorted(section.keys()) if hasattr(section, "keys") else []
+        near = difflib.get_close_matches(name, valid, n=3)
+        if where == "config.method":   # the method's namespace
+          where = (f"config.method ({methods.get(section.name).__name__}'s "
+                   f"options)")
+        return (f"--config.{'.'.join(path)}: {where} has no option "
+                f"{name!r}"
+                + (f"; did you mean {' or '.join(near)}?" if near else "")
+                + f". Valid: {', '.join(valid)}")
+      section, where = section[name], f"{where}.{name}"
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with an option the config does not hold refused
+  in one line that names it and lists the valid ones."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    message = unknown_option(argv) or f"{type(e).__name__}: {e}"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -83,4 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

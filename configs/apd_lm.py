@@ -27,15 +27,14 @@ from apd_jax.targets import lm
 def get_config(arg=None):
   args = common.parse_arg(arg, tiny=False)
   c = common.default_config()
-  c.method = "apd"
   lm.configure(c)
-  c.n_components = 32
-  c.rank = 16
-  c.topk = 2.0
-  c.per_position = True
-  c.faithfulness_coeff = 1e4
-  c.simplicity_coeff = 1.0
-  c.schatten_p = 0.9
+  c.method.n_components = 32
+  c.method.rank = 16
+  c.method.topk = 2.0
+  c.method.per_position = True
+  c.method.faithfulness_coeff = 1e4
+  c.method.simplicity_coeff = 1.0
+  c.method.schatten_p = 0.9
   c.steps = 1000
   c.batch_size = 4
   c.warmup_frac = 0.05

@@ -31,18 +31,18 @@ def get_config(arg=None):
       feature_probability=0.05,  # each control bit on with this probability
   ))
   c.include = r"W_in|W_out"      # every MLP weight; not W_E, W_U, biases
-  c.n_components = 4             # C = n_functions (the paper: 4 or more)
-  c.rank = None                  # full rank, min(i, o) = 6
-  c.topk = 0.2217
+  c.method.n_components = 4      # C = n_functions (the paper: 4 or more)
+  c.method.rank = None           # full rank, min(i, o) = 6
+  c.method.topk = 0.2217
   c.steps = 200_000
   c.batch_size = 10_000
   c.lr = 3e-3
   c.lr_schedule = "cosine"
   c.warmup_frac = 0.004          # the reference code's warm-up
-  c.faithfulness_coeff = 0.1
-  c.minimality_coeff = 5.0
-  c.simplicity_coeff = 5.0
-  c.schatten_p = 1.0
+  c.method.faithfulness_coeff = 0.1
+  c.method.minimality_coeff = 5.0
+  c.method.simplicity_coeff = 5.0
+  c.method.schatten_p = 1.0
   c.log_every = 1000
   c.print_every = 10_000
   c.sweep.select, c.sweep.select_mode = gated.SELECT

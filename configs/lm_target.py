@@ -4,8 +4,10 @@ context 128, bytes as tokens, trained on the standard library's text.
   python scripts/train_lm.py --config=configs/lm_target.py \
       --workdir=runs/lm_target
 
-Writes the params (`target_params.msgpack`), the training log, the held-out
-loss in nats per byte (`summary.json`) and the loss curves (`losses.png`).
+`apd_jax/cli/train_lm.py` reads it, trains with `apd_jax/targets/lm.py`
+and writes the params (`target_params.msgpack`), the training log, the
+held-out loss in nats per byte (`summary.json`) and the loss curves
+(`losses.png`).
 `:tiny` is a 1-layer d_model 32 model trained for 40 steps (a smoke run).
 """
 

@@ -17,10 +17,11 @@ def get_config(arg=None):
   args = common.parse_arg(arg, rank1=False, quick=False)
   c = common.default_config()
   resid_mlp.configure(c, n_layers=1)
-  c.n_components = 130
+  c.method.update(resid_mlp.APD_OPTIONS)
+  c.method.n_components = 130
   c.steps = 40_000
-  c.minimality_coeff = 1.0
-  c.simplicity_coeff = 10.0
-  c.unit_norm_matrices = True
+  c.method.minimality_coeff = 1.0
+  c.method.simplicity_coeff = 10.0
+  c.method.unit_norm_matrices = True
   resid_mlp.variants(c, rank1=args.rank1, quick=args.quick)
   return c

@@ -14,9 +14,10 @@ def get_config(arg=None):
   args = common.parse_arg(arg, rank1=False, quick=False)
   c = common.default_config()
   resid_mlp.configure(c, n_layers=3)
-  c.n_components = 200
+  c.method.update(resid_mlp.APD_OPTIONS)
+  c.method.n_components = 200
   c.steps = 10_000
-  c.minimality_coeff = 2.0
-  c.simplicity_coeff = 7.0
+  c.method.minimality_coeff = 2.0
+  c.method.simplicity_coeff = 7.0
   resid_mlp.variants(c, rank1=args.rank1, quick=args.quick)
   return c

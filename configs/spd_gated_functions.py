@@ -30,12 +30,12 @@ def _apd_config(arg):
 def get_config(arg=None):
   args = common.parse_arg(arg, quick=False)
   c = _apd_config("quick" if args.quick else None)
-  c.method = "spd"
-  c.n_components = 20
-  c.faithfulness_coeff = 1.0
-  c.importance_coeff = 1e-3
-  c.importance_p = 2.0
-  c.gate_hidden = 16
+  common.use_method(c, "spd")     # the target's settings, SPD's options
+  c.method.n_components = 20
+  c.method.faithfulness_coeff = 1.0
+  c.method.importance_coeff = 1e-3
+  c.method.importance_p = 2.0
+  c.method.gate_hidden = 16
   c.steps = 2000 if args.quick else 40_000
   c.batch_size = 2048 if args.quick else 4096
   c.lr = 1e-3

@@ -27,13 +27,12 @@ from apd_jax.targets import lm
 
 def get_config(arg=None):
   args = common.parse_arg(arg, tiny=False)
-  c = common.default_config()
-  c.method = "spd"
+  c = common.default_config("spd")
   lm.configure(c)
-  c.n_components = 192
-  c.importance_coeff = 3e-4
-  c.importance_p = 1.0
-  c.faithfulness_coeff = 1e6
+  c.method.n_components = 192
+  c.method.importance_coeff = 3e-4
+  c.method.importance_p = 1.0
+  c.method.faithfulness_coeff = 1e6
   c.steps = 2000
   c.batch_size = 8
   c.warmup_frac = 0.0

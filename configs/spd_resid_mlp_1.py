@@ -16,13 +16,12 @@ from apd_jax.targets import resid_mlp
 
 def get_config(arg=None):
   args = common.parse_arg(arg, quick=False)
-  c = common.default_config()
+  c = common.default_config("spd")
   resid_mlp.configure(c, n_layers=1)
-  c.method = "spd"
-  c.n_components = 100
-  c.importance_coeff = 1e-5
-  c.importance_p = 2.0
-  c.gate_hidden = 16
+  c.method.n_components = 100
+  c.method.importance_coeff = 1e-5
+  c.method.importance_p = 2.0
+  c.method.gate_hidden = 16
   c.steps = 30_000
   c.batch_size = 2048
   c.lr = 2e-3

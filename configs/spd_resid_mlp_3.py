@@ -17,13 +17,12 @@ from apd_jax.targets import resid_mlp
 
 def get_config(arg=None):
   args = common.parse_arg(arg, quick=False)
-  c = common.default_config()
+  c = common.default_config("spd")
   resid_mlp.configure(c, n_layers=3)
-  c.method = "spd"
-  c.n_components = 500
-  c.importance_coeff = 5e-6
-  c.importance_p = 2.0
-  c.gate_hidden = 128
+  c.method.n_components = 500
+  c.method.importance_coeff = 5e-6
+  c.method.importance_p = 2.0
+  c.method.gate_hidden = 128
   c.steps = 100_000
   c.batch_size = 2048
   c.lr = 1e-3

@@ -16,13 +16,12 @@ from apd_jax.targets import tms
 
 def get_config(arg=None):
   args = common.parse_arg(arg, identity=False, quick=False)
-  c = common.default_config()
-  c.method = "spd"
+  c = common.default_config("spd")
   c.target.update(n_features=40, n_hidden=10, steps=2000, batch_size=2048)
-  c.n_components = 200
-  c.importance_coeff = 1e-4
-  c.importance_p = 2.0
-  c.gate_hidden = 16
+  c.method.n_components = 200
+  c.method.importance_coeff = 1e-4
+  c.method.importance_p = 2.0
+  c.method.gate_hidden = 16
   c.steps = 40_000
   c.batch_size = 4096
   c.lr = 1e-3

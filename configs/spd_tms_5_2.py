@@ -17,13 +17,12 @@ from apd_jax.targets import tms
 
 def get_config(arg=None):
   args = common.parse_arg(arg, identity=False, quick=False, sweep=False)
-  c = common.default_config()
-  c.method = "spd"
+  c = common.default_config("spd")
   c.target.update(n_features=5, n_hidden=2, steps=5000, batch_size=1024)
-  c.n_components = 20
-  c.importance_coeff = 3e-3
-  c.importance_p = 1.0
-  c.gate_hidden = 16
+  c.method.n_components = 20
+  c.method.importance_coeff = 3e-3
+  c.method.importance_p = 1.0
+  c.method.gate_hidden = 16
   c.steps = 40_000
   c.batch_size = 4096
   c.lr = 1e-3

@@ -16,16 +16,16 @@ def get_config(arg=None):
   args = common.parse_arg(arg, identity=False, quick=False)
   c = common.default_config()
   c.target.update(n_features=40, n_hidden=10, steps=2000, batch_size=2048)
-  c.n_components = 50
-  c.rank = 11                   # the reference's min(n_features, n_hidden) + 1
-  c.topk = 1.0
+  c.method.n_components = 50
+  c.method.rank = 11     # the reference's min(n_features, n_hidden) + 1
+  c.method.topk = 1.0
   c.steps = 20_000
   c.batch_size = 2048
   c.lr = 1e-3
   c.lr_schedule = "cosine"
   c.warmup_frac = 0.05
-  c.minimality_coeff = 10.0
-  c.simplicity_coeff = 20.0
-  c.schatten_p = 0.9
+  c.method.minimality_coeff = 10.0
+  c.method.simplicity_coeff = 20.0
+  c.method.schatten_p = 0.9
   tms.variants(c, identity=args.identity, quick=args.quick)
   return c

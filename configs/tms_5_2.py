@@ -22,18 +22,18 @@ def get_config(arg=None):
   args = common.parse_arg(arg, identity=False, quick=False, sweep=False)
   c = common.default_config()
   c.target.update(n_features=5, n_hidden=2, steps=5000, batch_size=1024)
-  c.n_components = 5
-  c.rank = 3                    # the reference's min(n_features, n_hidden) + 1
-  c.topk = 0.211
+  c.method.n_components = 5
+  c.method.rank = 3      # the reference's min(n_features, n_hidden) + 1
+  c.method.topk = 0.211
   c.steps = 20_000
   c.batch_size = 2048
   c.lr = 3e-2
   c.lr_schedule = "constant"
   c.warmup_frac = 0.05
-  c.minimality_coeff = 1.0
-  c.simplicity_coeff = 0.7
-  c.schatten_p = 1.0
-  c.attribution_point = "components"
+  c.method.minimality_coeff = 1.0
+  c.method.simplicity_coeff = 0.7
+  c.method.schatten_p = 1.0
+  c.method.attribution_point = "components"
   tms.variants(c, identity=args.identity, quick=args.quick)
   if args.sweep:
     c.sweep.seed = tuple(range(8))

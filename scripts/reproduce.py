@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from apd_jax import methods
 from apd_jax.cli import experiment
 
 FLAGS = flags.FLAGS
@@ -34,10 +35,6 @@ flags.DEFINE_float("ml2r_min", 0.0, "Smallest ML2R counted as a success.")
 flags.DEFINE_float("ml2r_max", float("inf"),
                    "Largest ML2R counted as a success.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-KEYS = {"apd": ("topk_recon", "l0", "dead_components"),
-        "spd": ("stochastic_recon", "l0", "alive")}
-
 
 def run_seed(config, seed: int) -> dict:
   workdir = os.path.join(FLAGS.workdir, f"seed_{seed}")
@@ -55,7 +52,8 @@ def run_seed(config, seed: int) -> dict:
 def main(_):
   logging.set_verbosity(logging.INFO)
   config = FLAGS.config
-  keys = ("mmcs", "ml2r", "faithfulness") + KEYS[config.method] + (
+  method = methods.get(config.method.name)
+  keys = ("mmcs", "ml2r") + tuple(method.METRICS) + (
       "wall_seconds", "steps_per_s")
   rows = []
   for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):

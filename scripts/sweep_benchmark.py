@@ -51,8 +51,10 @@ def per_step() -> None:
   from apd_jax.cli import config as cli_config  # noqa: PLC0415
   from apd_jax.cli import experiment  # noqa: PLC0415
   from apd_jax.engine import api  # noqa: PLC0415
+  from apd_jax.training import cpu  # noqa: PLC0415
   from apd_jax.training import train  # noqa: PLC0415
 
+  cpu.apply_tweaks()
   config = importlib.import_module("configs." + FLAGS.config).get_config()
   method, training = cli_config.method_and_training(config)
   training = training.replace(progress=False)

@@ -17,7 +17,7 @@ def tutorial_code(script=SCRIPT):
 
 
 def test_readme_shows_the_script_code():
-  readme = (ROOT / "README.md").read_text()
+  readme = (ROOT / "docs" / "your_model.md").read_text()
   assert f"```python\n{tutorial_code()}```" in readme
 
 

@@ -12,7 +12,7 @@ SCRIPT = ROOT / "scripts" / "tutorial_lm.py"
 
 
 def test_readme_shows_the_script_code():
-  readme = (ROOT / "README.md").read_text()
+  readme = (ROOT / "docs" / "your_model.md").read_text()
   assert f"```python\n{tutorial_code(SCRIPT)}```" in readme
 
 

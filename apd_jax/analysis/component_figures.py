@@ -45,8 +45,7 @@ def plot_summary(summary, path: str):
              for c in ("tab:blue", "tab:red", "0.7")]
   fig.legend(handles, ["alive", "always on (≥ 99%)", "dead (never)"],
              loc="lower center", ncol=3, fontsize=7)
-  what = ("in the top-k mask" if summary.method == "APD"
-          else "causal importance G above the threshold")
+  what = summary.active
   plotting.titled(fig, f"How often each component is active "
                        f"({summary.method}, {summary.n_examples} fresh "
                        f"examples)",

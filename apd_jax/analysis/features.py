@@ -70,7 +70,8 @@ def best_components(result, n_features: int, value: float = 1.0) -> Array:
   """Per feature, the component with the largest attribution on the input
   `x = value·e_i` (only feature i on): `[n_features]`."""
   x = value * jnp.eye(n_features)
-  return jnp.argmax(result.attributions(x), axis=1)
+  (scores,) = result.scores(x).values()    # one group over every leaf
+  return jnp.argmax(scores, axis=1)
 
 
 def recovery(target_kappa: Array, component_kappa: Array, best: Array,
@@ -125,7 +126,7 @@ def scrubbing(result, x: Array, labels: Array, best: Array, key: Array,
     return jnp.mean((y - labels) ** 2, axis=1)
 
   return dict(target=loss(result.target.batch(x)[0]),
-              topk=loss(result.apply(x, result.topk_mask(x))),
+              topk=loss(result.apply(x, result.masks(x))),
               scrubbed=loss(result.apply(x, scrubbed)),
               anti_scrubbed=loss(result.apply(x, anti)),
               monosemantic=monosemantic_loss(x, labels, n_neurons))
@@ -233,13 +234,14 @@ def spd_recovery(result, threshold: float = 0.9) -> dict[str, Any]:
   W_E = params["W_E"]
   n_layers = len(params["layers"])
   n = W_E.shape[0]
-  G = result.causal_importances(jnp.eye(n))
+  G = result.scores(jnp.eye(n))
+  active = result.active(jnp.eye(n))
   kappa = spd_input_contributions(W_E, result.target.weights, n_layers)
   own, best = [], []
   for w_in, _ in layer_names(n_layers):
     g = G[w_in]                                         # [n, C]
     c = jnp.argmax(g, axis=1)
-    on = jnp.max(g, axis=1) > result.method.threshold
+    on = jnp.any(active[w_in], axis=1)
     u = result.components.U[w_in][c, :, 0]              # [n, d_resid]
     v = result.components.V[w_in][c, 0, :]              # [n, d_mlp]
     own.append(jnp.where(on[:, None],

@@ -5,21 +5,22 @@
     s.to_dict(); s.markdown()              # for summary.json / summary.md
     tops = top_inputs(result, sample_fn, key, k=8)
 
-A component is *active* on an example where training would use it: APD, in
-the top-k mask; SPD, where its causal importance exceeds the threshold
-(`G > 0.1`). On fresh examples from `sample_fn`, per component:
+A component is *active* on an example where its method says so
+(`method.active`; APD: in the top-k mask; SPD: causal importance above the
+threshold, `G > 0.1`). On fresh examples from `sample_fn`, per component:
 
   frequency      fraction of examples on which it is active;
-  mean score     mean attribution `A_c(x)²` (SPD: mean `G`) when active;
+  mean score     mean score (`method.SCORE`: APD's attribution `A_c(x)²`,
+                 SPD's `G`) when active;
   norm           `‖P_{c,l}‖_F` per decomposed leaf l (SPD: `‖u_c‖ ‖v_c‖`);
   eff. rank      `exp(H(σ / Σσ))`, σ the singular values of `P_{c,l}`
                  (1 for a rank-one matrix, r for r equal singular values,
                  0 for a zero matrix);
   status         `dead` (never active) or `always on` (frequency ≥ 0.99).
 
-APD's components span every decomposed leaf (one group); SPD's
-subcomponents belong to one product each (a group per product, labelled
-as `Decomposition.causal_importances` labels them). Top inputs are the
+Components come in the method's groups (`Decomposition.groups`): APD's span
+every decomposed leaf (one group, `''`); SPD's belong to one product each
+(a group per product). Top inputs are the
 examples with the highest score, each with the cost of switching the
 component off there (the method's reconstruction loss, MSE or KL, between
 the output with every component on and with all but this one).
@@ -44,7 +45,7 @@ ALWAYS_ON = 0.99
 @dataclasses.dataclass(frozen=True)
 class Component:
   """One row of a `Summary`."""
-  group: str                      # '' (APD) or the product's label (SPD)
+  group: str                      # the method's group ('' for APD)
   index: int
   frequency: float
   mean_score: float               # nan when never active
@@ -61,6 +62,7 @@ class Summary:
   n_examples: int
   components: tuple[Component, ...]
   totals: dict[str, float]
+  active: str = "active"          # when a component counts as active
 
   def counts(self) -> dict[str, dict[str, int]]:
     """`{group: {total, alive, dead, always_on}}`."""
@@ -74,9 +76,9 @@ class Summary:
     return out
 
   def _rows(self, alive_only: bool) -> tuple[list[str], list[list[str]]]:
-    """Columns: per leaf norm and rank for APD (a component spans every
-    leaf); one norm and rank for SPD (a subcomponent has one leaf)."""
-    spd = self.method == "SPD"
+    """Columns: per leaf norm and rank where components span the leaves
+    (one unnamed group, APD); else the group and one norm and rank."""
+    spd = any(c.group for c in self.components)
     leaves = [""] if spd else list(dict.fromkeys(
         n for c in self.components for n in c.norm))
     head = (["product"] if spd else []) + [
@@ -124,7 +126,7 @@ class Summary:
     head, rows = self._rows(alive_only=False)
     lines = ["# Decomposition summary", "", *[f"{h}  " for h in
                                               self._header()], "",
-             _DEFINITIONS, "",
+             _DEFINITIONS.format(active=self.active, score=self.score), "",
              "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -144,7 +146,7 @@ class Summary:
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready: totals, counts and one dict per component."""
-    return dict(method=self.method, score=self.score,
+    return dict(method=self.method, score=self.score, active=self.active,
                 n_examples=self.n_examples, totals=dict(self.totals),
                 counts=self.counts(),
                 components=[dataclasses.asdict(c) for c in self.components])
@@ -152,8 +154,7 @@ class Summary:
 
 _DEFINITIONS = (
     "*frequency*: fraction of examples on which the component is active "
-    "(APD: in the top-k mask; SPD: causal importance G > threshold); "
-    "*mean score*: its mean attribution A² (SPD: mean G) when active; "
+    "({active}); *mean score*: its mean {score} when active; "
     "*norm*: ‖P_c‖_F per decomposed matrix; *eff.rank*: exp of the entropy "
     "of P_c's normalised singular values; *dead*: never active; "
     "*always on*: active on ≥ 99% of examples.")
@@ -188,20 +189,14 @@ def activity(result, x: Array) -> dict[str, tuple[Array, Array]]:
   `N = B·T` where the method scores each of T positions of an example (SPD
   on sequences, APD with `per_position`: position `t` of example `b` is
   row `b·T + t`)."""
-  if type(result.method).__name__ == "SPD":
-    t = result.method.threshold
-    G = {k: g.reshape(-1, g.shape[-1])
-         for k, g in result.causal_importances(x).items()}
-    return {k: (g > t, g) for k, g in G.items()}
-  attr = result.attributions(x)
-  C = attr.shape[-1]
-  return {"": (result.topk_mask(x).reshape(-1, C) > 0, attr.reshape(-1, C))}
+  scores = result.scores(x)
+  active = result.active(x)
+  return {g: (active[g].reshape(-1, s.shape[-1]), s.reshape(-1, s.shape[-1]))
+          for g, s in scores.items()}
 
 
 def _leaves_of(result, group: str) -> tuple[str, ...]:
-  if not group:
-    return tuple(result.components.U)
-  return (result.plan.leaves[result.plan.labels.index(group)],)
+  return tuple(result.groups[group])
 
 
 def summarize(result, sample_fn, key: Array, *, batch_size: int = 1024,
@@ -242,10 +237,9 @@ def summarize(result, sample_fn, key: Array, *, batch_size: int = 1024,
   totals = {k: float(v) for k, v in final.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
             and k not in ("threshold", "steps", "wall_seconds")}
-  spd = type(result.method).__name__ == "SPD"
-  return Summary(method="SPD" if spd else "APD",
-                 score="G" if spd else "attribution", n_examples=n,
-                 components=tuple(rows), totals=totals)
+  m = result.method
+  return Summary(method=type(m).__name__, score=m.SCORE, n_examples=n,
+                 components=tuple(rows), totals=totals, active=m.ACTIVE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +250,7 @@ class TopInputs:
   index: int
   frequency: float
   inputs: np.ndarray              # [k, ...] the examples
-  scores: np.ndarray              # [k] attribution A² (SPD: G), descending
+  scores: np.ndarray              # [k] the method's score, descending
   ablation: np.ndarray            # [k] recon loss with the component off
   positions: np.ndarray | None = None   # [k] the position in a sequence
 
@@ -332,17 +326,14 @@ def _ablate_chunk(result, group, x_all, rows, comp, n_components, per):
   off = np.ones((x.shape[0],) + lead + (n_components,), np.float32)
   off[np.arange(len(rows)), ..., comp] = 0.0
   on = jnp.ones_like(off)
-  if group:                                   # SPD: one product masked
-    y_on = result.apply(x, {group: on})
-    y_off = result.apply(x, {group: jnp.asarray(off)})
-  else:
-    y_on = result.apply(x, on)
-    y_off = result.apply(x, jnp.asarray(off))
+  y_on = result.apply(x, {group: on})         # the other groups: as is
+  y_off = result.apply(x, {group: jnp.asarray(off)})
   if per > 1:                    # the output at the picked position
     at = jnp.asarray(rows % per)
     y_on = jnp.take_along_axis(y_on, at[:, None, None], axis=1)[:, 0]
     y_off = jnp.take_along_axis(y_off, at[:, None, None], axis=1)[:, 0]
-  recon = losses.kl if result.method.recon == "kl" else losses.mse
+  recon = losses.kl if getattr(result.method, "recon", "mse") == "kl" else (
+      losses.mse)
   return np.asarray(jax.vmap(lambda a, b: recon(a[None], b[None]))(y_on,
                                                                    y_off))
 

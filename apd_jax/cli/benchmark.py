@@ -32,8 +32,8 @@ import jax
 from absl import app
 from absl import flags
 
+from apd_jax import methods
 from apd_jax.engine import api
-from apd_jax.methods.apd import APD
 from apd_jax.models import transformer
 from apd_jax.targets import lm
 from apd_jax.targets import resid_mlp
@@ -62,8 +62,9 @@ class Case:
   n_components: int
   rank: int | None
   batch_size: int
-  settings: dict         # APD options
+  settings: dict         # the method's options
   projections: int = 0
+  method: str = "apd"    # the registered method's name
 
 
 RESID = dict(topk=1.28, hidden_act_coeff=1.0, hidden_acts="post_relu",
@@ -129,8 +130,9 @@ def build(case: Case):
                              has_aux=True, log=False)
     sample = resid_mlp.sampler(n_features=dims.get("n_features", 100),
                                feature_probability=0.01)
-  method = APD(n_components=case.n_components, rank=case.rank,
-               attribution_projections=case.projections, **case.settings)
+  method = methods.get(case.method)(
+      n_components=case.n_components, rank=case.rank,
+      attribution_projections=case.projections, **case.settings)
   training = Training(batch_size=case.batch_size, progress=False)
   state = api.init_state(method, target, training, seed=1)
   plan = method.plan(target, sample, case.batch_size, state.components)
@@ -224,6 +226,7 @@ def run(*, quick: bool = False, out: str = "", steps: int = 0,
   """Measures every case (`only`: the named ones; and, unless `quick` or
   `only`, the scaling); prints the table, writes JSON (and the figure) to
   `out` if given; returns the results."""
+  cpu.apply_tweaks()   # as a run starting on this machine does
   names = [c.name for c in CASES]
   unknown = sorted(set(only) - set(names))
   if unknown:

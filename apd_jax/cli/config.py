@@ -1,44 +1,38 @@
 """What a config file holds, and how its argument is parsed.
 
-`default_config()` has `include`, `method` ('apd' or 'spd') and one field
-per `APD`, `SPD` and `Training` option (their docstrings say what each does;
-the two methods share `n_components`, `faithfulness_coeff` and `recon`; the
-command line starts from APD's TMS 5-2 paper values), plus `target`, `mesh`
-and `sweep`. `parse_arg`
-reads a config file's argument (`configs/tms_5_2.py:identity,quick`)
-with types and rejects unknown names. `method_and_training(config)` makes
-the two objects.
+`default_config(method)` holds `include`; `method`, a section with the
+method's `name` and only that method's options (`config.method.topk`; the
+method's docstring says what each does; required ones start at the
+method's `CLI_DEFAULTS`, its TMS 5-2 paper values); every `Training` option
+at the top level (`config.steps`); and `target`, `mesh` and `sweep` (the
+sweepable `Training` and method options). `check` rejects a method section
+holding another method's options, naming the valid ones; `parse_arg` reads
+a config file's argument (`configs/tms_5_2.py:identity,quick`);
+`method_and_training(config)` makes the two objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import ml_collections
 
-from apd_jax.methods.apd import APD
-from apd_jax.methods.spd import SPD
+from apd_jax import methods
 from apd_jax.training.options import Training
-
-METHODS = {"apd": APD, "spd": SPD}
 
 # Options that a config does not hold (objects, or set by the runner).
 NOT_IN_CONFIG = ("optimizer", "callback", "mesh", "checkpoint_dir",
                  "progress")
-# The command line's defaults where they differ from the objects' own: TMS
-# 5-2 with the paper's settings.
-CLI_DEFAULTS = dict(n_components=5, topk=0.211, steps=20_000, lr=3e-2,
-                    warmup_frac=0.05, simplicity_coeff=0.7,
-                    hidden_acts="post_relu", checkpoint_every=5000)
-# Options whose default is None, with the type a value must have.
-OPTIONAL = {"rank": int, "factored": bool, "importance_p_final": float,
-            "warmup_frac": float}
-# SPD's required options, at its TMS 5-2 paper value.
-SPD_DEFAULTS = dict(importance_coeff=3e-3)
-# Every numeric option a sweep may vary, of either method.
-SWEEPABLE = tuple(dict.fromkeys(Training.SWEEPABLE + APD.SWEEPABLE
-                                + SPD.SWEEPABLE))
+# The command line's Training defaults where they differ from `Training`'s
+# own: TMS 5-2 with APD's paper settings.
+TRAINING_DEFAULTS = dict(steps=20_000, lr=3e-2, warmup_frac=0.05,
+                         checkpoint_every=5000)
+# Sweep-section fields that are not swept values.
+SWEEP_SETTINGS = ("target_per_seed", "select", "select_mode",
+                  "mmcs_threshold")
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def option_names(cls) -> tuple[str, ...]:
@@ -46,23 +40,48 @@ def option_names(cls) -> tuple[str, ...]:
                if f.name not in NOT_IN_CONFIG)
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Every option at the command line's default, the TMS 5-2 target, all
-  local devices on the data axis, and nothing swept."""
+def _field_value(cls, f: dataclasses.Field) -> Any:
+  """The config's value of option `f`: `CLI_DEFAULTS`, else its default (a
+  typed placeholder where that is None)."""
+  value = getattr(cls, "CLI_DEFAULTS", {}).get(f.name, f.default)
+  if value is dataclasses.MISSING:
+    raise ValueError(f"{cls.__name__}.{f.name} is required and has no value "
+                     f"in {cls.__name__}.CLI_DEFAULTS")
+  if value is None:
+    found = re.findall(r"\b(int|float|bool|str)\b", str(f.type))
+    return ml_collections.config_dict.placeholder(
+        _TYPES[found[0]] if found else object)
+  return value
+
+
+def method_section(name: str) -> ml_collections.ConfigDict:
+  """`name` and every option of the method registered as `name`."""
+  cls = methods.get(name)
+  section = ml_collections.ConfigDict()
+  section.name = cls.NAME
+  for f in dataclasses.fields(cls):
+    section[f.name] = _field_value(cls, f)
+  return section
+
+
+def sweepable(method_name: str) -> tuple[str, ...]:
+  """The options a sweep of this method may vary: Training's, then the
+  method's (the last varies fastest in the grid)."""
+  return tuple(dict.fromkeys(Training.SWEEPABLE
+                             + tuple(methods.get(method_name).SWEEPABLE)))
+
+
+def default_config(method: str = "apd") -> ml_collections.ConfigDict:
+  """Every option of `method` and `Training` at the command line's default,
+  the TMS 5-2 target, all local devices on the data axis, and nothing
+  swept."""
   c = ml_collections.ConfigDict()
   c.include = "W"              # regex over leaf keystr: leaves to decompose
-  c.method = "apd"             # 'apd' or 'spd'
-  for cls in (APD, SPD, Training):
-    for f in dataclasses.fields(cls):
-      if f.name in NOT_IN_CONFIG or f.name in c:
-        continue
-      if f.name in SPD_DEFAULTS:
-        c[f.name] = SPD_DEFAULTS[f.name]
-        continue
-      if f.name in OPTIONAL:
-        c[f.name] = ml_collections.config_dict.placeholder(OPTIONAL[f.name])
-      else:
-        c[f.name] = CLI_DEFAULTS.get(f.name, f.default)
+  c.method = method_section(method)
+  for f in dataclasses.fields(Training):
+    if f.name not in NOT_IN_CONFIG:
+      c[f.name] = _field_value(Training, f) if f.name not in (
+          TRAINING_DEFAULTS) else TRAINING_DEFAULTS[f.name]
   c.target = ml_collections.ConfigDict(dict(
       name="tms",              # a module of apd_jax/targets
       path="",                 # load params from this msgpack file if set
@@ -75,30 +94,70 @@ def default_config() -> ml_collections.ConfigDict:
   # Sweep: every combination of the listed values trains in one program
   # (empty: not swept); see apd_jax/engine/sweep.py.
   c.sweep = ml_collections.ConfigDict(dict(
-      **{n: () for n in SWEEPABLE},
+      **{n: () for n in sweepable(method)},
       target_per_seed=False,   # each seed's run decomposes a target
                                # trained with that seed
-      select="topk_recon",     # the metric that picks the best run
-      select_mode="min",       # 'min' or 'max'
+      select=methods.get(method).SELECT[0],   # the metric that picks the
+      select_mode=methods.get(method).SELECT[1],  # best run: 'min'/'max'
       mmcs_threshold=0.99))    # TMS: seeds at MMCS >= this count as success
   return c
 
 
+def use_method(c: ml_collections.ConfigDict, name: str) -> None:
+  """Gives `c` the method `name`: its section at its defaults, and the
+  sweep values it may vary (the sweep's settings kept)."""
+  c.method = method_section(name)
+  settings = {k: c.sweep[k] for k in SWEEP_SETTINGS}
+  c.sweep = ml_collections.ConfigDict(dict(
+      **{n: () for n in sweepable(name)}, **settings))
+
+
+def swept_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The names a sweep of this config may vary, in the grid's order."""
+  return sweepable(config.method.name)
+
+
+def set_option(config: ml_collections.ConfigDict, name: str, value: Any
+               ) -> None:
+  """Sets the Training or method option `name` (a swept run's value)."""
+  if name in config.method:
+    config.method[name] = value
+  else:
+    config[name] = value
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises `ValueError` if `config.method` names an unknown method or
+  holds options that are not that method's (all of them listed, with the
+  valid ones)."""
+  cls = methods.get(config.method.name)
+  valid = set(option_names(cls))
+  foreign = sorted(set(config.method) - valid - {"name"})
+  if foreign:
+    raise ValueError(
+        f"config.method ({cls.NAME}) has options {foreign} that "
+        f"{cls.__name__} does not take; its options: {sorted(valid)}")
+  swept_foreign = sorted(set(config.sweep) - set(SWEEP_SETTINGS)
+                         - set(sweepable(cls.NAME)))
+  if swept_foreign:
+    raise ValueError(f"config.sweep has {swept_foreign}, which a "
+                     f"{cls.__name__} sweep cannot vary; sweepable: "
+                     f"{sorted(sweepable(cls.NAME))}")
+
+
 def method_and_training(config: ml_collections.ConfigDict, **training
-                        ) -> tuple[APD | SPD, Training]:
-  """The config's method (`APD` or `SPD`, by `config.method`) and
-  `Training` (`training` adds the options a config does not hold);
+                        ) -> tuple[Any, Training]:
+  """The config's method (the class registered as `config.method.name`)
+  and `Training` (`training` adds the options a config does not hold);
   `checkpoint_every` is rounded up to a multiple of `log_every`
   (checkpoints are taken at log steps)."""
+  check(config)
   t = {n: config[n] for n in option_names(Training)}
   if t["checkpoint_every"] > 0:
     t["checkpoint_every"] = -(-t["checkpoint_every"] // t["log_every"]) * (
         t["log_every"])
-  if config.method not in METHODS:
-    raise ValueError(f"config.method must be one of {sorted(METHODS)}, got "
-                     f"{config.method!r}")
-  cls = METHODS[config.method]
-  method = cls(**{n: config[n] for n in option_names(cls)})
+  cls = methods.get(config.method.name)
+  method = cls(**{n: config.method[n] for n in option_names(cls)})
   return method, Training(**t, **training)
 
 

@@ -1,15 +1,16 @@
 """`train_and_evaluate(config, workdir)`: the command line's whole job.
 
-The only code that reads a `ConfigDict`. It trains (or loads) the target,
-decomposes it through the public `decompose` API on the configured device
-mesh, and writes to `workdir` (files from process 0 only):
+With `train_lm.py`, the only code that reads a `ConfigDict`. It trains (or
+loads) the target, decomposes it through the public `decompose` API on the
+configured device mesh, and writes to `workdir` (files from process 0
+only):
 
   config.json            the config as run
   target_params.msgpack  the target's params (flax serialization)
   metrics.jsonl          one line per log: step, losses, L0, steps/s
   events.out.tfevents.*  TensorBoard: the logged scalars, the figures, and
-                         histograms of attributions (SPD: causal
-                         importances) and mask use
+                         histograms of the scores (APD: attributions,
+                         SPD: causal importances) and of activity
   components.npz         the factors U, V of every decomposed leaf
   summary.json           final metrics (faithfulness, L0, dead components;
                          MMCS/ML2R for TMS; feature recovery and
@@ -233,7 +234,7 @@ def describe_components(config: ml_collections.ConfigDict,
                              key=jax.random.PRNGKey(config.seed + 4), **opts)
     component_figures.plot_top_inputs(
         tops, os.path.join(workdir, "top_inputs.png"),
-        what="attribution" if s.method == "APD" else "causal importance")
+        what=result.method.SCORE_NAME)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(s.markdown(tops))
   component_figures.plot_summary(s, os.path.join(workdir, "summary.png"))
@@ -257,7 +258,9 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
            **{f"U{n}": np.asarray(u) for n, u in result.components.U.items()},
            **{f"V{n}": np.asarray(v) for n, v in result.components.V.items()})
   summary.update(targets.get(config.target.name).report(
-      config, result, sample_fn, workdir))
+      result, sample_fn, workdir, t=config.target.to_dict(),
+      seed=config.seed, batch_size=config.batch_size,
+      eval_batches=config.eval_batches))
   summary["components"] = describe_components(config, result, sample_fn,
                                                workdir)
   summary["diagnostics"] = diagnostics.diagnose(
@@ -270,11 +273,9 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
   step = result.metrics["steps"]
   log.figures(step, workdir)
   x = sample_fn(jax.random.PRNGKey(config.seed + 2), config.batch_size)
-  # Every product's (SPD) or the one group's (APD) scores side by side,
-  # each position of a sequence a row.
+  # Every group's scores side by side, each position of a sequence a row.
   groups = summary_lib.activity(result, x).values()
   log.histograms(step, np.concatenate([s for _, s in groups], axis=1),
                  np.concatenate([a for a, _ in groups], axis=1),
-                 name="causal_importance" if config.method == "spd"
-                 else "attributions")
+                 name=result.method.SCORE_NAME.replace(" ", "_") + "s")
   return summary

@@ -49,7 +49,7 @@ from apd_jax.cli import sweep_report
 class Entry:
   """One row: a config (module of `configs/` and its argument)."""
   name: str
-  method: str                               # 'apd' or 'spd'
+  method: str                               # its config's method.name
   module: str
   arg: str | None
   criterion: str                            # the success rule, in words
@@ -77,17 +77,21 @@ TMS_RULE = "MMCS ≥ 0.999 and 0.98 ≤ ML2R ≤ 1.04"
 TMS_APD_RULE = "MMCS ≥ 0.99 and ML2R ≥ 0.8"
 
 
+# Each family of configs (by its files' prefix): its method (the configs'
+# `method.name`), its paper's TMS rule and its residual-MLP measure.
+FAMILIES = (
+    ("", "apd", (TMS_APD_RULE, _tms_apd), "features_recovered"),
+    ("spd_", "spd", (TMS_RULE, _tms), "features_with_own_subcomponent"),
+)
+
+
 def _entries() -> tuple[Entry, ...]:
   out = []
-  for method, prefix in (("apd", ""), ("spd", "spd_")):
-    own = ("features_recovered" if method == "apd"
-           else "features_with_own_subcomponent")
+  for prefix, method, tms_rule, own in FAMILIES:
     for m in ("tms_5_2", "tms_40_10"):
       for arg in (None, "identity"):
-        rule = (TMS_RULE, _tms) if method == "spd" else (TMS_APD_RULE,
-                                                          _tms_apd)
         out.append(Entry(prefix + m + (":" + arg if arg else ""), method,
-                         prefix + m, arg, *rule, ("mmcs", "ml2r")))
+                         prefix + m, arg, *tms_rule, ("mmcs", "ml2r")))
     for layers, n in ((1, 100), (2, 95), (3, 95)):
       out.append(Entry(f"{prefix}resid_mlp_{layers}", method,
                        f"{prefix}resid_mlp_{layers}", None,

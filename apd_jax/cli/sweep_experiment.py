@@ -40,17 +40,10 @@ from apd_jax.engine import sweep
 from apd_jax.training import checkpoint
 from apd_jax.training import sharding
 
-# The final metrics tabulated per run, by method.
-METRICS = {"apd": ("loss", "faithfulness", "topk_recon", "l0",
-                   "dead_components"),
-           "spd": ("loss", "faithfulness", "stochastic_recon",
-                   "ci_masked_recon", "l0", "alive")}
-SWEEPABLE = cli_config.SWEEPABLE
-
 
 def swept(config: ml_collections.ConfigDict) -> dict[str, tuple]:
   """The swept names and their values (those with any values)."""
-  return {n: tuple(config.sweep[n]) for n in SWEEPABLE
+  return {n: tuple(config.sweep[n]) for n in cli_config.swept_names(config)
           if len(config.sweep[n])}
 
 
@@ -64,8 +57,8 @@ def run_config(config: ml_collections.ConfigDict,
   c = config.copy_and_resolve_references()
   with c.unlocked():
     for k, v in run.items():
-      c[k] = v
-    for n in SWEEPABLE:
+      cli_config.set_option(c, k, v)
+    for n in cli_config.swept_names(config):
       c.sweep[n] = ()
   return c
 
@@ -91,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config.target, config.seed, workdir)
   values = swept(config)
   own = _seed_targets(as_given, workdir, values, resumed=step is not None)
-  runs = sweep.grid(values, SWEEPABLE)
+  runs = sweep.grid(values, cli_config.swept_names(config))
   dirs = [os.path.join(workdir, "runs", f"run_{i:03d}")
           for i in range(len(runs))]
   for d in dirs:
@@ -113,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       params_for_run=(lambda run: own[run["seed"]]) if own else None)
   total = time.perf_counter() - t0
   module = targets.get(config.target.name)
-  metrics = METRICS[config.method] + module.METRICS
+  metrics = ("loss",) + tuple(method.METRICS) + module.METRICS
   rows = []
   for i, (run, d) in enumerate(zip(runs, result.decompositions,
                                    strict=True)):

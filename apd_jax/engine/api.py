@@ -5,17 +5,15 @@
     result = decompose(apply_fn, params, sample_fn, include="W",
                        method=method, training=training)
     result.component_weights      # {leaf name: [C, i, o]}
-    result.attributions(x)        # [B, C]
-    result.topk_mask(x)           # [B, C]
-    result.metrics                # final faithfulness, top-k recon, L0, dead
+    result.scores(x)              # {group: [B, C_g]}
+    result.active(x)              # {group: [B, C_g] bool}
+    result.metrics                # final faithfulness, reconstruction, L0
 
-With `method=SPD(...)` the same call trains SPD, and the result answers
-`result.causal_importances(x)` and `result.active(x)` instead.
-
-`decompose` is a short composition of the public building blocks below
+`decompose` is a short composition of the building blocks below
 (`make_target`, `check_inputs`, `init_state`, `make_train_step`, `fit`,
 `evaluate`), which a loop of your own can use too. Every input is checked
 before anything is compiled; bad input raises a `ValueError` that names it.
+Nothing here knows which method it runs: it asks the method (`methods/base.py`).
 """
 
 from __future__ import annotations
@@ -32,19 +30,14 @@ from absl import logging
 
 from apd_jax.analysis import summary as summary_lib
 from apd_jax.core import components as comp_lib
-from apd_jax.core import masking
 from apd_jax.core import selection
 from apd_jax.core import target as target_lib
 from apd_jax.core.target import ApplyFn
 from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.core.target import check_sampler
-from apd_jax.methods import apd_objective
-from apd_jax.methods import spd_objective
-from apd_jax.methods.apd import APD
-from apd_jax.methods.apd_objective import masked_forward
-from apd_jax.methods.spd import SPD
 from apd_jax.training import checkpoint as ckpt_lib
+from apd_jax.training import cpu
 from apd_jax.training import sharding
 from apd_jax.training import train
 from apd_jax.training.options import Training
@@ -59,9 +52,16 @@ __all__ = ["Decomposition", "check_inputs", "decompose", "evaluate", "fit",
 
 @dataclasses.dataclass(frozen=True)
 class Decomposition:
-  """A trained decomposition, the target it decomposes and how."""
+  """A trained decomposition, the target it decomposes and how.
+
+  Method-agnostic: `scores`, `active`, `masks` and `apply` ask the method.
+  Components come in groups: a group of components spans the leaves
+  `groups[g]` (APD: one group `''` over every leaf; SPD: a group per
+  factored product). A method's own analyses answer here too (`EXTRAS`:
+  APD's `attributions(x)`, `topk_mask(x)`; SPD's `causal_importances(x)`).
+  """
   target: Target
-  method: Any                     # APD or SPD
+  method: Any                     # a `methods.base.Method`
   plan: Any                       # how the library computed it (derived)
   components: Any                 # the method's trained parameters
   metrics: dict[str, Any]
@@ -77,6 +77,18 @@ class Decomposition:
             f"steps={len(self.history) and self.history[-1]['step']}, "
             f"metrics={ {k: round(v, 6) for k, v in shown.items()} })")
 
+  def __getattr__(self, name: str):
+    """The method's own analyses (`method.EXTRAS`) as `result.<name>(x)`."""
+    if name.startswith("_") or name == "method":
+      raise AttributeError(name)
+    method = self.__dict__.get("method")
+    if name in getattr(method, "EXTRAS", ()):
+      return functools.partial(getattr(method, name), self)
+    raise AttributeError(
+        f"{type(self).__name__} of {type(method).__name__} has no {name!r}"
+        f" (its method's own analyses: "
+        f"{list(getattr(method, 'EXTRAS', ()))})")
+
   def _sampler(self, sample_fn):
     sample_fn = sample_fn or self.sample_fn
     if sample_fn is None:
@@ -88,11 +100,11 @@ class Decomposition:
               key: Array | None = None, batch_size: int = 1024,
               n_batches: int = 4) -> summary_lib.Summary:
     """Per component on fresh examples from `sample_fn` (default the
-    training sampler): how often it is active, its mean attribution (SPD:
-    causal importance) when active, its norm and effective rank per leaf,
-    dead or always on; and the totals (faithfulness, reconstruction, L0:
-    the run's final metrics, or, with another `sample_fn`, evaluated on
-    it). `print(result.summary().table())`; see `analysis.summary`."""
+    training sampler): how often it is active, its mean score when active
+    (`method.SCORE`), its norm and effective rank per leaf, dead or always
+    on; and the totals (faithfulness, reconstruction, L0: the run's final
+    metrics, or, with another `sample_fn`, evaluated on it).
+    `print(result.summary().table())`; see `analysis.summary`."""
     key = jax.random.PRNGKey(1) if key is None else key
     final = self.metrics if sample_fn is None else None
     return summary_lib.summarize(self, self._sampler(sample_fn), key,
@@ -103,10 +115,10 @@ class Decomposition:
                  key: Array | None = None, batch_size: int = 1024,
                  n_batches: int = 4, max_ties: int = 64
                  ) -> list[summary_lib.TopInputs]:
-    """Per alive component, the `k` fresh examples on which it is most
-    attributed (SPD: most important), with the reconstruction loss of
-    switching it off on each (ties of the score broken by that loss among
-    up to `max_ties`); see `analysis.summary.top_inputs`."""
+    """Per alive component, the `k` fresh examples on which its score is
+    highest, with the reconstruction loss of switching it off on each
+    (ties of the score broken by that loss among up to `max_ties`); see
+    `analysis.summary.top_inputs`."""
     key = jax.random.PRNGKey(2) if key is None else key
     return summary_lib.top_inputs(self, self._sampler(sample_fn), key, k=k,
                                   batch_size=batch_size,
@@ -117,76 +129,34 @@ class Decomposition:
     """`{leaf name: P [C, i, o]}`."""
     return comp_lib.component_weights(self.components)
 
-  def _need(self, cls, what: str) -> None:
-    if not isinstance(self.method, cls):
-      raise ValueError(f"{what} is defined for {cls.__name__} "
-                       f"decompositions; this one is "
-                       f"{type(self.method).__name__}")
+  @property
+  def groups(self) -> dict[str, tuple[str, ...]]:
+    """`{group: the leaves its components span}`."""
+    return self.method.groups(self.target, self.plan)
 
-  def attributions(self, x: Array) -> Array:
-    """Squared attributions `[B, C]` of the batch `x` (`[B, T, C]` per
-    position with `per_position`; exact, also where training estimated
-    them from random projections). APD only."""
-    self._need(APD, "attributions")
-    exact = dataclasses.replace(self.plan, attribution_projections=0)
-    return _attributions(self.target, self.method, exact, self.components, x)
+  def scores(self, x: Array) -> dict[str, Array]:
+    """`{group: [B, (T,) C_g]}`: each component's score on the batch `x`
+    (`method.SCORE_NAME`: APD's squared attribution, SPD's causal
+    importance)."""
+    return self.method.scores(self.target, self.plan, self.components, x)
 
-  def topk_mask(self, x: Array) -> Array:
-    """The top-k mask `[B, C]` (`[B, T, C]` per position) training would
-    use on the batch `x`. APD only."""
-    self._need(APD, "topk_mask")
-    return masking.make_mask(self.attributions(x), self.method.topk,
-                             batch_topk=self.method.batch_topk)
+  def active(self, x: Array) -> dict[str, Array]:
+    """`{group: bool [B, (T,) C_g]}`: where the method counts a component
+    as active (APD: in the top-k mask of this batch; SPD: `G > threshold`)."""
+    return self.method.active(self.target, self.plan, self.components, x)
 
-  def causal_importances(self, x: Array) -> dict[str, Array]:
-    """SPD: `{product: G [B, C_l]}`, each subcomponent's causal importance
-    on the batch `x`, per factored product of the target (keyed by the
-    leaf's name, `name#j` for the j-th use of a leaf used more than once)."""
-    self._need(SPD, "causal_importances")
-    return _causal_importances(self.target, self.plan, self.components, x)
-
-  def active(self, x: Array, threshold: float | None = None
-             ) -> dict[str, Array]:
-    """SPD: `{product: [B, C_l] bool}`, `G > threshold` (default the
-    method's, 0.1)."""
-    t = self.method.threshold if threshold is None else threshold
-    return {k: g > t for k, g in self.causal_importances(x).items()}
+  def masks(self, x: Array) -> dict[str, Array]:
+    """`{group: [B, (T,) C_g]}`: the masks of the method's minimality pass
+    on `x` (APD: top-k; SPD: `G`)."""
+    return self.method.masks(self.target, self.plan, self.components, x)
 
   def apply(self, x: Array, mask: Any = None) -> Array:
-    """The target's output with weights `W(mask)` per example (all if None):
-    APD: `mask [B, C]` (or `[B, T, C]`, per position); SPD:
-    `{product: [B, C_l]}` (a product left out keeps the target's
-    weights)."""
+    """The target's output with each component's weight scaled per example
+    by `mask` (`{group: [B, (T,) C_g]}`; all components at 1 if None)."""
     if mask is None:
       return _full_apply(self.target, self.components, x)
-    if isinstance(self.method, SPD):
-      if not isinstance(mask, dict) or set(mask) - set(self.plan.labels):
-        raise ValueError(f"an SPD mask is a dict over the products "
-                         f"{list(self.plan.labels)}")
-      coefs = tuple(mask.get(k) for k in self.plan.labels)
-      return _spd_apply(self.target, self.plan, self.components, coefs, x)
-    return _masked_apply(self.target, self.plan.factored, self.components,
-                         mask, x)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _attributions(target, method, plan, comps, x):
-  return apd_objective.attributions(target, method, plan, comps, x)[0]
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _masked_apply(target, factored_form, comps, mask, x):
-  return masked_forward(target, comps, mask, x, factored_form)[0]
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _causal_importances(target, plan, params, x):
-  return spd_objective.causal_importances(params, target, plan, x)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _spd_apply(target, plan, params, coefs, x):
-  return spd_objective.masked_forward(target, params, plan, coefs, x)[0]
+    return self.method.masked_apply(self.target, self.plan,
+                                    self.components, mask, x)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -303,25 +273,26 @@ def evaluate(result: Decomposition, sample_fn: SampleFn, key: Array, *,
 
 def split_options(method: Any, training: Training | None,
                   options: dict[str, Any]) -> tuple[Any, Training]:
-  """`method` and `training` with keyword `options` applied to whichever
-  object has a field of that name (an APD is made when `method` is None)."""
-  cls = APD if method is None else type(method)
-  m_names = {f.name for f in dataclasses.fields(cls)}
+  """`method` and `training`, with keyword `options` as `Training` fields
+  when no `training` object is given (beside one they are refused: it
+  would be ambiguous which value wins)."""
+  if method is None or not dataclasses.is_dataclass(method):
+    raise ValueError(f"give method=apd_jax.APD(...) or apd_jax.SPD(...) "
+                     f"(a method object), got {method!r}")
+  if not options:
+    return method, Training() if training is None else training
   t_names = {f.name for f in dataclasses.fields(Training)}
-  unknown = sorted(set(options) - m_names - t_names)
-  if unknown:
-    raise ValueError(f"unknown options {unknown}; see apd_jax."
-                     f"{cls.__name__} and apd_jax.Training")
-  m_opts = {k: v for k, v in options.items() if k in m_names}
-  t_opts = {k: v for k, v in options.items() if k in t_names}
-  if method is None:
-    if not m_opts:
-      raise ValueError("give method=APD(...) (or its options as keywords)")
-    method = APD(**m_opts)
-  elif m_opts:
-    method = method.replace(**m_opts)
-  training = Training() if training is None else training
-  return method, training.replace(**t_opts) if t_opts else training
+  m_names = {f.name for f in dataclasses.fields(method)}
+  foreign = sorted(set(options) - t_names)
+  if foreign:
+    where = [f"{k} (a field of {type(method).__name__}: set it on the method "
+             f"object)" if k in m_names else k for k in foreign]
+    raise ValueError(f"unknown options {where}; keywords of decompose are "
+                     f"apd_jax.Training fields")
+  if training is not None:
+    raise ValueError(f"options {sorted(options)} beside training=: set them "
+                     f"on the Training object (training.replace(...))")
+  return method, Training(**options)
 
 
 # -- the composition -----------------------------------------------------------
@@ -343,17 +314,20 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     include: regex searched in `jax.tree_util.keystr` of each leaf's path;
       the matched leaves are decomposed (a leaf of more than 2 axes, such
       as an attention kernel, as the matrix its product contracts).
-    method: what is optimised, e.g. `APD(n_components=..., topk=...)`.
+    method: what is optimised, e.g. `APD(n_components=..., topk=...)` or
+      `SPD(...)`.
     training: how (`Training(...)`); default `Training()`.
     has_aux: `apply_fn` returns `(y, {name: activation})`.
-    **options: a shortcut: any `APD` or `Training` field by name, applied to
-      `method` (made if None) or `training`.
+    **options: a shortcut for `training=Training(**options)` (refused
+      beside `training`).
 
   Returns:
     A `Decomposition`. With `training.checkpoint_dir` the run checkpoints
     there and resumes from the latest checkpoint found.
   """
   method, training = split_options(method, training, options)
+  if training.cpu_tweaks:
+    cpu.apply_tweaks()
   mesh = sharding.make_mesh() if training.mesh is None else training.mesh
   target = make_target(apply_fn, params, include, has_aux=has_aux,
                        log=training.progress, sample_fn=sample_fn)

@@ -2,7 +2,7 @@
 
     export.save(result, "runs/tms/decomposition", config=config_dict)
     result = export.load("runs/tms/decomposition")
-    result.attributions(x), result.component_weights, result.metrics
+    result.scores(x), result.component_weights, result.metrics
 
 The directory holds the factors and the target's params (orbax, written by
 every process of a run; numpy arrays are written by process 0), and
@@ -28,14 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from apd_jax.core import components as comp_lib
+from apd_jax import methods
 from apd_jax.core.target import ApplyFn
 from apd_jax.core.target import Target
 from apd_jax.engine import api
-from apd_jax.methods import spd_objective
-from apd_jax.methods.apd import APD
-from apd_jax.methods.apd_objective import Plan
-from apd_jax.methods.spd import SPD
 from apd_jax.training import distributed
 
 META = "decomposition.json"
@@ -62,11 +58,6 @@ def _import(path: str) -> Any:
   return obj
 
 
-# method name -> (method, its parameters, its plan)
-METHODS = {"APD": (APD, comp_lib.Components, Plan),
-           "SPD": (SPD, spd_objective.SPDParams, spd_objective.Plan)}
-
-
 def save(result: api.Decomposition, directory: str, *,
          config: dict | None = None) -> None:
   """Writes `result` (and the run's `config`) to `directory`, replacing it.
@@ -82,9 +73,11 @@ def save(result: api.Decomposition, directory: str, *,
     ckpt.save(os.path.join(directory, "target_params"),
               host(result.target.params), force=True)
   if distributed.is_main():
-    meta = dict(method=type(result.method).__name__,
+    plan = result.plan
+    meta = dict(method=result.method.NAME,
                 options=dataclasses.asdict(result.method),
-                plan=dataclasses.asdict(result.plan),
+                plan=(dataclasses.asdict(plan)
+                      if dataclasses.is_dataclass(plan) else None),
                 names=list(result.target.names),
                 row_axes=(list(result.target.row_axes)
                           if result.target.row_axes else None),
@@ -124,21 +117,20 @@ def load(directory: str, *, apply_fn: ApplyFn | None = None
   rows = meta.get("row_axes")
   target = Target(apply_fn, dev(params), tuple(meta["names"]),
                   meta["has_aux"], tuple(rows) if rows else None)
-  if meta.get("method") not in METHODS:
-    raise ValueError(f"{directory} holds a decomposition by the unknown "
-                     f"method {meta.get('method')!r}; known: {sorted(METHODS)}")
-  method_cls, params_cls, plan_cls = METHODS[meta["method"]]
-  if params_cls is comp_lib.Components:
-    comps = comp_lib.Components(U=dev(factors["U"]), V=dev(factors["V"]))
-  else:
-    comps = params_cls(U=dev(factors["U"]), V=dev(factors["V"]),
-                       gates=dev(factors["gates"]))
-  plan = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuple
-          for k, v in meta["plan"].items()}
+  try:
+    method_cls = methods.get(meta.get("method"))
+  except ValueError as e:
+    raise ValueError(f"{directory} holds a decomposition by an unknown "
+                     f"method: {e} (register it with "
+                     f"apd_jax.methods.register)") from None
+  comps = method_cls.PARAMS(**dev(factors))
+  plan = meta["plan"]
+  if plan is not None:
+    plan = method_cls.PLAN(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in plan.items()})  # JSON: no tuple
   return api.Decomposition(
-      target=target, method=method_cls(**meta["options"]),
-      plan=plan_cls(**plan), components=comps, metrics=meta["metrics"],
-      history=meta["history"])
+      target=target, method=method_cls(**meta["options"]), plan=plan,
+      components=comps, metrics=meta["metrics"], history=meta["history"])
 
 
 def load_config(directory: str) -> dict | None:

@@ -46,6 +46,7 @@ from apd_jax.core.target import ApplyFn
 from apd_jax.core.target import SampleFn
 from apd_jax.engine import api
 from apd_jax.training import checkpoint as ckpt_lib
+from apd_jax.training import cpu
 from apd_jax.training import sharding
 from apd_jax.training.options import Training
 
@@ -151,10 +152,11 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   """Trains every combination of `sweep`'s values together; see the module.
 
   Args:
-    apply_fn, params, sample_fn, include, method, training, has_aux,
-      **options: as for `decompose`. `training.callback` is called as
-      `callback(step, records)`, `records[i]` being run i's record;
-      `training.mesh`'s devices (default: all) share the runs axis.
+    apply_fn: as for `decompose`, and so are `params`, `sample_fn`,
+      `include`, `method`, `training`, `has_aux` and `**options`.
+      `training.callback` is called as `callback(step, records)`,
+      `records[i]` being run i's record; `training.mesh`'s devices
+      (default: all) share the runs axis.
     sweep: `{name: values}` for names in `sweepable(method)`; each run takes
       one value of every name and the method's or training's for the rest.
     params_for_run: `run -> params` (`run` a dict of the run's swept
@@ -165,6 +167,8 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
     `metrics['finite'] = False`.
   """
   method, training = api.split_options(method, training, options)
+  if training.cpu_tweaks:
+    cpu.apply_tweaks()
   runs = grid(sweep, sweepable(method))
   method.check_runs(runs, training.batch_size)
   for run in runs:

@@ -15,6 +15,7 @@ attribution mode, contraction; kept apart in an `apd_objective.Plan`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 from typing import ClassVar
 from typing import NamedTuple
@@ -134,8 +135,23 @@ class APD:
       "hidden_act_coeff", "schatten_p")
   # Linear warm-up when `Training.warmup_frac` is None: on TMS 5-2 (paper
   # settings, 10 seeds with their own targets) 0 / 0.01 / 0.05 / 0.1 find
-  # every feature on 6 / 8 / 9 / 9 seeds (README "Defaults").
+  # every feature on 6 / 8 / 9 / 9 seeds (docs: "Defaults").
   WARMUP_FRAC: ClassVar[float] = 0.05
+  NAME: ClassVar[str] = "apd"
+  METRICS: ClassVar[tuple[str, ...]] = (
+      "faithfulness", "topk_recon", "l0", "dead_components")
+  SELECT: ClassVar[tuple[str, str]] = ("topk_recon", "min")
+  SCORE: ClassVar[str] = "attribution"
+  ACTIVE: ClassVar[str] = "in the top-k mask"
+  SCORE_NAME: ClassVar[str] = "attribution"
+  EXTRAS: ClassVar[tuple[str, ...]] = ("attributions", "topk_mask")
+  PARAMS: ClassVar[type] = comp_lib.Components
+  PLAN: ClassVar[type] = objective.Plan
+  # The command line's values of the required options (TMS 5-2, the paper's)
+  # and of the options it sets otherwise.
+  CLI_DEFAULTS: ClassVar[dict] = dict(n_components=5, topk=0.211,
+                                      simplicity_coeff=0.7,
+                                      hidden_acts="post_relu")
 
   def __post_init__(self):
     check_positive(n_components=self.n_components, topk=self.topk,
@@ -306,7 +322,7 @@ class APD:
     recon, l0s, masks = [], [], []
     for i in range(n_batches):
       x = sample_fn(jax.random.fold_in(key, i), batch_size)
-      mask = result.topk_mask(x)
+      mask = self.topk_mask(result, x)
       y = result.target.batch(x)[0]
       recon.append(float(recon_fn(y, result.apply(x, mask))))
       mask = mask.reshape(-1, mask.shape[-1])        # per position: [B·T, C]
@@ -332,6 +348,68 @@ class APD:
               f"topk={m.topk}: int(topk*batch_size) differs in float32 "
               f"({count}); choose a topk away from a multiple of "
               f"1/batch_size")
+
+
+  # -- what analyses and export ask (`base.Method`) ---------------------------
+
+  def groups(self, target: Target, plan: Any) -> dict[str, tuple[str, ...]]:
+    """One group, `''`: every component spans every decomposed leaf."""
+    del plan
+    return {"": tuple(target.names)}
+
+  def scores(self, target, plan, comps, x) -> dict[str, Array]:
+    """`{'': A² [B, (T,) C]}`: exact squared attributions on the batch."""
+    return {"": self.attributions_of(target, plan, comps, x)}
+
+  def masks(self, target, plan, comps, x) -> dict[str, Array]:
+    """`{'': the top-k mask [B, (T,) C]}` that training would use on `x`
+    (batch top-k: it depends on the whole batch)."""
+    return {"": masking.make_mask(self.attributions_of(target, plan, comps,
+                                                       x),
+                                  self.topk, batch_topk=self.batch_topk)}
+
+  def active(self, target, plan, comps, x) -> dict[str, Array]:
+    """`{'': bool [B, (T,) C]}`: in the top-k mask."""
+    return {g: m > 0 for g, m in self.masks(target, plan, comps,
+                                            x).items()}
+
+  def masked_apply(self, target, plan, comps, mask, x) -> Array:
+    """The target's output with weights `Σ_c mask_bc P_c` per example;
+    `mask`: `{'': [B, (T,) C]}` or the array itself."""
+    if isinstance(mask, dict):
+      if set(mask) != {""}:
+        raise ValueError(f"an APD mask is {{'': [B, C]}} or a [B, C] "
+                         f"array; got the groups {sorted(mask)}")
+      mask = mask[""]
+    return _masked_apply(target, plan.factored, comps, mask, x)
+
+  def attributions_of(self, target, plan, comps, x) -> Array:
+    exact = dataclasses.replace(plan, attribution_projections=0)
+    return _attributions(target, self, exact, comps, x)
+
+  # -- its own analyses, as `result.<name>(x)` (EXTRAS) --------------------
+
+  def attributions(self, result, x: Array) -> Array:
+    """Squared attributions `[B, C]` of the batch `x` (`[B, T, C]` per
+    position; exact, also where training estimated them from random
+    projections)."""
+    return self.attributions_of(result.target, result.plan,
+                                result.components, x)
+
+  def topk_mask(self, result, x: Array) -> Array:
+    """The top-k mask `[B, C]` (`[B, T, C]` per position) training would
+    use on the batch `x` (batch top-k: it depends on the whole batch)."""
+    return self.masks(result.target, result.plan, result.components, x)[""]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _attributions(target, method, plan, comps, x):
+  return objective.attributions(target, method, plan, comps, x)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _masked_apply(target, factored_form, comps, mask, x):
+  return objective.masked_forward(target, comps, mask, x, factored_form)[0]
 
 
 def _cheapest(method: APD, plan: objective.Plan, target: Target,

@@ -1,8 +1,8 @@
 """What the engine asks of a decomposition method, and the checks they share.
 
-A method is a frozen, hashable object of the user's choices (`apd.APD`,
-`spd.SPD`) that
-the engine (`engine/`) drives without knowing which method it is:
+A method is a frozen, hashable dataclass of the user's choices (`apd.APD`,
+`spd.SPD`) that everything outside `methods/` drives without knowing which
+method it is. Training:
 
   method.check(target, sample_fn, batch_size)   options vs the target
   method.init_params(key, target, sample_fn)    the trained parameters
@@ -17,10 +17,37 @@ the engine (`engine/`) drives without knowing which method it is:
   method.WARMUP_FRAC                            warm-up when Training's is None
   method.evaluate(result, sample_fn, key, batch_size=, n_batches=)
 
-`hypers` is a pytree whose leaves a sweep stacks over its runs; the step
-passes it to `loss`, so runs that differ only in these values share one
-compiled program. `progress` is the traced fraction of training done
-(`step / steps`), for schedules inside the loss.
+The loss's metrics may hold `l0` (mean active components per example): the
+progress lines and sweep tables show it where present. Analysis, export and
+the command line (a `Decomposition` delegates to these):
+
+  method.NAME                 its name on the command line and on disk
+  method.METRICS              final metrics a sweep tabulates
+  method.SELECT               (metric, 'min' or 'max'): a sweep's best run
+                              by default
+  method.SCORE, SCORE_NAME    what a score is (short, long: 'G', 'causal
+                              importance')
+  method.ACTIVE               when a component counts as active, in words
+  method.EXTRAS               names of its own analyses; `result.<name>(x)`
+                              calls `method.<name>(result, x)`
+  method.PARAMS, method.PLAN  its parameters' and plan's classes (save/load:
+                              `PARAMS(**state_dict)`, `PLAN(**fields)`)
+  method.CLI_DEFAULTS         the command line's values of its required
+                              options
+  method.groups(target, plan)           {group: leaves its components span}
+  method.scores(target, plan, params, x)    {group: [B, (T,) C_g]}
+  method.active(target, plan, params, x)    {group: bool [B, (T,) C_g]}
+  method.masks(target, plan, params, x)     {group: the mask its
+                                            minimality pass uses}
+  method.masked_apply(target, plan, params, mask, x)
+                                            f(x) with {group: [B, (T,) C_g]}
+                                            coefficients per component
+
+`params` hold the low-rank factors as `params.U`, `params.V` (leaf ->
+`[C, i, m]`, `[C, m, o]`). `hypers` is a pytree whose leaves a sweep stacks
+over its runs; the step passes it to `loss`, so runs that differ only in
+these values share one compiled program. `progress` is the traced fraction
+of training done (`step / steps`), for schedules inside the loss.
 """
 
 from __future__ import annotations
@@ -32,18 +59,36 @@ from typing import Sequence
 
 class Method(Protocol):
   """The protocol above (see `apd.APD` for the reference implementation)."""
+  NAME: str
   SWEEPABLE: tuple[str, ...]
   WARMUP_FRAC: float
+  METRICS: tuple[str, ...]
+  SELECT: tuple[str, str]
+  SCORE: str
+  SCORE_NAME: str
+  ACTIVE: str
+  EXTRAS: tuple[str, ...]
+  PARAMS: type
+  PLAN: type | None
+  CLI_DEFAULTS: dict
 
   def check(self, target, sample_fn, batch_size: int) -> None: ...
   def init_params(self, key, target, sample_fn=None) -> Any: ...
   def project(self, params) -> Any: ...
+  def gradient_transform(self) -> Any: ...
   def plan(self, target, sample_fn, batch_size: int, params) -> Any: ...
   def loss(self, params, x, target, plan, key=None, hypers=None,
            progress=None): ...
   def hypers(self, **values) -> Any: ...
+  def bound(self, runs) -> Any: ...
+  def check_runs(self, runs, batch_size: int) -> None: ...
   def evaluate(self, result, sample_fn, key, *, batch_size: int,
                n_batches: int) -> dict: ...
+  def groups(self, target, plan) -> dict[str, tuple[str, ...]]: ...
+  def scores(self, target, plan, params, x) -> dict: ...
+  def active(self, target, plan, params, x) -> dict: ...
+  def masks(self, target, plan, params, x) -> dict: ...
+  def masked_apply(self, target, plan, params, mask, x) -> Any: ...
 
 
 def check_positive(**values) -> None:

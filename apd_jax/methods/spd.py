@@ -81,6 +81,18 @@ class SPD:
       "faithfulness_coeff", "stochastic_coeff", "layerwise_coeff",
       "importance_coeff", "importance_p")
   WARMUP_FRAC: ClassVar[float] = 0.0   # the SPD paper's (no warm-up)
+  NAME: ClassVar[str] = "spd"
+  METRICS: ClassVar[tuple[str, ...]] = (
+      "faithfulness", "stochastic_recon", "ci_masked_recon", "l0", "alive")
+  SELECT: ClassVar[tuple[str, str]] = ("stochastic_recon", "min")
+  SCORE: ClassVar[str] = "G"
+  ACTIVE: ClassVar[str] = "causal importance G above the threshold"
+  SCORE_NAME: ClassVar[str] = "causal importance"
+  EXTRAS: ClassVar[tuple[str, ...]] = ("causal_importances",)
+  PARAMS: ClassVar[type] = objective.SPDParams
+  PLAN: ClassVar[type] = objective.Plan
+  # The command line's values of the required options (TMS 5-2, the paper's).
+  CLI_DEFAULTS: ClassVar[dict] = dict(n_components=20, importance_coeff=3e-3)
 
   def __post_init__(self):
     C = self.n_components
@@ -214,6 +226,58 @@ class SPD:
     out["alive"] = int(sum(np.sum(a) for a in alive))
     out["threshold"] = self.threshold
     return out
+
+
+  # -- what analyses and export ask (`base.Method`) ---------------------------
+
+  def groups(self, target: Target, plan: objective.Plan
+             ) -> dict[str, tuple[str, ...]]:
+    """A group per factored product (its label), of one leaf each."""
+    del target
+    return {k: (leaf,) for k, leaf in zip(plan.labels, plan.leaves,
+                                          strict=True)}
+
+  def scores(self, target, plan, params, x) -> dict[str, Array]:
+    """`{product: G [B, (T,) C_l]}`, the causal importances on `x`."""
+    return _causal_importances(target, plan, params, x)
+
+  def masks(self, target, plan, params, x) -> dict[str, Array]:
+    """The masks of the `G`-masked pass: `G` itself."""
+    return self.scores(target, plan, params, x)
+
+  def active(self, target, plan, params, x) -> dict[str, Array]:
+    """`{product: G > threshold}`."""
+    return {k: g > self.threshold
+            for k, g in self.scores(target, plan, params, x).items()}
+
+  def masked_apply(self, target, plan, params, mask, x) -> Any:
+    """The target's output with product k computed as
+    `Σ_c mask[k]_bc (a u_c) v_cᵀ` (a product left out of the dict `mask`
+    keeps the target's weights)."""
+    if not isinstance(mask, dict) or set(mask) - set(plan.labels):
+      raise ValueError(f"an SPD mask is a dict over the products "
+                       f"{list(plan.labels)}")
+    coefs = tuple(mask.get(k) for k in plan.labels)
+    return _masked_apply(target, plan, params, coefs, x)
+
+  # -- its own analyses, as `result.<name>(x)` (EXTRAS) --------------------
+
+  def causal_importances(self, result, x: Array) -> dict[str, Array]:
+    """`{product: G [B, C_l]}`, each subcomponent's causal importance on
+    the batch `x`, per factored product of the target (keyed by the
+    leaf's name, `name#j` for the j-th use of a leaf used more than
+    once)."""
+    return self.scores(result.target, result.plan, result.components, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _causal_importances(target, plan, params, x):
+  return objective.causal_importances(params, target, plan, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _masked_apply(target, plan, params, coefs, x):
+  return objective.masked_forward(target, params, plan, coefs, x)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

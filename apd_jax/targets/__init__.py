@@ -7,8 +7,10 @@ a `config.target` ConfigDict `t` they take (`ARCH`: `init`'s, `TRAIN`:
 `train`'s besides those, `SAMPLER`: `sampler`'s), `HAS_AUX`, `METRICS` (its
 measures of success), `SELECT` (the metric and mode that pick a sweep's best
 run), `SUCCESS` (the metric a seed must reach `sweep.mmcs_threshold` in, or
-None) and `report(config, result, sample_fn, workdir) -> dict` (its analyses
-and figures). The functions below make the target of a config from them.
+None) and `report(result, sample_fn, workdir, *, t, seed, batch_size,
+eval_batches) -> dict` (its analyses and figures; `t` the target's section
+of the config as a dict). Reports ask the decomposition, never which
+method made it. The functions below make the target of a config from them.
 """
 
 from types import ModuleType

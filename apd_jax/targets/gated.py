@@ -247,7 +247,7 @@ SAMPLER = ("n_functions", "feature_probability", "range_min", "range_max")
 APPLY = "output"
 
 
-def report(config, result, sample_fn, workdir: str) -> dict:
+def report(result, sample_fn, workdir: str, **_) -> dict:
   """Per-function recovery (`features.function_recovery`) and the figure of
   each component's neurons coloured by function; for SPD, per matrix the
   best subcomponent's cosine with the function's part, and its minimum
@@ -255,7 +255,8 @@ def report(config, result, sample_fn, workdir: str) -> dict:
   del sample_fn
   fns = neuron_functions(result.target.params)
   P = result.component_weights
-  if config.method == "spd":   # subcomponents belong to one matrix each
+  if all(len(leaves) == 1 for leaves in result.groups.values()):
+    # each group of components belongs to one matrix (SPD)
     per_leaf = features.function_recovery_per_leaf(result.target.weights, P,
                                                    fns)
     best = np.asarray(jnp.min(per_leaf, axis=1))

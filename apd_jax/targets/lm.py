@@ -1,14 +1,21 @@
-"""The transformer language model as a command-line target.
+"""The transformer language model as a target: its training, and its
+place on the command line.
 
-`config.target.path` names params written by `scripts/train_lm.py` (the
-usual way: train once, decompose many times); without it the model is
-trained here with `config.target`'s training fields. The data are windows
-of `context` bytes of the standard library's text (`models/text.py`); each
-position of each window is an example for the masks, and the
-reconstruction is the KL divergence of the next-byte distributions.
+    params, log = train(config, corpus, steps=3000, batch_size=32, lr=1e-3)
+    heldout_loss(params, config, corpus.heldout)     # nats per byte
+
+`train` minimises the next-byte cross-entropy with `optimizer` in the
+targets' shared loop (`targets/fit.py`), `log_every` steps a compiled
+chunk. `config.target.path` names params written by `scripts/train_lm.py`
+(the usual way: train once, decompose many times); without it `build`
+trains the model with `config.target`'s training fields. The data are
+windows of `context` bytes of the standard library's text
+(`models/text.py`); each position of each window is an example for the
+masks, and the reconstruction is the KL divergence of the next-byte
+distributions.
 
 The report: per alive component, its top contexts on held-out text (the
-16 bytes before the position where it is most important, the position's
+24 bytes before the position where it is most important, the position's
 byte marked), its firing density and the reconstruction cost of switching
 it off there, as `top_contexts.txt` and `top_contexts.html`.
 """
@@ -18,16 +25,20 @@ from __future__ import annotations
 import functools
 import html
 import os
+import sys
+import time
+from typing import Callable
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from apd_jax.analysis import summary as summary_lib
-from apd_jax.models import lm_target
 from apd_jax.models import text
 from apd_jax.models import transformer
 from apd_jax.models.transformer import TransformerConfig
+from apd_jax.targets import fit as training
 
 ARCH = ("vocab", "n_layers", "d_model", "n_heads", "d_mlp", "context",
         "tied")
@@ -52,7 +63,7 @@ def configure(c) -> None:
       max_heldout_bytes=400_000, heldout_frac=0.1, steps=4000,
       batch_size=32, lr=2e-3))
   c.include = INCLUDE
-  c.recon = "kl"
+  c.method.recon = "kl"       # both methods take it
   c.lr = 2e-3
   c.lr_schedule = "cosine"
   c.log_every = 50
@@ -96,10 +107,83 @@ def sampler(*, context: int, max_train_bytes: int, max_heldout_bytes: int,
                              heldout_frac).train, context)
 
 
+# -- training the model ------------------------------------------------------
+
+
+def optimizer(lr: float, steps: int, warmup: int,
+              weight_decay: float = 0.01) -> optax.GradientTransformation:
+  """Gradients clipped to global norm 1, then AdamW (weight decay on the
+  matrices only) at a rate warming up linearly from 0 to `lr` over
+  `warmup` steps, then cosine-decaying to `lr / 10` at `steps`."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps,
+                                                end_value=lr * 0.1)
+  decay_matrices = lambda p: jax.tree.map(lambda a: a.ndim >= 2, p)  # noqa: E731
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(schedule, weight_decay=weight_decay,
+                                 mask=decay_matrices))
+
+
+# Compiled once per architecture and batch shape, not once per call.
+_window_loss = jax.jit(transformer.next_token_loss, static_argnames="config")
+
+
+def heldout_loss(params: dict, config: TransformerConfig, data: np.ndarray,
+                 *, batch_size: int = 64) -> float:
+  """Mean next-byte cross-entropy (nats per byte) over the consecutive
+  windows of `context + 1` bytes covering `data` once:
+  `-mean_{w, t} log p(w[t + 1] | w[:t + 1])`."""
+  tiles = text.tiles(data, config.context + 1)
+  total, n = 0.0, 0
+  for i in range(0, len(tiles), batch_size):
+    w = tiles[i:i + batch_size]
+    total += float(_window_loss(params, w, config=config)) * len(w)
+    n += len(w)
+  return total / n
+
+
+def _say(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def train(config: TransformerConfig, corpus: text.Corpus, *, steps: int,
+          batch_size: int, lr: float, seed: int = 0, warmup: int = 200,
+          log_every: int = 100, eval_every: int = 500,
+          say: Callable[[str], None] = _say) -> tuple[dict, list[dict]]:
+  """`(params, log)`: the model trained for `steps` (`optimizer`, the
+  shared loop `targets/fit.py`) on windows of `context + 1` bytes of
+  `corpus.train`; `log` has one record per `log_every` steps (step, mean
+  training loss, elapsed seconds, and `heldout`, the `heldout_loss` on
+  `corpus.heldout`, every `eval_every` steps and at the end)."""
+  init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+  params = transformer.init(init_key, config)
+  opt = optimizer(lr, steps, min(warmup, steps // 2))
+  sample = text.sampler(corpus.train, config.context + 1)
+  log, t0 = [], time.perf_counter()
+
+  def loss(p, window):
+    return transformer.next_token_loss(p, window, config)
+
+  def on_log(done, p, value):
+    record = dict(step=done, train=value, elapsed_s=time.perf_counter() - t0)
+    if done % eval_every == 0 or done >= steps:
+      record["heldout"] = heldout_loss(p, config, corpus.heldout)
+    log.append(record)
+    rate = done * batch_size * config.context / max(record["elapsed_s"], 1e-9)
+    held = (f"  held-out {record['heldout']:.4f}" if "heldout" in record
+            else "")
+    say(f"step {done}/{steps}  train {value:.4f} nats/byte{held}"
+        f"  {rate:.0f} tokens/s")
+
+  params, _ = training.fit(loss, params, opt, sample, data_key, steps=steps,
+                           batch_size=batch_size, log_every=log_every,
+                           on_log=on_log)
+  return params, log
+
+
 def build(t, seed: int):
   """The model trained on the corpus (when `t.path` is not given)."""
   c = corpus(t.max_train_bytes, t.max_heldout_bytes, t.heldout_frac)
-  params, log = lm_target.train(
+  params, log = train(
       TransformerConfig(**{k: t[k] for k in ARCH}), c, steps=t.steps,
       batch_size=t.batch_size, lr=t.lr, seed=seed,
       log_every=min(100, t.steps), eval_every=t.steps)
@@ -113,49 +197,47 @@ def variants(c, *, tiny: bool = False) -> None:
                     max_train_bytes=100_000, max_heldout_bytes=10_000,
                     steps=40, batch_size=8, path="")
     c.update(steps=20, batch_size=8, log_every=10, print_every=10,
-             eval_batches=1, checkpoint_every=0, n_components=8)
+             eval_batches=1, checkpoint_every=0)
+    c.method.n_components = 8
 
 
-def report(config, result, sample_fn, workdir: str) -> dict:
+def report(result, sample_fn, workdir: str, *, t: dict, batch_size: int,
+           eval_batches: int, **_) -> dict:
   """Top contexts of every alive component on held-out text, and the
-  held-out cross-entropy of the target and of the `G`-masked pass."""
+  held-out cross-entropy of the target and of the masked passes."""
   del sample_fn
-  t = config.target
-  held = corpus(t.max_train_bytes, t.max_heldout_bytes, t.heldout_frac)
-  held_fn = text.sampler(held.heldout, t.context)
+  held = corpus(t["max_train_bytes"], t["max_heldout_bytes"],
+                t["heldout_frac"])
+  held_fn = text.sampler(held.heldout, t["context"])
   tops = summary_lib.top_inputs(   # ties not broken: a pass per candidate
       result, held_fn, jax.random.PRNGKey(5), k=8, max_ties=8,
-      batch_size=min(config.batch_size, 64),
-      n_batches=min(4, config.eval_batches))
-  spd = type(result.method).__name__ == "SPD"
-  write_contexts(tops, workdir, score="G" if spd else "A²")
+      batch_size=min(batch_size, 64), n_batches=min(4, eval_batches))
+  write_contexts(tops, workdir, score=result.method.SCORE)
   return dict(heldout_components_described=len(tops),
-              **heldout_cross_entropy(result, held.heldout, t.context))
+              **heldout_cross_entropy(result, held.heldout, t["context"]))
 
 
 def heldout_cross_entropy(result, data: np.ndarray, context: int, *,
                           max_windows: int = 256, batch_size: int = 32
                           ) -> dict:
   """Next-byte cross-entropy (nats per byte) on consecutive held-out
-  windows: of the target (`_target`), and of the pass with only the
-  active components (`_masked`; SPD: masks `G`; APD: the top-k mask).
-  SPD also gives `_active`: masks 1 where `G > threshold`, else 0, the
-  binary pass over exactly the subcomponents its L0 counts."""
+  windows: of the target (`_target`), of the pass with the masks of the
+  method's minimality pass (`_masked`; SPD: `G`; APD: the top-k mask),
+  and of the pass with 1 on exactly the active components, 0 elsewhere
+  (`_active`, the components its L0 counts; where the masks are binary, as
+  APD's, the two passes are one)."""
   tiles = text.tiles(data, context + 1)[:max_windows]
-  spd = type(result.method).__name__ == "SPD"
-  ce = {"target": [], "masked": [], **({"active": []} if spd else {})}
+  ce = {"target": [], "masked": [], "active": []}
   for i in range(0, len(tiles), batch_size):
     w = jax.numpy.asarray(tiles[i:i + batch_size])
     x, nxt = w[:, :-1], w[:, 1:]
     passes = {"target": result.target.batch(x)[0]}
-    if spd:
-      G = result.causal_importances(x)
-      passes["masked"] = result.apply(x, G)
-      passes["active"] = result.apply(x, {
-          k: (g > result.method.threshold).astype(g.dtype)
-          for k, g in G.items()})
-    else:
-      passes["masked"] = result.apply(x, result.topk_mask(x))
+    masks = result.masks(x)
+    active = {k: a.astype(masks[k].dtype) for k, a in result.active(x).items()}
+    passes["masked"] = result.apply(x, masks)
+    passes["active"] = (passes["masked"] if all(
+        bool(jax.numpy.all(masks[k] == a)) for k, a in active.items())
+                        else result.apply(x, active))
     for name, logits in passes.items():
       logp = jax.nn.log_softmax(logits, -1)
       ce[name].append(-np.asarray(jax.numpy.take_along_axis(

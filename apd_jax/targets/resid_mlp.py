@@ -146,22 +146,23 @@ def configure(c, n_layers: int) -> None:
       feature_probability=0.01,
       steps=5000, batch_size=2048, lr=3e-3, weight_decay=0.01))
   c.include = "W_in|W_out"       # every layer's MLP; not embeddings
-  c.rank = None                  # full rank min(i, o), as the reference
   c.batch_size = 2048
-  c.topk = 1.28
   c.lr = 1e-3
   c.lr_schedule = "cosine"
   c.warmup_frac = 0.01
-  c.schatten_p = 0.9
-  c.hidden_act_coeff = 1.0
-  c.hidden_acts = "post_relu"    # the MLPs' post-ReLU activations
-  c.init_gain = 2.0
+
+
+# The APD paper's options on these models (`c.method.update(APD_OPTIONS)`):
+# full rank min(i, o) as the reference, top-k 1.28, p 0.9, the MLPs'
+# post-ReLU activations reconstructed too.
+APD_OPTIONS = dict(rank=None, topk=1.28, schatten_p=0.9, hidden_act_coeff=1.0,
+                   hidden_acts="post_relu", init_gain=2.0)
 
 
 def variants(c, *, rank1: bool = False, quick: bool = False) -> None:
   """`rank1`: rank-1 components; `quick`: a 1k-step smoke run."""
   if rank1:
-    c.rank = 1
+    c.method.rank = 1
   if quick:
     c.steps = 1000
     c.log_every = 50
@@ -169,14 +170,17 @@ def variants(c, *, rank1: bool = False, quick: bool = False) -> None:
     c.target.steps = 1000
 
 
-def report(config, result, sample_fn, workdir: str) -> dict:
+def report(result, sample_fn, workdir: str, *, seed: int, batch_size: int,
+           **_) -> dict:
   """Feature recovery and scrubbing (`analysis/features.py`), with their
-  figures and arrays; for SPD, each feature's own `W_in` subcomponent."""
-  if config.method == "spd":
+  figures and arrays, where components span the matrices (APD); where each
+  group of components is one matrix's (SPD), each feature's own `W_in`
+  subcomponent."""
+  if all(len(leaves) == 1 for leaves in result.groups.values()):
     return spd_report(result, workdir)
   summary, d = features.evaluate_residual(
-      result, sample_fn, jax.random.PRNGKey(config.seed + 1),
-      labels_fn=labels, batch_size=config.batch_size)
+      result, sample_fn, jax.random.PRNGKey(seed + 1),
+      labels_fn=labels, batch_size=batch_size)
   n = len(d["best"])
   plotting.plot_contributions(
       d["kappa"], d["comp_kappa"][d["best"], np.arange(n)], d["cosine"],
@@ -189,10 +193,11 @@ def report(config, result, sample_fn, workdir: str) -> dict:
 
 
 def spd_report(result, workdir: str) -> dict:
-  """SPD: features with their own `W_in` subcomponent (cosine >= 0.9 of
-  the neuron contributions), the figure of contributions and the CIs."""
+  """Per-matrix components (SPD): features with their own `W_in`
+  subcomponent (cosine >= 0.9 of the neuron contributions), the figure of
+  contributions and the scores on one-hot inputs."""
   rec = features.spd_recovery(result)
-  G = result.causal_importances(jnp.eye(rec["n_features"]))
+  G = result.scores(jnp.eye(rec["n_features"]))
   plotting.plot_causal_importances(
       G, os.path.join(workdir, "causal_importances.png"),
       xlabel="input feature (one-hot)")

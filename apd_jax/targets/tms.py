@@ -111,25 +111,26 @@ def variants(c, *, identity: bool = False, quick: bool = False) -> None:
     c.print_every = 500
 
 
-def report(config, result, sample_fn, workdir: str) -> dict:
-  """MMCS and ML2R of `W`, and the component figure (SPD: of the
-  subcomponents with a norm above 10% of the largest, and the causal
-  importances on one-hot inputs)."""
+def report(result, sample_fn, workdir: str, *, t: dict, **_) -> dict:
+  """MMCS and ML2R of `W`; the component figure, of the components of `W`
+  with a norm above 10% of the largest; each component's score on one-hot
+  inputs (`<score name>s.png`, e.g. `causal_importances.png`)."""
   del sample_fn
   W = result.target.params["W"]
   P = result.component_weights["['W']"]
   out = dict(mmcs=float(metrics_lib.mmcs(W, P)),
              ml2r=float(metrics_lib.ml2r(W, P)))
-  if config.method == "spd":
-    norms = np.linalg.norm(np.asarray(P).reshape(P.shape[0], -1), axis=1)
-    P = P[norms > 0.1 * norms.max()]
-    plotting.plot_causal_importances(
-        result.causal_importances(jnp.eye(W.shape[1])),
-        os.path.join(workdir, "causal_importances.png"),
-        threshold=result.method.threshold, xlabel="input feature (one-hot)")
+  norms = np.linalg.norm(np.asarray(P).reshape(P.shape[0], -1), axis=1)
+  P = P[norms > 0.1 * norms.max()]
+  name = result.method.SCORE_NAME.replace(" ", "_")
+  plotting.plot_causal_importances(
+      result.scores(jnp.eye(W.shape[1])),
+      os.path.join(workdir, f"{name}s.png"),
+      threshold=getattr(result.method, "threshold", 0.0),
+      xlabel="input feature (one-hot)")
   plotting.plot_columns(
       W, P, os.path.join(workdir, "components.png"),
-      title=f"TMS {config.target.n_features}-{config.target.n_hidden}: "
+      title=f"TMS {t['n_features']}-{t['n_hidden']}: "
             f"each feature's column of W beside each component's",
       column="feature", metrics=dict(MMCS=out["mmcs"], ML2R=out["ml2r"]))
   return out

@@ -11,9 +11,10 @@ Two settings, neither of which changes a result:
   a TMS step, drawing the batch this way took half the step. The GPU
   lowering (JAX's own, the same rounds written out) is one fused pass; on
   CPU it draws the TMS batch 8-10x faster with bit-identical numbers
-  (tests/training/test_cpu.py). Registered once, when the train loop is
-  imported; where JAX's internals differ from those it was written for, it
-  leaves JAX as it is.
+  (tests/training/test_cpu.py). Registered when a run starts
+  (`apply_tweaks`, unless `Training(cpu_tweaks=False)`), never on import;
+  where JAX's internals differ from those it was written for, it leaves JAX
+  as it is.
 """
 
 from __future__ import annotations
@@ -52,3 +53,9 @@ def unroll_threefry() -> bool:
     logging.info("threefry keeps its rolled CPU lowering (%s)", e)
     return False
   return True
+
+
+def apply_tweaks() -> None:
+  """What a run starting on this machine applies (`Training.cpu_tweaks`):
+  the unrolled threefry lowering on CPU."""
+  unroll_threefry()

@@ -60,6 +60,10 @@ class Training:
     checkpoint_every: steps between checkpoints, a multiple of `log_every`;
       0 [default]: only at the end and on SIGTERM.
     keep_checkpoints: the newest checkpoints kept [3].
+    cpu_tweaks: [True] when the run starts, lower JAX's threefry PRNG on
+      CPU unrolled, as on the other platforms (`training.cpu`: the same
+      bits, drawn several times faster); False leaves JAX as it is.
+      Importing apd_jax changes nothing in JAX.
   """
   steps: int = 10_000
   batch_size: int = 2048
@@ -77,6 +81,7 @@ class Training:
   checkpoint_dir: str | None = None
   checkpoint_every: int = 0
   keep_checkpoints: int = 3
+  cpu_tweaks: bool = True
 
   # The options a sweep may vary between its runs.
   SWEEPABLE = ("seed", "lr")

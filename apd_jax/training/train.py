@@ -32,7 +32,6 @@ from apd_jax.training import distributed
 from apd_jax.training import sharding
 
 Array = jax.Array
-cpu.unroll_threefry()
 
 
 @flax.struct.dataclass
@@ -73,9 +72,11 @@ def make_train_step(method: Any, plan: Any, target: Target,
     params = method.project(state.components)
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
     progress = None if not steps else state.step / steps
-    (_, metrics), grads = grad_fn(params, x, target, plan,
-                                  jax.random.fold_in(step_key, 1), hypers,
-                                  progress)
+    (loss, metrics), grads = grad_fn(params, x, target, plan,
+                                     jax.random.fold_in(step_key, 1), hypers,
+                                     progress)
+    if "loss" not in metrics:       # the loop logs it whatever the method
+      metrics = {"loss": loss, **metrics}
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     if hypers is not None:
       updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
@@ -210,23 +211,26 @@ def fit(state: Any, train_step, args: Any, *, steps: int,
 
 
 def _log_progress(done, steps, metrics, rate, first, n_runs):
+  """A progress line: the loss, the other terms, and `L0` where the
+  method's metrics hold an `l0` (`methods/base.py`)."""
   compile_note = " (incl. compile)" if first else ""
   eta = (steps - done) / rate
-  terms = "  ".join(f"{k} %.3g" for k in metrics
-                    if k not in ("loss", "l0"))
+  l0 = metrics.get("l0")
   if n_runs is None:
+    terms = "".join(f"  {k} {float(v):.3g}" for k, v in metrics.items()
+                    if k not in ("loss", "l0"))
+    l0_note = "" if l0 is None else f"  L0 {float(l0):.2f}"
     progress_line(
-        f"step %d/%d  loss %.4g  {terms}  L0 %.2f  %.1f steps/s%s  ETA %.0fs",
-        done, steps, metrics["loss"],
-        *[v for k, v in metrics.items() if k not in ("loss", "l0")],
-        metrics["l0"], rate, compile_note, eta)
+        f"step %d/%d  loss %.4g{terms}{l0_note}  %.1f steps/s%s  ETA %.0fs",
+        done, steps, metrics["loss"], rate, compile_note, eta)
     return
   loss = metrics["loss"]
+  l0_note = "" if l0 is None else f"  L0 median {np.nanmedian(l0):.2f}"
   progress_line(
-      "step %d/%d  %d runs  loss min %.4g  median %.4g  max %.4g  L0 median "
-      "%.2f  %.1f steps/s (%.0f run-steps/s)%s  ETA %.0fs", done, steps,
-      n_runs, np.nanmin(loss), np.nanmedian(loss), np.nanmax(loss),
-      np.nanmedian(metrics["l0"]), rate, rate * n_runs, compile_note, eta)
+      f"step %d/%d  %d runs  loss min %.4g  median %.4g  max %.4g{l0_note}"
+      f"  %.1f steps/s (%.0f run-steps/s)%s  ETA %.0fs", done, steps,
+      n_runs, np.nanmin(loss), np.nanmedian(loss), np.nanmax(loss), rate,
+      rate * n_runs, compile_note, eta)
 
 
 def _raise_non_finite(first: int, last: int, metrics: dict,

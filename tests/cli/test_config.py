@@ -1,4 +1,5 @@
-"""Config files: typed arguments, and one field per APD/Training option."""
+"""Config files: typed arguments, a section per method, one field per
+option."""
 
 import dataclasses
 
@@ -26,12 +27,14 @@ def test_parse_arg_types_and_rejects_unknown_names():
 
 def test_default_config_holds_every_option_once():
   c = config.default_config()
-  for cls in (APD, Training):
-    for f in dataclasses.fields(cls):
-      if f.name == "mesh":      # the config's mesh is the mesh's shape
-        assert set(c.mesh) == {"data", "component"}
-        continue
-      assert (f.name in c) == (f.name not in config.NOT_IN_CONFIG), f.name
+  for f in dataclasses.fields(Training):
+    if f.name == "mesh":      # the config's mesh is the mesh's shape
+      assert set(c.mesh) == {"data", "component"}
+      continue
+    assert (f.name in c) == (f.name not in config.NOT_IN_CONFIG), f.name
+  assert set(c.method) == {f.name for f in dataclasses.fields(APD)} | {
+      "name"}
+  assert not set(c.method) & {f.name for f in dataclasses.fields(Training)}
   method, training = config.method_and_training(c)
   assert method == APD(n_components=5, topk=0.211, simplicity_coeff=0.7,
                        hidden_acts="post_relu")

@@ -69,7 +69,8 @@ def test_spd_on_every_matrix_of_a_tiny_transformer(tmp_path):
   rows = dict(zip(again.target.names, again.target.row_axes, strict=True))
   assert rows["['params']['block_0']['out']['kernel']"] == 2
   config = json.loads((tmp_path / "config.json").read_text())
-  assert config["target"]["name"] == "lm" and config["recon"] == "kl"
+  assert config["target"]["name"] == "lm"
+  assert config["method"]["recon"] == "kl"
 
 
 def test_architecture_is_read_from_the_params_and_contexts_are_marked():
@@ -95,5 +96,5 @@ def test_apd_per_position_on_a_tiny_transformer(tmp_path):
   assert log[-1]["faithfulness"] < log[0]["faithfulness"]
   assert np.isfinite(summary["heldout_nats_per_byte_masked"])
   lines = (tmp_path / "top_contexts.txt").read_text().splitlines()
-  assert any(line.startswith("  A² ") for line in lines)
+  assert any(line.startswith("  attribution ") for line in lines)
   assert summary["heldout_components_described"] > 0

@@ -77,22 +77,25 @@ def test_restart_with_other_settings_is_refused_unless_fresh(tmp_path):
   first = subprocess.run(base + ["--config.steps=10"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
   assert first.returncode == 0, first.stderr[-3000:]
-  other = subprocess.run(base + ["--config.steps=20", "--config.topk=0.3"],
+  other = subprocess.run(base + ["--config.steps=20",
+                                 "--config.method.topk=0.3"],
                          cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
   assert other.returncode != 0
-  assert "steps: 10 -> 20, topk: 0.211 -> 0.3" in other.stderr
+  assert "method.topk: 0.211 -> 0.3, steps: 10 -> 20" in other.stderr
   assert json.loads((tmp_path / "config.json").read_text())["steps"] == 10
   # Afresh, on the target the first run trained and saved (reloaded).
   saved = tmp_path / "target.msgpack"
   shutil.copy(tmp_path / "target_params.msgpack", saved)
-  fresh = subprocess.run(base + ["--config.steps=20", "--config.topk=0.3",
+  fresh = subprocess.run(base + ["--config.steps=20",
+                                 "--config.method.topk=0.3",
                                  f"--config.target.path={saved}", "--fresh"],
                          cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
   assert fresh.returncode == 0, fresh.stderr[-3000:]
   assert "step 10/20" in fresh.stderr and "resuming" not in fresh.stderr
-  assert json.loads((tmp_path / "config.json").read_text())["topk"] == 0.3
+  assert json.loads((tmp_path / "config.json").read_text())["method"][
+      "topk"] == 0.3
   assert "loaded target params" in fresh.stderr
   assert saved.read_bytes() == (tmp_path / "target_params.msgpack"
                                 ).read_bytes()
@@ -106,3 +109,23 @@ def test_unknown_config_argument_is_rejected(tmp_path):
   assert run.returncode != 0
   assert "unknown config argument 'quikc'" in run.stderr
   assert not (tmp_path / "config.json").exists()
+
+
+def test_an_option_the_method_does_not_take_is_refused_in_one_line(
+    tmp_path):
+  """`--config.method.topk` on an SPD config (and a misspelt training
+  option) stop at parsing: one line naming it and the valid options, no
+  traceback, nothing written."""
+  for flag, named, valid in (
+      ("--config.method.topk=0.3", "'topk'", "importance_coeff"),
+      ("--config.stpes=500", "did you mean steps?", "batch_size")):
+    run = subprocess.run(
+        [sys.executable, "-m", "apd_jax.main",
+         "--config=configs/spd_tms_5_2.py", f"--workdir={tmp_path / 'w'}",
+         flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert named in lines[0] and valid in lines[0]
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "w").exists()

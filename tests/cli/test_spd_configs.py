@@ -76,7 +76,7 @@ def test_resid_mlp_run_reports_features_with_their_own_subcomponent(
   c = tiny(load("spd_resid_mlp_1"), n_features=8, d_resid=16, d_mlp=4,
            steps=50, batch_size=64)
   with c.unlocked():
-    c.n_components = 10
+    c.method.n_components = 10
   s = experiment.train_and_evaluate(c, str(tmp_path))
   assert s["n_features"] == 8
   assert 0 <= s["features_with_own_subcomponent"] <= s[

@@ -95,7 +95,8 @@ def test_best_run_exported_as_a_decomposition(swept):
   run = json.loads((workdir / "best" / "summary.json").read_text())
   assert run["mmcs"] == mmcs[best]
   config = json.loads((workdir / "best" / "config.json").read_text())
-  assert (config["seed"], config["topk"]) == (best // 2, (0.211, 0.3)[best % 2])
+  assert (config["seed"], config["method"]["topk"]) == (
+      best // 2, (0.211, 0.3)[best % 2])
   for name in ("components.npz", "components.png", "losses.png",
                "metrics.jsonl", "target_params.msgpack"):
     assert (workdir / "best" / name).stat().st_size > 0, name

@@ -1,6 +1,7 @@
 """The public `decompose` contract: validation, results, reproducibility."""
 
 import dataclasses
+import functools
 import pathlib
 import re
 
@@ -16,7 +17,7 @@ from apd_jax import decompose
 from apd_jax.targets import tms
 from apd_jax.training import train
 
-README = pathlib.Path(__file__).parents[2] / "README.md"
+README = pathlib.Path(__file__).parents[2] / "docs" / "your_model.md"
 
 
 APD_FIELDS = {f.name for f in dataclasses.fields(APD)}
@@ -197,24 +198,29 @@ def test_every_option_trains_end_to_end(kw):
   assert np.isfinite(last["loss"]) and last["loss"] < first["loss"]
 
 
-def test_keyword_shortcut_is_the_objects():
-  """`decompose(..., n_components=5, steps=20)` is the same run as with the
-  objects; an unknown keyword is named."""
+def test_keyword_shortcut_is_training_and_nothing_else():
+  """`decompose(..., method=m, steps=20)` is the run with
+  `training=Training(steps=20)`; keywords beside `training=`, a method's
+  field as a keyword, an unknown keyword and no method are refused."""
   params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
   sample = tms.sampler(n_features=5, feature_probability=0.05)
-  a = decompose(tms.apply, params, sample, include="W", n_components=5,
-                topk=1.0, steps=20, batch_size=64, log_every=10,
-                eval_batches=1)
-  b = decompose(tms.apply, params, sample, include="W",
-                method=APD(n_components=5, topk=1.0),
+  method = APD(n_components=5, topk=1.0)
+  a = decompose(tms.apply, params, sample, include="W", method=method,
+                steps=20, batch_size=64, log_every=10, eval_batches=1)
+  b = decompose(tms.apply, params, sample, include="W", method=method,
                 training=Training(steps=20, batch_size=64, log_every=10,
                                   eval_batches=1))
   np.testing.assert_array_equal(a.components.U["['W']"],
                                 b.components.U["['W']"])
-  assert a.method == b.method
+  run = functools.partial(decompose, tms.apply, params, sample, include="W")
+  with pytest.raises(ValueError, match="beside training="):
+    run(method=method, training=Training(steps=5), steps=50)
+  with pytest.raises(ValueError, match="topk .a field of APD"):
+    run(method=method, topk=0.5)
   with pytest.raises(ValueError, match="unknown options \\['topk_typo'\\]"):
-    decompose(tms.apply, params, sample, include="W", topk_typo=1.0,
-              method=APD(n_components=5, topk=1.0))
+    run(method=method, topk_typo=1.0)
+  with pytest.raises(ValueError, match="give method="):
+    run(steps=20)
 
 
 def test_progress_and_matched_leaves_are_shown_unless_quiet(capsys):
@@ -270,12 +276,12 @@ def test_own_loop_from_the_building_blocks():
   method = APD(n_components=5, topk=1.0)
   training = Training(steps=20, batch_size=64, log_every=20, eval_batches=1,
                       progress=False)
-  target = apd_jax.make_target(tms.apply, params, "W", log=False)
-  state = apd_jax.init_state(method, target, training)
+  target = apd_jax.engine.make_target(tms.apply, params, "W", log=False)
+  state = apd_jax.engine.init_state(method, target, training)
   plan = method.plan(target, sample, training.batch_size, state.components)
-  step = jax.jit(apd_jax.make_train_step(method, plan, target, sample,
-                                         training))
-  data_key = apd_jax.run_keys(training.seed)[1]
+  step = jax.jit(apd_jax.engine.make_train_step(method, plan, target,
+                                                sample, training))
+  data_key = apd_jax.engine.run_keys(training.seed)[1]
   for _ in range(training.steps):
     state, _ = step(state, data_key)
   want = decompose(tms.apply, params, sample, include="W", method=method,
@@ -285,8 +291,8 @@ def test_own_loop_from_the_building_blocks():
                              atol=1e-6)
   result = apd_jax.Decomposition(target, method, plan, state.components, {},
                                  [])
-  metrics = apd_jax.evaluate(result, sample, jax.random.PRNGKey(1),
-                             batch_size=64, n_batches=1)
+  metrics = apd_jax.engine.evaluate(result, sample, jax.random.PRNGKey(1),
+                                    batch_size=64, n_batches=1)
   assert set(metrics) >= {"faithfulness", "topk_recon", "l0"}
 
 

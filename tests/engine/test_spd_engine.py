@@ -62,8 +62,9 @@ def test_result_queries(result):
   assert sorted(G) == [f"{W}#0", f"{W}#1"]
   assert all(g.shape == (5, 6) for g in G.values())
   assert all(float(g.min()) >= 0 and float(g.max()) <= 1 for g in G.values())
-  active = result.active(x, threshold=0.5)
-  np.testing.assert_array_equal(active[f"{W}#0"], G[f"{W}#0"] > 0.5)
+  active = result.active(x)
+  np.testing.assert_array_equal(active[f"{W}#0"], G[f"{W}#0"] > 0.1)
+  assert result.scores(x).keys() == G.keys() == result.groups.keys()
   ones = {k: jnp.ones_like(g) for k, g in G.items()}
   np.testing.assert_allclose(result.apply(x, ones), result.apply(x),
                              rtol=1e-5, atol=1e-6)
@@ -71,16 +72,19 @@ def test_result_queries(result):
   assert m["alive"] == m[f"alive/{W}#0"] + m[f"alive/{W}#1"] <= 12
   assert {"faithfulness", "stochastic_recon", "layerwise_recon",
           "ci_masked_recon", "l0", "threshold"} <= set(m)
-  with pytest.raises(ValueError, match="APD"):
+  with pytest.raises(AttributeError, match="causal_importances"):
     result.attributions(x)
   assert len(repr(result)) < 1000
 
 
-def test_keyword_shortcut_reaches_the_spd_object():
-  method, _ = apd_jax.engine.api.split_options(
-      METHOD, None, dict(importance_coeff=0.5, steps=3))
-  assert method == METHOD.replace(importance_coeff=0.5)
-  with pytest.raises(ValueError, match="apd_jax.SPD"):
+def test_keyword_shortcut_fills_training_only():
+  method, t = apd_jax.engine.api.split_options(METHOD, None,
+                                               dict(steps=3))
+  assert method == METHOD and t.steps == 3
+  with pytest.raises(ValueError, match="importance_coeff .a field of SPD"):
+    apd_jax.engine.api.split_options(METHOD, None,
+                                     dict(importance_coeff=0.5))
+  with pytest.raises(ValueError, match="unknown options \\['topk'\\]"):
     apd_jax.engine.api.split_options(METHOD, None, dict(topk=1.0))
 
 
@@ -175,7 +179,7 @@ def test_eight_devices_agree_with_one(tmp_path):
 
 
 def test_readme_spd_snippet_runs(capsys):
-  text = (ROOT / "README.md").read_text()
+  text = (ROOT / "docs" / "methods.md").read_text()
   snippet = re.search(r"## SPD: .*?```python\n(.*?)```", text, re.S).group(1)
   snippet = snippet.replace("steps=10_000", "steps=100").replace(
       "batch_size=4096", "batch_size=256")

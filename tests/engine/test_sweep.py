@@ -103,7 +103,7 @@ def test_best_skips_non_finite_and_follows_mode(tms_target):
   params, sample_fn = tms_target
   result = sweep.decompose_sweep(
       tms.apply, params, sample_fn, sweep=dict(topk=(0.211, 1.0)),
-      **BASE, steps=30)
+      include="W", method=METHOD, training=TRAINING.replace(steps=30))
   recon = [m["topk_recon"] for m in result.metrics]
   assert result.best("topk_recon") == int(np.argmin(recon))
   assert result.best("topk_recon", "max") == int(np.argmax(recon))

@@ -204,7 +204,8 @@ def test_make_from_config_matches_init(keys):
   config = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(config)
   c = config.get_config()
-  assert c.target.name == "gated" and c.n_components == c.target.n_functions
+  assert c.target.name == "gated"
+  assert c.method.n_components == c.target.n_functions
   apply_fn, params, sample_fn = gated.make(c.target, 3)
   want = gated.init(jax.random.PRNGKey(3), n_functions=N,
                     neurons_per_function=M, n_layers=L)

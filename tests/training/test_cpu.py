@@ -20,3 +20,29 @@ def test_unrolled_threefry_gives_the_rolled_loops_bits():
   for g, w in zip(got, want, strict=True):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
+
+
+_CPU_RULES = """
+import sys
+from jax._src.interpreters import mlir
+from jax._src.random import threefry2x32 as threefry
+def cpu_rules():
+  return mlir._platform_specific_lowerings["cpu"].get(threefry.threefry2x32_p)
+before = cpu_rules()
+import apd_jax
+from apd_jax.cli import experiment
+assert cpu_rules() is before, "importing apd_jax changed a lowering rule"
+apd_jax.engine.api.cpu.apply_tweaks()        # where a run starts
+assert cpu_rules() is not before, "apply_tweaks registered nothing"
+print("ok")
+"""
+
+
+def test_importing_the_package_changes_nothing_in_jax():
+  """The threefry rule is registered where a run starts, never on import
+  (a fresh interpreter: this process has runs behind it)."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  run = subprocess.run([sys.executable, "-c", _CPU_RULES],
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr

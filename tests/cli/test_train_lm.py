@@ -8,9 +8,10 @@ import pathlib
 import flax.serialization
 import jax
 
-from apd_jax.models import lm_target
+from apd_jax.cli import train_lm
 from apd_jax.models import text
 from apd_jax.models import transformer as T
+from apd_jax.targets import lm
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -28,10 +29,10 @@ def test_tiny_training_learns_and_writes_its_outputs(tmp_path):
   model = T.TransformerConfig(**config.model)
   corpus = text.stdlib_corpus(**config.corpus)
   # At init the model is near uniform over the 256 bytes.
-  fresh = lm_target.heldout_loss(T.init(jax.random.PRNGKey(0), model), model,
-                                 corpus.heldout)
+  fresh = lm.heldout_loss(T.init(jax.random.PRNGKey(0), model), model,
+                          corpus.heldout)
   assert abs(fresh - math.log(256)) < 0.1
-  summary = lm_target.train_and_write(config, str(tmp_path))
+  summary = train_lm.train_and_write(config, str(tmp_path))
   assert summary["heldout_nats_per_byte"] < 0.85 * math.log(256)
   assert summary["heldout_bits_per_byte"] == (
       summary["heldout_nats_per_byte"] / math.log(2))
@@ -39,10 +40,12 @@ def test_tiny_training_learns_and_writes_its_outputs(tmp_path):
   log = [json.loads(line) for line in
          (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in log] == [20, 40] and "heldout" in log[-1]
+  assert "heldout" not in log[0]              # eval_every = 40
   assert log[-1]["heldout"] == summary["heldout_nats_per_byte"]
   params = flax.serialization.from_bytes(
       T.init(jax.random.PRNGKey(1), model),
       (tmp_path / "target_params.msgpack").read_bytes())
-  again = lm_target.heldout_loss(params, model, corpus.heldout)
+  again = lm.heldout_loss(params, model, corpus.heldout)
   assert abs(again - summary["heldout_nats_per_byte"]) < 1e-5
   assert (tmp_path / "losses.png").stat().st_size > 0
+  assert json.loads((tmp_path / "config.json").read_text())["steps"] == 40
