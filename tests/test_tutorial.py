@@ -34,4 +34,4 @@ def test_tutorial_runs(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "MMCS" in out and "feature -> component" in out
   assert "APD decomposition on 4096 fresh examples" in out
-  assert "eff.rank ['W']" in out and "component " in out
+  assert "eff.rank W" in out and "component " in out

@@ -49,8 +49,8 @@ def plot_summary(summary, path: str):
   plotting.titled(fig, f"How often each component is active "
                        f"({summary.method}, {summary.n_examples} fresh "
                        f"examples)",
-                  (f"firing frequency: fraction of examples on which the "
-                   f"component is {what}",), rect_bottom=0.06)
+                  (f"firing frequency: the fraction of examples on which "
+                   f"the component is active ({what})",), rect_bottom=0.06)
   return plotting.save(fig, path)
 
 
@@ -58,10 +58,15 @@ def plot_top_inputs(tops: Sequence, path: str, *, max_components: int = 16,
                     what: str = "attribution"):
   """Each component's top inputs (rows, highest score first) as a heat map
   over the input's entries, all panels on one colour scale, saved as PNG;
-  the components shown are the `max_components` most frequent."""
+  the components shown are the `max_components` most frequent (the title
+  says how many of how many)."""
+  n_all = len(tops)
   tops = sorted(tops, key=lambda t: -t.frequency)[:max_components]
   if not tops:
     return None
+  shown = (f"all {n_all} components with top inputs" if n_all == len(tops)
+           else f"the {len(tops)} most frequent of {n_all} components with "
+                f"top inputs")
   cols = min(len(tops), 4)
   rows = math.ceil(len(tops) / cols)
   fig, axes = plt.subplots(rows, cols, squeeze=False,
@@ -81,8 +86,8 @@ def plot_top_inputs(tops: Sequence, path: str, *, max_components: int = 16,
   for ax in list(axes.flat)[len(tops):]:
     ax.axis("off")
   plotting.titled(
-      fig, f"Top inputs of each component (rows: the examples with the "
-           f"highest {what}, highest first)",
+      fig, f"Top inputs of {shown} (rows: the examples with the highest "
+           f"{what}, highest first)",
       (f"freq: fraction of examples on which it is active; ablation: mean "
        f"reconstruction loss between outputs with all components on and with "
        f"this one off, on these inputs; one colour scale (±{vmax:.3g})",),

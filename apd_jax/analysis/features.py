@@ -116,7 +116,8 @@ def scrubbing(result, x: Array, labels: Array, best: Array, key: Array,
               n_neurons: int) -> dict[str, Array]:
   """Per-example task losses (MSE to `labels`) of the target, the top-k
   pass, the scrubbed and anti-scrubbed decompositions and the monosemantic
-  baseline, on the examples of `x` with at least one active feature."""
+  baseline, on the examples of `x` with at least one active feature (the
+  top-k pass with training's batch top-k mask of these examples)."""
   keep = np.asarray(jnp.any(x != 0, axis=1))
   x, labels = x[keep], labels[keep]
   C = result.components.n_components
@@ -126,7 +127,7 @@ def scrubbing(result, x: Array, labels: Array, best: Array, key: Array,
     return jnp.mean((y - labels) ** 2, axis=1)
 
   return dict(target=loss(result.target.batch(x)[0]),
-              topk=loss(result.apply(x, result.masks(x))),
+              topk=loss(result.apply(x, result.masks(x, batch=True))),
               scrubbed=loss(result.apply(x, scrubbed)),
               anti_scrubbed=loss(result.apply(x, anti)),
               monosemantic=monosemantic_loss(x, labels, n_neurons))

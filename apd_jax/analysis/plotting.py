@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 # The loss terms of either method, as the history names them, and what
 # each is.
 TERMS = {
-    "loss": "total loss",
+    "loss": "total: Σ coefficient × term (the terms below unweighted)",
     "faithfulness": "faithfulness: mean (θ* − Σ_c P_c)²",
     "minimality": "minimality: top-k reconstruction",
     "hidden_act": "hidden activations' top-k reconstruction",
@@ -172,20 +172,23 @@ def _plot_shares(target, P, column):
 
 def plot_history(history: list[dict], path: str):
   """The loss terms over training (log scale, one point per log, each term
-  named) above L0, saved as PNG; None without history."""
+  named; the total is their weighted sum, the terms unweighted) above L0
+  (where the history has it), saved as PNG; None without history."""
   if not history:
     return None
   steps = [r["step"] for r in history]
   every = steps[1] - steps[0] if len(steps) > 1 else steps[0]
   keys = [k for k in TERMS if k in history[0]]
+  if "l0" not in history[0]:
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    _plot_terms(ax, steps, history, keys)
+    ax.set_xlabel("training step")
+    titled(fig, "Loss terms during training",
+           (f"one point per log: the mean over the {every} steps before it",))
+    return save(fig, path)
   fig, (ax, bx) = plt.subplots(2, 1, figsize=(7, 6.2), sharex=True,
                                gridspec_kw=dict(height_ratios=[2.2, 1]))
-  for k in keys:
-    ax.plot(steps, [max(r[k], 1e-12) for r in history], lw=1.2,
-            label=TERMS[k], marker="." if len(steps) < 30 else None)
-  ax.set_yscale("log")
-  ax.set_ylabel("loss term (log scale)")
-  ax.legend(fontsize=7)
+  _plot_terms(ax, steps, history, keys)
   bx.plot(steps, [r["l0"] for r in history], color="k", lw=1.2)
   bx.set_ylabel("L0: active\ncomponents / example")
   bx.set_xlabel("training step")
@@ -194,6 +197,15 @@ def plot_history(history: list[dict], path: str):
          (f"one point per log: the mean over the {every} steps before it; "
           f"final L0 {history[-1]['l0']:.3f}",))
   return save(fig, path)
+
+
+def _plot_terms(ax, steps, history, keys) -> None:
+  for k in keys:
+    ax.plot(steps, [max(r[k], 1e-12) for r in history], lw=1.2,
+            label=TERMS[k], marker="." if len(steps) < 30 else None)
+  ax.set_yscale("log")
+  ax.set_ylabel("loss term (log scale)")
+  ax.legend(fontsize=7)
 
 
 def plot_causal_importances(G: dict, path: str, *, threshold: float = 0.1,

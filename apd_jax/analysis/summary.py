@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import jax
@@ -83,15 +84,16 @@ class Summary:
         n for c in self.components for n in c.norm))
     head = (["product"] if spd else []) + [
         "c", "frequency", f"mean {self.score}"] + [
-            f"{k} {n}".strip() for n in leaves for k in ("norm", "eff.rank")
-        ] + ["status"]
+            f"{k} {short_name(n)}".strip() for n in leaves
+            for k in ("norm", "eff.rank")] + ["status"]
     rows = []
     for c in sorted(self.components, key=lambda c: (c.group, -c.frequency,
                                                     c.index)):
       if alive_only and c.status == "dead":
         continue
-      cells = ([c.group] if spd else []) + [
-          str(c.index), f"{c.frequency:.4f}", _num(c.mean_score)]
+      mean = "–" if c.status == "dead" else _num(c.mean_score)
+      cells = ([short_name(c.group)] if spd else []) + [
+          str(c.index), f"{c.frequency:.4f}", mean]
       for n in ([next(iter(c.norm))] if spd else leaves):
         cells += ([_num(c.norm[n]), f"{c.effective_rank[n]:.2f}"]
                   if n in c.norm else ["", ""])
@@ -158,6 +160,20 @@ _DEFINITIONS = (
     "*norm*: ‖P_c‖_F per decomposed matrix; *eff.rank*: exp of the entropy "
     "of P_c's normalised singular values; *dead*: never active; "
     "*always on*: active on ≥ 99% of examples.")
+
+
+def short_name(name: str) -> str:
+  """A leaf's keystr as a short path: `['params']['block_0']['out']
+  ['kernel']` -> `block_0/out/kernel` (a Flax `params` root dropped; a
+  `#j` suffix kept)."""
+  base, hash_, j = name.partition("#")
+  parts = re.findall(r"\[(?:'([^']*)'|(\d+))\]|\.(\w+)", base)
+  keys = [a or b or c for a, b, c in parts]
+  if not keys:
+    return name
+  if len(keys) > 1 and keys[0] == "params":
+    keys = keys[1:]
+  return "/".join(keys) + hash_ + j
 
 
 def _num(v: float) -> str:
@@ -234,9 +250,13 @@ def summarize(result, sample_fn, key: Array, *, batch_size: int = 1024,
   final = totals or result.method.evaluate(
       result, sample_fn, jax.random.fold_in(key, n_batches),
       batch_size=batch_size, n_batches=n_batches)
+  # The counts of alive and dead components are this summary's own (its
+  # header), not the evaluation's on other examples.
   totals = {k: float(v) for k, v in final.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and k not in ("threshold", "steps", "wall_seconds")}
+            and k not in ("threshold", "topk_threshold", "steps",
+                          "wall_seconds", "dead_components")
+            and not k.startswith("alive")}
   m = result.method
   return Summary(method=type(m).__name__, score=m.SCORE, n_examples=n,
                  components=tuple(rows), totals=totals, active=m.ACTIVE)

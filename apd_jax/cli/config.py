@@ -8,13 +8,17 @@ at the top level (`config.steps`); and `target`, `mesh` and `sweep` (the
 sweepable `Training` and method options). `check` rejects a method section
 holding another method's options, naming the valid ones; `parse_arg` reads
 a config file's argument (`configs/tms_5_2.py:identity,quick`);
-`method_and_training(config)` makes the two objects.
+`method_and_training(config)` makes the two objects. A check of the
+command line raises `ConfigError` (`user_errors`), which it shows in one
+line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
@@ -33,6 +37,23 @@ TRAINING_DEFAULTS = dict(steps=20_000, lr=3e-2, warmup_frac=0.05,
 SWEEP_SETTINGS = ("target_per_seed", "select", "select_mode",
                   "mmcs_threshold")
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+class ConfigError(ValueError):
+  """An option or a workdir that a run refuses, found before the run starts
+  (the command line shows its message in one line)."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+  """Re-raises a `ValueError` or `TypeError` from inside as a `ConfigError`
+  with its message (the original as its cause)."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise ConfigError(str(e)) from e
 
 
 def option_names(cls) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ and of each component's use in the top-k masks."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -33,17 +34,34 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def event_files(workdir: str) -> list[str]:
+  """The TensorBoard event files in `workdir`."""
+  return sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
+
+
 class RunLog:
   """`metrics.jsonl` and TensorBoard events for one run in `workdir`."""
 
-  def __init__(self, workdir: str, append: bool = False):
-    """`append`: continue an existing `metrics.jsonl` (a resumed run)."""
+  def __init__(self, workdir: str, append: bool = False,
+               resumed_at: int | None = None, events: bool = True):
+    """`append`: continue an existing `metrics.jsonl` (a resumed run).
+    `resumed_at`: the step a resumed run goes on from; its event file
+    (named `...resumed_at_<step>`, so that it cannot replace one written in
+    the same second) makes TensorBoard hide what the earlier ones hold
+    after that step (logged before a kill, and logged again now).
+    `events`: False writes no event file (a finished run started again,
+    whose events are written)."""
     self._jsonl = self.tb = None
     if is_writer():
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(  # noqa: SIM115
           os.path.join(workdir, "metrics.jsonl"), "a" if append else "w")
-      self.tb = SummaryWriter(workdir, flush_secs=30)
+      if events:
+        resumed = resumed_at is not None
+        self.tb = SummaryWriter(
+            workdir, flush_secs=30,
+            purge_step=resumed_at + 1 if resumed else None,
+            filename_suffix=f".resumed_at_{resumed_at}" if resumed else "")
 
   def write(self, step: int, record: dict[str, Any]) -> None:
     """One log line; usable as `Training.callback`."""
@@ -51,6 +69,8 @@ class RunLog:
       return
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
+    if self.tb is None:
+      return
     for k, v in record.items():
       if k not in _NOT_SCALARS and isinstance(v, (int, float)):
         self.tb.add_scalar(tag(k), v, step)

@@ -36,9 +36,10 @@ from apd_jax.cli import config as cli_config
 from apd_jax.cli import experiment
 from apd_jax.cli import runlog
 from apd_jax.cli import sweep_report
+from apd_jax.engine import api
 from apd_jax.engine import sweep
-from apd_jax.training import checkpoint
 from apd_jax.training import sharding
+from apd_jax.training.options import Training
 
 
 def swept(config: ml_collections.ConfigDict) -> dict[str, tuple]:
@@ -63,18 +64,67 @@ def run_config(config: ml_collections.ConfigDict,
   return c
 
 
+def check_run(config: ml_collections.ConfigDict, workdir: str, *,
+              fresh: bool = False) -> int | None:
+  """Checks every option of the sweep `config`, every run's values (the
+  method's `check_runs`) and, unless `fresh`, that a sweep saved in
+  `workdir` has the same settings; reads only.
+
+  Returns:
+    The step of `workdir`'s latest checkpoint (None: none, or `fresh`).
+
+  Raises:
+    cli_config.ConfigError: naming what is refused.
+  """
+  with cli_config.user_errors():
+    method, training = cli_config.method_and_training(config)
+    values = swept(config)
+    runs = sweep.grid(values, cli_config.swept_names(config))
+    method.check_runs(runs, training.batch_size)
+    for run in runs:
+      training.replace(**{k: v for k, v in run.items()
+                          if k in Training.SWEEPABLE})
+    mesh = sharding.make_mesh(**config.mesh)
+    for c in api.component_counts(method):
+      sharding.check_sizes(mesh, batch_size=None, n_components=c)
+    experiment.check_target(config, method.bound(runs), training)
+    _check_settings(config, method, values)
+    return experiment.saved_step(config, workdir, fresh=fresh)
+
+
+def _check_settings(config, method, values) -> None:
+  """Raises `ValueError` for a sweep setting that the sweep would refuse
+  only after training: the metric and mode that pick the best run, and a
+  target per seed without seeds (or beside `target.path`)."""
+  s = config.sweep
+  metrics = (("loss",) + tuple(method.METRICS)
+             + targets.get(config.target.name).METRICS)
+  if s.select not in metrics:
+    raise ValueError(f"sweep.select={s.select!r} is not a metric of the "
+                     f"sweep; one of {list(metrics)}")
+  if s.select_mode not in ("min", "max"):
+    raise ValueError(f"sweep.select_mode must be 'min' or 'max', got "
+                     f"{s.select_mode!r}")
+  if s.target_per_seed and "seed" not in values:
+    raise ValueError("sweep.target_per_seed needs seeds to sweep "
+                     "(sweep.seed)")
+  if s.target_per_seed and config.target.path:
+    raise ValueError("sweep.target_per_seed trains a target per seed; it "
+                     f"cannot also load target.path={config.target.path!r}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains every run of the sweep, writes the outputs; returns a summary.
 
-  Checkpoints every run together in `workdir/checkpoints`; started again in
-  the same workdir (with the same config) it resumes from the latest.
+  Every option is checked first (`check_run`: a `ConfigError`), before
+  anything is trained or written. Checkpoints every run together in
+  `workdir/checkpoints`; started again in the same workdir (with the same
+  config) it resumes from the latest.
   """
+  step = check_run(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  step = checkpoint.latest_step(ckpt_dir)
-  if step is not None:
-    experiment.check_resume(workdir, config)
   as_given = config
   config = experiment.reload_saved_target(workdir, config, step)
   if runlog.is_writer():
@@ -89,7 +139,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           for i in range(len(runs))]
   for d in dirs:
     experiment.cut_metrics_log(d, step)
-  logs = [runlog.RunLog(d, append=step is not None) for d in dirs]
+  logs = [runlog.RunLog(d, append=step is not None, resumed_at=step,
+                        events=experiment.new_events(d, step, config.steps))
+          for d in dirs]
   logging.info("sweep of %d runs over %s", len(runs), values)
 
   def write(step, records):
@@ -112,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                    strict=True)):
     rc = run_config(config, run)
     finite = d.metrics["finite"]
-    summary = experiment.summarize(d, total_seconds=total)
+    summary = experiment.summarize(d, resumed_at=step, total_seconds=total)
     summary["loss"] = d.history[-1]["loss"] if d.history else float("nan")
     if finite:
       summary = experiment.write_outputs(rc, dirs[i], d, sample_fn, summary,
@@ -134,10 +186,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     _export_best(workdir, dirs[best], run_config(config, runs[best]),
                  _target_file(workdir, runs[best]["seed"]) if own
                  else os.path.join(workdir, "target_params.msgpack"))
+  # Every run logs the same times; over all sessions, as a single run's.
+  history = result.decompositions[0].history
+  seconds = experiment.timings(history)[0]
   summary = dict(
-      n_runs=len(runs), swept=values, train_seconds=result.wall_seconds,
-      total_seconds=total,
-      run_steps_per_s=len(runs) * config.steps / result.wall_seconds,
+      n_runs=len(runs), swept=values, train_seconds=seconds,
+      total_seconds=total + experiment.timings(history, step or 0)[0],
+      run_steps_per_s=len(runs) * config.steps / seconds,
       best_run=best, best_values=runs[best], best_metrics=rows[best],
       by_setting=pooled)
   if runlog.is_writer():

@@ -45,6 +45,26 @@ def batch_topk_mask(attributions: Array, k: float) -> Array:
   return mask.reshape(B, C)
 
 
+def batch_topk_threshold(attributions: Array, k: float) -> Array:
+  """The smallest entry batch top-k keeps: the `int(k·B)`-th largest of
+  `attributions [B, C]` (of `[B, T, C]`, each of the B·T positions an
+  example). On a large batch of the training distribution it calibrates a
+  per-example rule, `A ≥ τ`, that keeps k entries per example on average."""
+  flat = attributions.reshape(-1, attributions.shape[-1])
+  n = batch_topk_count(k, flat.shape[0])
+  if not 0 < n <= flat.size:
+    raise ValueError(f"batch top-k keeps int(k*B) = {n} entries of "
+                     f"{flat.size}")
+  return jax.lax.top_k(flat.reshape(-1), n)[0][-1]
+
+
+def threshold_mask(attributions: Array, threshold: float | Array) -> Array:
+  """`1` where `A ≥ threshold` and `A > 0`, per entry: each example's mask
+  independent of the others in its batch."""
+  keep = (attributions >= threshold) & (attributions > 0)
+  return keep.astype(attributions.dtype)
+
+
 def traced_mask(attributions: Array, k: Array, *, k_max: float,
                 batch_topk: bool) -> Array:
   """`make_mask` for a traced `k ≤ k_max`, with `k_max` a Python number.

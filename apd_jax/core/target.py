@@ -135,6 +135,39 @@ def check(target: Target, sample_fn: SampleFn, batch_size: int
   return x, out
 
 
+def check_finite(params: Any) -> None:
+  """Raises `ValueError` naming every floating leaf of `params` (its keystr
+  path) that holds NaN or inf, with how many of each."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    leaf = np.asarray(leaf) if isinstance(leaf, float) else leaf
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+      continue
+    nan, inf = _non_finite(leaf)
+    if nan or inf:
+      bad.append(f"{jax.tree_util.keystr(path)} {tuple(np.shape(leaf))}: "
+                 f"{nan} nan, {inf} inf of {int(np.size(leaf))}")
+  if bad:
+    raise ValueError(f"the target's params hold non-finite values (every "
+                     f"loss would be nan): {'; '.join(bad)}")
+
+
+def _non_finite(leaf: Any) -> tuple[int, int]:
+  """`(NaN count, inf count)` of an array, on the host (the shards this
+  process holds, for an array spread over processes)."""
+  shards = ([s.data for s in leaf.addressable_shards]
+            if not getattr(leaf, "is_fully_addressable", True) else [leaf])
+  nan = inf = 0
+  for s in shards:
+    a = np.asarray(s)
+    if not np.issubdtype(a.dtype, np.inexact):   # bfloat16 and the like
+      a = a.astype(np.float32)
+    nan += int(np.isnan(a).sum())
+    inf += int(np.isinf(a).sum())
+  return nan, inf
+
+
 def _linen_hint(target: Target) -> str:
   """For a Flax linen `module.apply` given `variables['params']`: says so."""
   module = getattr(target.apply_fn, "__self__", None)

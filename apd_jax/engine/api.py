@@ -106,7 +106,8 @@ class Decomposition:
     metrics, or, with another `sample_fn`, evaluated on it).
     `print(result.summary().table())`; see `analysis.summary`."""
     key = jax.random.PRNGKey(1) if key is None else key
-    final = self.metrics if sample_fn is None else None
+    final = self.metrics if sample_fn is None and all(
+        k in self.metrics for k in self.method.METRICS) else None
     return summary_lib.summarize(self, self._sampler(sample_fn), key,
                                  batch_size=batch_size, n_batches=n_batches,
                                  totals=final)
@@ -132,31 +133,33 @@ class Decomposition:
   @property
   def groups(self) -> dict[str, tuple[str, ...]]:
     """`{group: the leaves its components span}`."""
-    return self.method.groups(self.target, self.plan)
+    return self.method.groups(self)
 
   def scores(self, x: Array) -> dict[str, Array]:
     """`{group: [B, (T,) C_g]}`: each component's score on the batch `x`
     (`method.SCORE_NAME`: APD's squared attribution, SPD's causal
     importance)."""
-    return self.method.scores(self.target, self.plan, self.components, x)
+    return self.method.scores(self, x)
 
-  def active(self, x: Array) -> dict[str, Array]:
+  def active(self, x: Array, batch: bool = False) -> dict[str, Array]:
     """`{group: bool [B, (T,) C_g]}`: where the method counts a component
-    as active (APD: in the top-k mask of this batch; SPD: `G > threshold`)."""
-    return self.method.active(self.target, self.plan, self.components, x)
+    as active, per example (APD: attribution above the threshold batch
+    top-k had on the evaluation batches; SPD: `G > threshold`).
+    `batch=True`: as training does on this batch (APD: its batch top-k,
+    which depends on every example of `x`)."""
+    return self.method.active(self, x, batch=batch)
 
-  def masks(self, x: Array) -> dict[str, Array]:
+  def masks(self, x: Array, batch: bool = False) -> dict[str, Array]:
     """`{group: [B, (T,) C_g]}`: the masks of the method's minimality pass
-    on `x` (APD: top-k; SPD: `G`)."""
-    return self.method.masks(self.target, self.plan, self.components, x)
+    on `x` (APD: top-k, per example unless `batch`; SPD: `G`)."""
+    return self.method.masks(self, x, batch=batch)
 
   def apply(self, x: Array, mask: Any = None) -> Array:
     """The target's output with each component's weight scaled per example
     by `mask` (`{group: [B, (T,) C_g]}`; all components at 1 if None)."""
     if mask is None:
       return _full_apply(self.target, self.components, x)
-    return self.method.masked_apply(self.target, self.plan,
-                                    self.components, mask, x)
+    return self.method.masked_apply(self, mask, x)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -206,12 +209,14 @@ def component_counts(method: Any) -> list[int]:
 def check_inputs(method: Any, target: Target, sample_fn: SampleFn,
                  training: Training, mesh: jax.sharding.Mesh | None = None
                  ) -> None:
-  """Checks the sampler, the method against the target and the mesh sizes
-  (abstractly; nothing is compiled)."""
+  """Checks the mesh sizes, that the target's params are finite (every
+  floating leaf, decomposed or not), the sampler and the method against the
+  target (abstractly; nothing is compiled)."""
   if mesh is not None:
     for c in component_counts(method):
       sharding.check_sizes(mesh, batch_size=training.batch_size,
                            n_components=c)
+  target_lib.check_finite(target.params)
   check_sampler(sample_fn, training.batch_size)
   method.check(target, sample_fn, training.batch_size)
 

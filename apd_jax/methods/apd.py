@@ -212,9 +212,9 @@ class APD:
                        "'reverse' for leaves of more axes")
     for name, w in target.weights.items():
       if self.rank is not None and self.rank > min(w.shape):
-        logging.warning(
-            "rank=%d exceeds min(i, o)=%d of %s %s: each P_c = U_c V_c has "
-            "rank <= %d all the same (the extra columns only change the "
+        logging.info(   # a note: the paper's TMS settings do this on purpose
+            "note: rank=%d exceeds min(i, o)=%d of %s %s: each P_c = U_c V_c "
+            "has rank <= %d all the same (the extra columns only change the "
             "optimisation)", self.rank, min(w.shape), name, w.shape,
             min(w.shape))
     _, out = check_target(target, sample_fn, batch_size)
@@ -314,24 +314,31 @@ class APD:
                batch_size: int, n_batches: int) -> dict[str, Any]:
     """Faithfulness, top-k reconstruction, L0 (mean active components per
     example) and the dead components (in no top-k mask) over `n_batches`
-    fresh batches."""
+    fresh batches, with training's batch masks; with batch top-k also the
+    threshold `topk_mask`'s per-example rule uses (`topk_threshold`)."""
     P = result.component_weights
     faith = float(losses.faithfulness(result.target.weights,
                                       comp_lib.summed_weights(P)))
     recon_fn = losses.kl if self.recon == "kl" else losses.mse
-    recon, l0s, masks = [], [], []
+    recon, l0s, masks, taus = [], [], [], []
     for i in range(n_batches):
       x = sample_fn(jax.random.fold_in(key, i), batch_size)
-      mask = self.topk_mask(result, x)
+      mask = self.topk_mask(result, x, batch=True)
+      if self.batch_topk:
+        taus.append(float(masking.batch_topk_threshold(
+            self.attributions(result, x), self.topk)))
       y = result.target.batch(x)[0]
       recon.append(float(recon_fn(y, result.apply(x, mask))))
       mask = mask.reshape(-1, mask.shape[-1])        # per position: [B·T, C]
       l0s.append(float(metrics_lib.l0(mask)))
       masks.append(jnp.any(mask > 0, axis=0))
     dead = metrics_lib.dead_components(jnp.stack(masks))
-    return dict(faithfulness=faith, topk_recon=float(np.mean(recon)),
-                l0=float(np.mean(l0s)), dead_components=len(dead),
-                dead_component_ids=[int(c) for c in dead])
+    out = dict(faithfulness=faith, topk_recon=float(np.mean(recon)),
+               l0=float(np.mean(l0s)), dead_components=len(dead),
+               dead_component_ids=[int(c) for c in dead])
+    if taus:   # the per-example rule of `topk_mask` (median over batches)
+      out["topk_threshold"] = float(np.median(taus))
+    return out
 
   def check_runs(self, runs: list[dict[str, Any]], batch_size: int) -> None:
     """Checks each sweep run's values as `__post_init__` and `check` would."""
@@ -352,28 +359,23 @@ class APD:
 
   # -- what analyses and export ask (`base.Method`) ---------------------------
 
-  def groups(self, target: Target, plan: Any) -> dict[str, tuple[str, ...]]:
+  def groups(self, result) -> dict[str, tuple[str, ...]]:
     """One group, `''`: every component spans every decomposed leaf."""
-    del plan
-    return {"": tuple(target.names)}
+    return {"": tuple(result.target.names)}
 
-  def scores(self, target, plan, comps, x) -> dict[str, Array]:
+  def scores(self, result, x) -> dict[str, Array]:
     """`{'': A² [B, (T,) C]}`: exact squared attributions on the batch."""
-    return {"": self.attributions_of(target, plan, comps, x)}
+    return {"": self.attributions(result, x)}
 
-  def masks(self, target, plan, comps, x) -> dict[str, Array]:
-    """`{'': the top-k mask [B, (T,) C]}` that training would use on `x`
-    (batch top-k: it depends on the whole batch)."""
-    return {"": masking.make_mask(self.attributions_of(target, plan, comps,
-                                                       x),
-                                  self.topk, batch_topk=self.batch_topk)}
+  def masks(self, result, x, batch: bool = False) -> dict[str, Array]:
+    """`{'': [B, (T,) C]}`, `topk_mask`'s."""
+    return {"": self.topk_mask(result, x, batch=batch)}
 
-  def active(self, target, plan, comps, x) -> dict[str, Array]:
-    """`{'': bool [B, (T,) C]}`: in the top-k mask."""
-    return {g: m > 0 for g, m in self.masks(target, plan, comps,
-                                            x).items()}
+  def active(self, result, x, batch: bool = False) -> dict[str, Array]:
+    """`{'': bool [B, (T,) C]}`: in `topk_mask`."""
+    return {"": self.topk_mask(result, x, batch=batch) > 0}
 
-  def masked_apply(self, target, plan, comps, mask, x) -> Array:
+  def masked_apply(self, result, mask, x) -> Array:
     """The target's output with weights `Σ_c mask_bc P_c` per example;
     `mask`: `{'': [B, (T,) C]}` or the array itself."""
     if isinstance(mask, dict):
@@ -381,11 +383,8 @@ class APD:
         raise ValueError(f"an APD mask is {{'': [B, C]}} or a [B, C] "
                          f"array; got the groups {sorted(mask)}")
       mask = mask[""]
-    return _masked_apply(target, plan.factored, comps, mask, x)
-
-  def attributions_of(self, target, plan, comps, x) -> Array:
-    exact = dataclasses.replace(plan, attribution_projections=0)
-    return _attributions(target, self, exact, comps, x)
+    return _masked_apply(result.target, result.plan.factored,
+                         result.components, mask, x)
 
   # -- its own analyses, as `result.<name>(x)` (EXTRAS) --------------------
 
@@ -393,13 +392,29 @@ class APD:
     """Squared attributions `[B, C]` of the batch `x` (`[B, T, C]` per
     position; exact, also where training estimated them from random
     projections)."""
-    return self.attributions_of(result.target, result.plan,
-                                result.components, x)
+    exact = dataclasses.replace(result.plan, attribution_projections=0)
+    return _attributions(result.target, self, exact, result.components, x)
 
-  def topk_mask(self, result, x: Array) -> Array:
-    """The top-k mask `[B, C]` (`[B, T, C]` per position) training would
-    use on the batch `x` (batch top-k: it depends on the whole batch)."""
-    return self.masks(result.target, result.plan, result.components, x)[""]
+  def topk_mask(self, result, x: Array, batch: bool = False) -> Array:
+    """The top-k mask `[B, C]` (`[B, T, C]` per position) of the batch `x`.
+
+    Per example by default: with batch top-k, `A² ≥ τ`, τ the threshold
+    batch top-k had on the evaluation batches (`metrics['topk_threshold']`,
+    so that on the training distribution each example keeps `topk`
+    components on average), and each example's mask independent of the
+    rest of `x`. `batch=True`: the mask training takes of this batch, whose
+    entries depend on the whole batch (`int(topk·B)` kept). Per-example
+    top-k (`batch_topk=False`) is the same either way.
+    """
+    A = self.attributions(result, x)
+    if batch or not self.batch_topk:
+      return masking.make_mask(A, self.topk, batch_topk=self.batch_topk)
+    tau = result.metrics.get("topk_threshold")
+    if tau is None:
+      raise ValueError("this decomposition has no calibrated top-k "
+                       "threshold (metrics['topk_threshold'], set by its "
+                       "final evaluation); use topk_mask(x, batch=True)")
+    return masking.threshold_mask(A, tau)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

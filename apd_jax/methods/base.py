@@ -34,18 +34,23 @@ the command line (a `Decomposition` delegates to these):
                               `PARAMS(**state_dict)`, `PLAN(**fields)`)
   method.CLI_DEFAULTS         the command line's values of its required
                               options
-  method.groups(target, plan)           {group: leaves its components span}
-  method.scores(target, plan, params, x)    {group: [B, (T,) C_g]}
-  method.active(target, plan, params, x)    {group: bool [B, (T,) C_g]}
-  method.masks(target, plan, params, x)     {group: the mask its
-                                            minimality pass uses}
-  method.masked_apply(target, plan, params, mask, x)
-                                            f(x) with {group: [B, (T,) C_g]}
-                                            coefficients per component
+  method.groups(result)                 {group: leaves its components span}
+  method.scores(result, x)              {group: [B, (T,) C_g]}
+  method.active(result, x, batch=False) {group: bool [B, (T,) C_g]}
+  method.masks(result, x, batch=False)  {group: the mask of its minimality
+                                        pass}
+  method.masked_apply(result, mask, x)  f(x) with {group: [B, (T,) C_g]}
+                                        coefficients per component
+
+`result` is the `Decomposition` (target, plan, trained params, final
+metrics). `active` and `masks` are per example (each example's answer
+independent of the rest of the batch) unless `batch=True` asks for what
+training does with this batch (APD's batch top-k).
 
 `params` hold the low-rank factors as `params.U`, `params.V` (leaf ->
-`[C, i, m]`, `[C, m, o]`). `hypers` is a pytree whose leaves a sweep stacks
-over its runs; the step passes it to `loss`, so runs that differ only in
+`[C, i, m]`, `[C, m, o]`). `hypers` is a NamedTuple of traced scalars,
+`lr_scale` among them (a sweep sets it from each run's lr), which a sweep
+stacks over its runs; the step passes it to `loss`, so runs that differ only in
 these values share one compiled program. `progress` is the traced fraction
 of training done (`step / steps`), for schedules inside the loss.
 """
@@ -84,11 +89,11 @@ class Method(Protocol):
   def check_runs(self, runs, batch_size: int) -> None: ...
   def evaluate(self, result, sample_fn, key, *, batch_size: int,
                n_batches: int) -> dict: ...
-  def groups(self, target, plan) -> dict[str, tuple[str, ...]]: ...
-  def scores(self, target, plan, params, x) -> dict: ...
-  def active(self, target, plan, params, x) -> dict: ...
-  def masks(self, target, plan, params, x) -> dict: ...
-  def masked_apply(self, target, plan, params, mask, x) -> Any: ...
+  def groups(self, result) -> dict[str, tuple[str, ...]]: ...
+  def scores(self, result, x) -> dict: ...
+  def active(self, result, x, batch: bool = False) -> dict: ...
+  def masks(self, result, x, batch: bool = False) -> dict: ...
+  def masked_apply(self, result, mask, x) -> Any: ...
 
 
 def check_positive(**values) -> None:

@@ -230,35 +230,38 @@ class SPD:
 
   # -- what analyses and export ask (`base.Method`) ---------------------------
 
-  def groups(self, target: Target, plan: objective.Plan
-             ) -> dict[str, tuple[str, ...]]:
+  def groups(self, result) -> dict[str, tuple[str, ...]]:
     """A group per factored product (its label), of one leaf each."""
-    del target
+    plan = result.plan
     return {k: (leaf,) for k, leaf in zip(plan.labels, plan.leaves,
                                           strict=True)}
 
-  def scores(self, target, plan, params, x) -> dict[str, Array]:
+  def scores(self, result, x) -> dict[str, Array]:
     """`{product: G [B, (T,) C_l]}`, the causal importances on `x`."""
-    return _causal_importances(target, plan, params, x)
+    return _causal_importances(result.target, result.plan,
+                               result.components, x)
 
-  def masks(self, target, plan, params, x) -> dict[str, Array]:
-    """The masks of the `G`-masked pass: `G` itself."""
-    return self.scores(target, plan, params, x)
+  def masks(self, result, x, batch: bool = False) -> dict[str, Array]:
+    """The masks of the `G`-masked pass: `G` itself (per example; `batch`
+    changes nothing)."""
+    del batch
+    return self.scores(result, x)
 
-  def active(self, target, plan, params, x) -> dict[str, Array]:
-    """`{product: G > threshold}`."""
-    return {k: g > self.threshold
-            for k, g in self.scores(target, plan, params, x).items()}
+  def active(self, result, x, batch: bool = False) -> dict[str, Array]:
+    """`{product: G > threshold}` (per example)."""
+    del batch
+    return {k: g > self.threshold for k, g in self.scores(result, x).items()}
 
-  def masked_apply(self, target, plan, params, mask, x) -> Any:
+  def masked_apply(self, result, mask, x) -> Any:
     """The target's output with product k computed as
     `Σ_c mask[k]_bc (a u_c) v_cᵀ` (a product left out of the dict `mask`
     keeps the target's weights)."""
+    plan = result.plan
     if not isinstance(mask, dict) or set(mask) - set(plan.labels):
       raise ValueError(f"an SPD mask is a dict over the products "
                        f"{list(plan.labels)}")
     coefs = tuple(mask.get(k) for k in plan.labels)
-    return _masked_apply(target, plan, params, coefs, x)
+    return _masked_apply(result.target, plan, result.components, coefs, x)
 
   # -- its own analyses, as `result.<name>(x)` (EXTRAS) --------------------
 
@@ -267,7 +270,7 @@ class SPD:
     the batch `x`, per factored product of the target (keyed by the
     leaf's name, `name#j` for the j-th use of a leaf used more than
     once)."""
-    return self.scores(result.target, result.plan, result.components, x)
+    return self.scores(result, x)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -170,7 +170,8 @@ def test_summary_figure(tmp_path):
   title, note = texts(fig)
   assert title == ("How often each component is active (APD, 100 fresh "
                    "examples)")
-  assert note.startswith("firing frequency: fraction of examples")
+  assert note.startswith("firing frequency: the fraction of examples on "
+                         "which the component is active (")
   (ax,) = panels(fig)
   assert ax.get_yscale() == "log" and ax.get_title() == (
       "all components: 2 of 3 alive")
@@ -188,7 +189,7 @@ def test_top_inputs_figure(tmp_path, n):
           for c in range(n)]
   fig = component_figures.plot_top_inputs(tops, str(tmp_path / "t.png"))
   assert written(tmp_path / "t.png")
-  assert texts(fig)[0].startswith("Top inputs of each component")
+  assert texts(fig)[0].startswith(f"Top inputs of all {n} components")
   assert f"one colour scale (±{n:g})" in texts(fig)[1]
   shown = [a for a in panels(fig) if a.get_title()]
   assert len(shown) == n               # most frequent first

@@ -44,13 +44,16 @@ def apd_sampler(key, n):
 
 def apd_decomposition():
   """Attributions A_c(x)² = (s_c x_c)², so top-k with k = 2 per example
-  keeps c3 always, c0 or c1 by parity, and c2 (x_2 = 0) never."""
+  keeps c3 always, c0 or c1 by parity, and c2 (x_2 = 0) never. The per-
+  example rule's threshold is the smallest A² batch top-k keeps on a batch
+  of 8, `(1/8)²`, so it keeps the same."""
   U, V = factors([1.0, 1.0, 1.0, 1.0])
   comps = Components(U=U, V=V)
   method = APD(n_components=4, topk=2.0, rank=1)
   t = target()
   plan = method.plan(t, apd_sampler, 8, comps)
-  return Decomposition(t, method, plan, comps, {}, [], apd_sampler)
+  return Decomposition(t, method, plan, comps,
+                       {"topk_threshold": (1 / 8) ** 2}, [], apd_sampler)
 
 
 def spd_sampler(key, n):
@@ -112,7 +115,8 @@ def test_apd_summary_finds_the_always_on_the_dead_and_the_feature_ones():
   assert all(r[c].norm == {NAME: 1.0} for c in range(4))
   assert all(abs(r[c].effective_rank[NAME] - 1.0) < 1e-6 for c in range(4))
   assert s.totals["faithfulness"] < 1e-12
-  assert s.totals["l0"] == 2.0 and s.totals["dead_components"] == 1
+  assert s.totals["l0"] == 2.0       # the counts are the summary's own:
+  assert "dead_components" not in s.totals and "alive" not in s.totals
   assert s.counts() == {"all": dict(total=4, alive=3, dead=1, always_on=1)}
   table = s.table()
   assert "3 of 4 alive, 1 always on" in table
@@ -120,7 +124,7 @@ def test_apd_summary_finds_the_always_on_the_dead_and_the_feature_ones():
   assert lines[3].split()[:2] == ["3", "1.0000"]   # most frequent first
   assert len(lines) == 6                           # dead ones not listed
   md = s.markdown()
-  assert md.count("\n| ") == 5 and "| 2 | 0.0000 | nan |" in md
+  assert md.count("\n| ") == 5 and "| 2 | 0.0000 | – |" in md
   d = s.to_dict()
   assert d["components"][2]["status"] == "dead" and d["n_examples"] == 16
 

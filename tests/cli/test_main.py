@@ -1,10 +1,18 @@
 """The command line, end to end on a tiny run, with config overrides."""
 
+import importlib.util
 import json
 import pathlib
 import shutil
 import subprocess
 import sys
+
+import pytest
+
+from apd_jax import main as apd_main
+from apd_jax.cli import config as cli_config
+from apd_jax.cli import experiment
+from apd_jax.cli import sweep_experiment
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -129,3 +137,103 @@ def test_an_option_the_method_does_not_take_is_refused_in_one_line(
     assert named in lines[0] and valid in lines[0]
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "w").exists()
+
+
+def refused(tmp_path, *flags):
+  """`python -m apd_jax.main` with `flags`, expected to stop: its stderr
+  lines other than platform warnings (absl `W` lines)."""
+  run = subprocess.run(
+      [sys.executable, "-m", "apd_jax.main", f"--workdir={tmp_path / 'w'}",
+       *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert "Traceback" not in run.stderr, run.stderr[-3000:]
+  assert not (tmp_path / "w").exists()   # nothing trained or written
+  return [line for line in run.stderr.strip().splitlines()
+          if not line.startswith("W")]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--config=configs/nope.py",),
+     "--config: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    (("--config=configs/tms_5_2.py", "--config.steps=abc"),
+     "--config.steps=abc: invalid literal for int()"),
+    (("--config=configs/tms_5_2.py", "--config.method.topk=-1"),
+     "topk must be positive, got -1.0"),
+    (("--config=configs/tms_5_2.py", "--config.method.n_components=0"),
+     "n_components must be positive, got 0"),
+    (("--config=configs/tms_5_2.py", "--config.lr_schedule=foo"),
+     "lr_schedule must be one of ('constant', 'cosine'), got 'foo'"),
+    (("--config=configs/tms_5_2.py", "--config.sweep.topk=0.2,-1"),
+     "topk must be positive, got -1"),
+    (("--config=configs/tms_5_2.py", "--config.mesh.component=3"),
+     "mesh component=3 must divide the"),
+    (("--config=configs/tms_5_2.py", "--config.include=nope"),
+     "include='nope' matches no leaf"),
+])
+def test_a_bad_option_is_one_line_before_anything_is_written(
+    tmp_path, flags, message):
+  """A missing config file, a value of the wrong type, a value the method
+  or Training refuses, a bad sweep value, mesh or include: `error: ...`,
+  exit status 2, before the target is trained or the workdir made."""
+  lines = refused(tmp_path, *flags)
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
+  assert message in lines[0]
+
+
+def test_traceback_flag_shows_the_traceback(tmp_path):
+  run = subprocess.run(
+      [sys.executable, "-m", "apd_jax.main", "--config=configs/tms_5_2.py",
+       f"--workdir={tmp_path / 'w'}", "--config.method.topk=-1",
+       "--traceback"], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert run.returncode == 1
+  assert "Traceback" in run.stderr
+  assert "ConfigError: topk must be positive, got -1.0" in run.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def tiny_config(**options):
+  c = _config("tms_5_2")
+  c.update(steps=10, log_every=10, eval_batches=1, batch_size=64)
+  c.target.steps = 50
+  c.method.update(options)
+  return c
+
+
+def _config(name):
+  spec = importlib.util.spec_from_file_location(
+      name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_train_and_evaluate_checks_before_writing(tmp_path):
+  """Both runners refuse a bad value before making the workdir; a sweep's
+  value and setting too, and a refused --fresh run deletes nothing."""
+  with pytest.raises(cli_config.ConfigError, match="topk must be positive"):
+    experiment.train_and_evaluate(tiny_config(topk=-1.0), str(tmp_path / "a"))
+  c = tiny_config()
+  c.sweep.topk = (0.2, -1.0)
+  with pytest.raises(cli_config.ConfigError, match="topk must be positive"):
+    sweep_experiment.train_and_evaluate(c, str(tmp_path / "b"))
+  c.sweep.topk = (0.2, 0.3)
+  c.sweep.select = "nope"
+  with pytest.raises(cli_config.ConfigError, match="sweep.select='nope'"):
+    sweep_experiment.train_and_evaluate(c, str(tmp_path / "c"))
+  assert not list(tmp_path.iterdir())
+  (tmp_path / "d").mkdir()
+  (tmp_path / "d" / "config.json").write_text("{}")
+  with pytest.raises(cli_config.ConfigError, match="n_components must be"):
+    apd_main.run(tiny_config(n_components=0), str(tmp_path / "d"),
+                 fresh=True)
+  assert (tmp_path / "d" / "config.json").exists()
+
+
+def test_an_internal_error_is_not_taken_for_a_bad_option(monkeypatch):
+  """Only a ValueError or TypeError of the checks is a user's error."""
+  def broken(*a, **k):
+    raise RuntimeError("a bug")
+  monkeypatch.setattr(experiment, "check_target", broken)
+  with pytest.raises(RuntimeError, match="a bug"):
+    experiment.check_run(tiny_config(), "/nonexistent")

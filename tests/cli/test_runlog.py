@@ -70,3 +70,32 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
     log.write(1, dict(step=1, loss=1.0))
     log.histograms(1, np.ones((2, 2)), np.ones((2, 2)))
   assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_hides_the_events_after_its_checkpoint(tmp_path):
+  """A run killed at step 30 after its checkpoint at 20, resumed: the new
+  event file starts TensorBoard's purge at step 21, so the old file's
+  step-30 scalars do not show twice; a finished run started again writes
+  no event file."""
+  with runlog.RunLog(str(tmp_path)) as log:
+    for step in (10, 20, 30):
+      log.write(step, dict(step=step, loss=1.0 / step))
+  (old,) = tmp_path.glob("events.out.tfevents.*")
+  with runlog.RunLog(str(tmp_path), append=True, resumed_at=20) as log:
+    log.write(30, dict(step=30, loss=0.5))
+  (new,) = set(tmp_path.glob("events.out.tfevents.*")) - {old}
+  starts = [e.step for e in read_events(tmp_path)
+            if e.HasField("session_log")
+            and e.session_log.status == e.session_log.START]
+  assert starts == [21]
+  losses = sorted(e.step for e in read_events(tmp_path)
+                  for v in e.summary.value if v.tag == "loss")
+  assert losses == [10, 20, 30, 30]      # the old file kept, beside the new
+  assert runlog.event_files(str(tmp_path)) == sorted(map(str, (old, new)))
+  with runlog.RunLog(str(tmp_path), append=True, resumed_at=30,
+                     events=False) as log:
+    log.write(30, dict(step=30, loss=0.5))
+    log.figures(30, str(tmp_path))
+  assert len(runlog.event_files(str(tmp_path))) == 2
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(x)["step"] for x in lines] == [10, 20, 30, 30, 30]

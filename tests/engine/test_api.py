@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import logging
 import pathlib
 import re
 
@@ -95,7 +96,7 @@ def test_result_exposes_the_contract():
   x = tms.sample(jax.random.PRNGKey(3), 16, n_features=5,
                  feature_probability=0.5)
   assert r.attributions(x).shape == (16, 5)
-  mask = r.topk_mask(x)
+  mask = r.topk_mask(x, batch=True)      # training's: int(topk · B) kept
   assert mask.shape == (16, 5) and int(mask.sum()) == 16
   np.testing.assert_allclose(r.apply(x), r.apply(x, jnp.ones((16, 5))),
                              rtol=1e-5, atol=1e-6)
@@ -103,6 +104,32 @@ def test_result_exposes_the_contract():
               "steps", "wall_seconds"):
     assert key in r.metrics
   assert len(r.history) == 2 and r.history[-1]["step"] == 20
+
+
+def test_topk_mask_is_per_example_unless_asked_for_the_batch():
+  """Each example's mask is its own (`A² ≥ τ`, τ calibrated on the
+  evaluation batches): a copy gets the same mask, zero rows beside an
+  example change nothing, one example alone works; on a large batch of the
+  training distribution it keeps about what batch top-k keeps (of the
+  entries with a nonzero attribution: batch top-k fills its `int(topk·B)`
+  with zeros on empty inputs, where a component changes nothing)."""
+  r = tiny(steps=200, topk=1.0, batch_size=1024, eval_batches=4)
+  e3 = jnp.eye(5)[3]
+  one = r.topk_mask(e3[None])
+  assert one.shape == (1, 5)
+  twice = r.topk_mask(jnp.stack([e3, e3]))
+  np.testing.assert_array_equal(twice[0], twice[1])
+  padded = r.topk_mask(jnp.concatenate([e3[None], jnp.zeros((99, 5))]))
+  np.testing.assert_array_equal(padded[0], one[0])
+  assert float(padded[1:].sum()) == 0.0      # nothing active on no input
+  # The batch mask depends on the rest of the batch; this one does not.
+  assert float(r.topk_mask(jnp.stack([e3, e3]), batch=True).sum()) == 2.0
+  x = tms.sample(jax.random.PRNGKey(7), 4096, n_features=5,
+                 feature_probability=0.05)
+  batch = r.topk_mask(x, batch=True) * (r.attributions(x) > 0)
+  assert abs(float(r.topk_mask(x).mean() / batch.mean()) - 1.0) < 0.1
+  assert {g: a.shape for g, a in r.active(x).items()} == {"": (4096, 5)}
+  assert r.metrics["topk_threshold"] > 0
 
 
 def test_same_seed_same_result_other_seed_differs():
@@ -241,9 +268,48 @@ def test_numpy_sample_fn_is_rejected():
               training=Training(steps=10, batch_size=64))
 
 
-def test_rank_above_min_dim_is_warned(caplog):
-  tiny(rank=3, steps=10, log_every=10, progress=False)
-  assert "rank=3 exceeds min(i, o)=2 of ['W'] (2, 5)" in caplog.text
+def inputs(params=None, **method):
+  """`check_inputs` on TMS 5-2 (`params`: its initial ones)."""
+  params = params or tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+  target = apd_jax.engine.make_target(tms.apply, params, "W", log=False)
+  apd_jax.engine.check_inputs(
+      APD(**{"n_components": 5, "topk": 1.0, **method}), target,
+      tms.sampler(n_features=5, feature_probability=0.05),
+      Training(batch_size=64))
+
+
+def test_rank_above_min_dim_is_a_note_not_a_warning(caplog):
+  """The paper's TMS 5-2 rank, min(i, o) + 1 = 3, is chosen on purpose: an
+  INFO line, no warning."""
+  caplog.set_level(logging.INFO, logger="absl")
+  inputs(rank=3)
+  (note,) = [r for r in caplog.records if "exceeds min" in r.getMessage()]
+  assert "rank=3 exceeds min(i, o)=2 of ['W'] (2, 5)" in note.getMessage()
+  assert note.levelno == logging.INFO
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("leaf,value,named", [
+    ("W", np.nan, "['W'] (2, 5): 1 nan, 0 inf of 10"),
+    ("b_final", -np.inf, "['b_final'] (5,): 0 nan, 1 inf of 5")])
+def test_non_finite_params_are_refused_naming_the_leaf(monkeypatch, leaf,
+                                                        value, named):
+  """A decomposed leaf or any other floating leaf: refused before anything
+  is compiled, the leaf and its count named."""
+  params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
+  params[leaf] = params[leaf].reshape(-1).at[3].set(value).reshape(
+      params[leaf].shape)
+  with pytest.raises(ValueError, match="non-finite") as e:
+    inputs(params)
+  assert named in str(e.value)
+  def never(*a, **k):
+    raise AssertionError("compiled a step despite non-finite params")
+  monkeypatch.setattr(train, "make_train_step", never)
+  with pytest.raises(ValueError, match=re.escape(named)):
+    decompose(tms.apply, params, tms.sampler(
+        n_features=5, feature_probability=0.05), include="W",
+        method=APD(n_components=5, topk=1.0),
+        training=Training(steps=10, batch_size=64, progress=False))
 
 
 def test_linen_params_subtree_is_named():

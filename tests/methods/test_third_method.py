@@ -101,27 +101,27 @@ class Faithful:
         comp_lib.summed_from_factors(result.components))
     return dict(faithfulness=float(faith), l0=float(self.n_components))
 
-  def groups(self, target, plan):
-    return {"": tuple(target.names)}
+  def groups(self, result):
+    return {"": tuple(result.target.names)}
 
-  def scores(self, target, plan, params, x):
+  def scores(self, result, x):
     norms = sum(jnp.linalg.norm(p.reshape(p.shape[0], -1), axis=1)
-                for p in comp_lib.component_weights(params).values())
+                for p in result.component_weights.values())
     return {"": jnp.broadcast_to(norms, (x.shape[0], norms.shape[0]))}
 
-  def active(self, target, plan, params, x):
+  def active(self, result, x, batch=False):
     return {"": jnp.ones((x.shape[0], self.n_components), bool)}
 
-  def masks(self, target, plan, params, x):
+  def masks(self, result, x, batch=False):
     return {"": jnp.ones((x.shape[0], self.n_components))}
 
-  def masked_apply(self, target, plan, params, mask, x):
-    P = comp_lib.component_weights(params)
-    return jax.vmap(lambda m, xb: target.forward(
+  def masked_apply(self, result, mask, x):
+    P = result.component_weights
+    return jax.vmap(lambda m, xb: result.target.forward(
         comp_lib.masked_weights(P, m), xb)[0])(mask[""], x)
 
   def norms(self, result, x):
-    return self.scores(result.target, result.plan, result.components, x)[""]
+    return self.scores(result, x)[""]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """Checkpoints: kept last N, resumed after SIGKILL and SIGTERM, NaN stops."""
 
+import logging
 import os
+import re
 import signal
 
 import jax
@@ -46,6 +48,81 @@ def test_saves_every_n_steps_and_keeps_the_last_two(tmp_path):
   earlier, _ = ckpts.restore(template, step=40)
   assert int(earlier.step) == 40
   ckpts.close()
+
+
+def damage(step_dir, junk=True):
+  """Every file of a checkpoint overwritten with junk (or truncated)."""
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(os.urandom(64) if junk else b"")
+
+
+def test_damaged_checkpoints_fall_back_to_the_newest_intact_one(tmp_path,
+                                                                caplog):
+  """Steps 40 (junk) and 50 (truncated) damaged: both the latest step and
+  restore take step 30, with one warning naming both, which are deleted;
+  the run goes on from there and ends as before."""
+  state, step = tiny_fit_setup()
+  ckpts = checkpoint.Checkpoints(str(tmp_path), every=10, keep=5)
+  final, history = train.fit(state, step, jax.random.PRNGKey(2), steps=50,
+                             log_every=10, checkpoints=ckpts)
+  ckpts.close()
+  damage(tmp_path / "40")
+  damage(tmp_path / "50", junk=False)
+  assert checkpoint.latest_step(str(tmp_path)) == 30
+  ckpts = checkpoint.Checkpoints(str(tmp_path), every=10, keep=5)
+  template, _ = tiny_fit_setup()
+  with caplog.at_level(logging.WARNING):
+    restored, saved = ckpts.restore(template)
+  assert int(restored.step) == 30 and saved == history[:3]
+  (warning,) = [r.getMessage() for r in caplog.records
+                if "unreadable checkpoints" in r.getMessage()]
+  assert "\n" not in warning
+  assert re.fullmatch(r"unreadable checkpoints in \S+ \(step 40: \w+: .+; "
+                      r"step 50: \w+: .+\): deleted, restoring step 30",
+                      warning)
+  assert sorted(ckpts.manager.all_steps()) == [10, 20, 30]
+  again, history = train.fit(restored, step, jax.random.PRNGKey(2),
+                             steps=50, log_every=10, checkpoints=ckpts,
+                             history=saved)
+  assert [r["step"] for r in history] == [10, 20, 30, 40, 50]
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(final),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert checkpoint.latest_step(str(tmp_path)) == 50
+  ckpts.close()
+
+
+def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
+  state, step = tiny_fit_setup()
+  ckpts = checkpoint.Checkpoints(str(tmp_path), every=10)
+  train.fit(state, step, jax.random.PRNGKey(2), steps=20, log_every=10,
+            checkpoints=ckpts)
+  damage(tmp_path / "10")
+  damage(tmp_path / "20", junk=False)
+  message = (r"no checkpoint in \S+ can be read \(step 10: \w+: .+; "
+             r"step 20: \w+: .+\); delete \S+ to start again$")
+  with pytest.raises(ValueError, match=message) as e:
+    checkpoint.latest_step(str(tmp_path))
+  assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match=message):
+    ckpts.restore(tiny_fit_setup()[0])
+  assert sorted(ckpts.manager.all_steps()) == [10, 20]   # nothing deleted
+  ckpts.close()
+
+
+def test_a_sweep_resumes_from_the_newest_intact_one(tmp_path):
+  """A sweep (`decompose`: tests/cli/test_restart.py) on a directory whose
+  newest checkpoint is damaged resumes from the one before and ends as
+  uninterrupted."""
+  d = str(tmp_path / "ckpt")
+  scale_worker.run(checkpoint_dir=d, checkpoint_every=10, sweep=True)
+  damage(os.path.join(d, str(scale_worker.STEPS)))
+  resumed = scale_worker.run(checkpoint_dir=d, checkpoint_every=10,
+                             sweep=True)
+  scale_worker.assert_same_run(resumed, scale_worker.reference(sweep=True))
+  assert checkpoint.latest_step(d) == scale_worker.STEPS
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
