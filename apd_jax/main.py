@@ -38,6 +38,7 @@ from apd_jax import methods
 from apd_jax.cli import config as cli_config
 from apd_jax.cli import experiment
 from apd_jax.cli import sweep_experiment
+from apd_jax.cli import workdir as workdirs
 from apd_jax.training import distributed
 
 FLAGS = flags.FLAGS
@@ -172,7 +173,7 @@ def run(config, workdir: str, fresh: bool) -> dict:
   logging.info("JAX %s, process %d of %d, devices %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   if fresh:
-    experiment.start_afresh(workdir)
+    workdirs.start_afresh(workdir)
   return module.train_and_evaluate(config, workdir)
 
 

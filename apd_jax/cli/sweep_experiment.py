@@ -36,6 +36,7 @@ from apd_jax.cli import config as cli_config
 from apd_jax.cli import experiment
 from apd_jax.cli import runlog
 from apd_jax.cli import sweep_report
+from apd_jax.cli import workdir as workdirs
 from apd_jax.engine import api
 from apd_jax.engine import sweep
 from apd_jax.training import sharding
@@ -89,7 +90,7 @@ def check_run(config: ml_collections.ConfigDict, workdir: str, *,
       sharding.check_sizes(mesh, batch_size=None, n_components=c)
     experiment.check_target(config, method.bound(runs), training)
     _check_settings(config, method, values)
-    return experiment.saved_step(config, workdir, fresh=fresh)
+    return workdirs.saved_step(config, workdir, fresh=fresh)
 
 
 def _check_settings(config, method, values) -> None:
@@ -126,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   os.makedirs(workdir, exist_ok=True)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   as_given = config
-  config = experiment.reload_saved_target(workdir, config, step)
+  config = workdirs.reload_saved_target(workdir, config, step)
   if runlog.is_writer():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(as_given.to_json_best_effort(indent=2))
@@ -138,9 +139,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   dirs = [os.path.join(workdir, "runs", f"run_{i:03d}")
           for i in range(len(runs))]
   for d in dirs:
-    experiment.cut_metrics_log(d, step)
+    workdirs.cut_metrics_log(d, step)
   logs = [runlog.RunLog(d, append=step is not None, resumed_at=step,
-                        events=experiment.new_events(d, step, config.steps))
+                        events=workdirs.new_events(d, step, config.steps))
           for d in dirs]
   logging.info("sweep of %d runs over %s", len(runs), values)
 
@@ -188,10 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  else os.path.join(workdir, "target_params.msgpack"))
   # Every run logs the same times; over all sessions, as a single run's.
   history = result.decompositions[0].history
-  seconds = experiment.timings(history)[0]
+  seconds = workdirs.timings(history)[0]
   summary = dict(
       n_runs=len(runs), swept=values, train_seconds=seconds,
-      total_seconds=total + experiment.timings(history, step or 0)[0],
+      total_seconds=total + workdirs.timings(history, step or 0)[0],
       run_steps_per_s=len(runs) * config.steps / seconds,
       best_run=best, best_values=runs[best], best_metrics=rows[best],
       by_setting=pooled)

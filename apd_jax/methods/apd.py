@@ -18,15 +18,12 @@ import dataclasses
 import functools
 from typing import Any
 from typing import ClassVar
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
-from apd_jax.core import attribution
 from apd_jax.core import components as comp_lib
 from apd_jax.core import losses
 from apd_jax.core import masking
@@ -34,7 +31,6 @@ from apd_jax.core import metrics as metrics_lib
 from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.core.target import check as check_target
-from apd_jax.fast import factored
 from apd_jax.methods import apd_objective as objective
 from apd_jax.methods.base import check_choice
 from apd_jax.methods.base import check_positive
@@ -206,7 +202,7 @@ class APD:
                                                     batch_size) < 1:
       raise ValueError(f"batch top-k keeps int(topk*batch_size) = 0 entries "
                        f"(topk={self.topk}, batch_size={batch_size})")
-    if self.attribution_mode == "lazy" and not _all_matrices(target):
+    if self.attribution_mode == "lazy" and not objective.all_matrices(target):
       raise ValueError("attribution_mode='lazy' needs every decomposed leaf "
                        "stored as a matrix; use 'auto', 'forward' or "
                        "'reverse' for leaves of more axes")
@@ -270,7 +266,7 @@ class APD:
     """An optax transform to run before the optimiser, or None."""
     if not self.unit_norm_matrices:
       return None
-    return project_out_parallel()
+    return objective.project_out_parallel()
 
   def hypers(self, **values) -> objective.Hypers:
     """The traced numeric options (`values` override this object's)."""
@@ -301,7 +297,8 @@ class APD:
         factored=form, attribution_mode=mode,
         attribution_projections=int(self.attribution_projections))
     if self.attribution_mode == "auto" and self.attribution_type == "gradient":
-      plan = _cheapest(self, plan, target, sample_fn, batch_size, comps)
+      plan = objective.cheapest_plan(self, plan, target, sample_fn,
+                                     batch_size, comps)
     return plan
 
   def loss(self, comps, x, target, plan, key=None, hypers=None,
@@ -425,69 +422,3 @@ def _attributions(target, method, plan, comps, x):
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _masked_apply(target, factored_form, comps, mask, x):
   return objective.masked_forward(target, comps, mask, x, factored_form)[0]
-
-
-def _cheapest(method: APD, plan: objective.Plan, target: Target,
-              sample_fn: SampleFn, batch_size: int, comps: Any
-              ) -> objective.Plan:
-  """Lazy, forward or reverse mode, and in reverse mode each factored
-  product's contraction, whichever costs fewest flops."""
-  x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
-                     jax.random.PRNGKey(0))
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                          comps)
-  x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
-  n = len(factored.Model(target.forward, target.weights, x0).occurrences)
-
-  def cost(mode, contract, base=plan):
-    p = dataclasses.replace(base, attribution_mode=mode,
-                            attribution_contract=contract)
-    return attribution.flops(
-        lambda c, xb: objective.attributions(
-            target, method, p, c, xb, jax.random.PRNGKey(0))[0], abstract, x)
-
-  contract = ("direct",) * n
-  best = cost("reverse", contract)
-  for k in range(n):
-    trial = contract[:k] + ("cotangent",) + contract[k + 1:]
-    trial_cost = cost("reverse", trial)
-    if trial_cost < best:
-      contract, best = trial, trial_cost
-  # Exact forward-mode attributions win ties, and win over an estimate from
-  # projections when they cost no more.
-  exact = dataclasses.replace(plan, attribution_projections=0)
-  lazy = plan.factored and _all_matrices(target) and not method.per_position
-  for mode in (("lazy", "forward") if lazy else ("forward",)):
-    if cost(mode, contract, exact) <= best:
-      return dataclasses.replace(exact, attribution_mode=mode)
-  return dataclasses.replace(plan, attribution_mode="reverse",
-                             attribution_contract=contract)
-
-
-def _all_matrices(target: Target) -> bool:
-  """Whether every decomposed leaf is stored 2-D (the lazy mode needs it)."""
-  return all(len(s) == 2 for s in target.shapes.values())
-
-
-class ProjectState(NamedTuple):
-  """No state."""
-
-
-def project_out_parallel() -> optax.GradientTransformation:
-  """Removes from each `U[l][c, :, m]` gradient its part parallel to that
-  (unit) column, `g ← g − (g·u) u`, so the update keeps U's columns on the
-  unit sphere to first order (`project` renormalises them before each
-  forward pass)."""
-
-  def update(updates, state, params=None):
-    if params is None:
-      raise ValueError("project_out_parallel needs params")
-
-    def proj(g, u):
-      u = u / jnp.linalg.norm(u, axis=1, keepdims=True)
-      return g - jnp.sum(g * u, axis=1, keepdims=True) * u
-
-    U = jax.tree.map(proj, updates.U, params.U)
-    return updates.replace(U=U), state
-
-  return optax.GradientTransformation(lambda _: ProjectState(), update)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from apd_jax.core import attribution
 from apd_jax.core import components as comp_lib
@@ -213,3 +214,72 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target, s: Any,
   total = sum(coeffs[k] * v for k, v in terms.items())
   metrics = dict(terms, loss=total, l0=jnp.mean(jnp.sum(mask, axis=-1)))
   return total, metrics
+
+
+# -- the plan: the cheapest way to attribute ----------------------------------
+
+
+def cheapest_plan(method: Any, plan: Plan, target: Target,
+              sample_fn: Any, batch_size: int, comps: Any
+              ) -> Plan:
+  """Lazy, forward or reverse mode, and in reverse mode each factored
+  product's contraction, whichever costs fewest flops."""
+  x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
+                     jax.random.PRNGKey(0))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          comps)
+  x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+  n = len(factored.Model(target.forward, target.weights, x0).occurrences)
+
+  def cost(mode, contract, base=plan):
+    p = dataclasses.replace(base, attribution_mode=mode,
+                            attribution_contract=contract)
+    return attribution.flops(
+        lambda c, xb: attributions(
+            target, method, p, c, xb, jax.random.PRNGKey(0))[0], abstract, x)
+
+  contract = ("direct",) * n
+  best = cost("reverse", contract)
+  for k in range(n):
+    trial = contract[:k] + ("cotangent",) + contract[k + 1:]
+    trial_cost = cost("reverse", trial)
+    if trial_cost < best:
+      contract, best = trial, trial_cost
+  # Exact forward-mode attributions win ties, and win over an estimate from
+  # projections when they cost no more.
+  exact = dataclasses.replace(plan, attribution_projections=0)
+  lazy = plan.factored and all_matrices(target) and not method.per_position
+  for mode in (("lazy", "forward") if lazy else ("forward",)):
+    if cost(mode, contract, exact) <= best:
+      return dataclasses.replace(exact, attribution_mode=mode)
+  return dataclasses.replace(plan, attribution_mode="reverse",
+                             attribution_contract=contract)
+
+
+def all_matrices(target: Target) -> bool:
+  """Whether every decomposed leaf is stored 2-D (the lazy mode needs it)."""
+  return all(len(s) == 2 for s in target.shapes.values())
+
+
+class ProjectState(NamedTuple):
+  """No state."""
+
+
+def project_out_parallel() -> optax.GradientTransformation:
+  """Removes from each `U[l][c, :, m]` gradient its part parallel to that
+  (unit) column, `g ← g − (g·u) u`, so the update keeps U's columns on the
+  unit sphere to first order (`project` renormalises them before each
+  forward pass)."""
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("project_out_parallel needs params")
+
+    def proj(g, u):
+      u = u / jnp.linalg.norm(u, axis=1, keepdims=True)
+      return g - jnp.sum(g * u, axis=1, keepdims=True) * u
+
+    U = jax.tree.map(proj, updates.U, params.U)
+    return updates.replace(U=U), state
+
+  return optax.GradientTransformation(lambda _: ProjectState(), update)

@@ -11,6 +11,7 @@ import pytest
 from apd_jax.cli import config as cli_config
 from apd_jax.cli import experiment
 from apd_jax.cli import sweep_experiment
+from apd_jax.cli import workdir as workdirs
 from apd_jax.engine import api
 from configs import tms_5_2
 
@@ -116,26 +117,26 @@ def test_steps_that_change_the_steps_taken_are_refused(tmp_path):
   one line that says why and how to go on."""
   saved_run(tmp_path, steps=20, warmup_frac=0.1)    # a 2-step warm-up
   with pytest.raises(ValueError) as e:
-    experiment.check_resume(str(tmp_path), tiny(40, warmup_frac=0.1), 20)
+    workdirs.check_resume(str(tmp_path), tiny(40, warmup_frac=0.1), 20)
   message = str(e.value)
   assert "\n" not in message
   assert ("warm-up, warmup_frac=0.1 of the steps, would change from 2 to 4 "
           "steps; pass --config.warmup_frac=0.06 to keep it at 2 steps; "
           "keep --config.steps=20, or pass --fresh") in message
-  experiment.check_resume(str(tmp_path), tiny(40, warmup_frac=0.06), 20)
+  workdirs.check_resume(str(tmp_path), tiny(40, warmup_frac=0.06), 20)
 
   saved_run(tmp_path, steps=20, lr_schedule="cosine", warmup_frac=0.0)
   with pytest.raises(ValueError, match="lr_schedule='cosine' spreads over "
                      "all the steps.*--fresh"):
-    experiment.check_resume(
+    workdirs.check_resume(
         str(tmp_path), tiny(40, lr_schedule="cosine", warmup_frac=0.0), 20)
 
   saved_run(tmp_path, steps=20, warmup_frac=0.0)
   with pytest.raises(ValueError, match="step 20 is past the last step"):
-    experiment.check_resume(str(tmp_path), tiny(10, warmup_frac=0.0), 20)
-  experiment.check_resume(str(tmp_path), tiny(30, warmup_frac=0.0), 10)
+    workdirs.check_resume(str(tmp_path), tiny(10, warmup_frac=0.0), 20)
+  workdirs.check_resume(str(tmp_path), tiny(30, warmup_frac=0.0), 10)
   with pytest.raises(ValueError, match="other settings .*steps: 20 -> 30"):
-    experiment.check_resume(str(tmp_path), tiny(30, lr=0.01), 20)
+    workdirs.check_resume(str(tmp_path), tiny(30, lr=0.01), 20)
 
 
 def test_a_finished_run_started_again_keeps_its_timings_and_events(
@@ -176,10 +177,10 @@ def test_timings_span_every_session():
              dict(step=20, steps_per_s=100.0, elapsed_s=2.1),
              dict(step=30, steps_per_s=4.0, elapsed_s=2.5),
              dict(step=40, steps_per_s=50.0, elapsed_s=2.7)]
-  seconds, rate = experiment.timings(history)
+  seconds, rate = workdirs.timings(history)
   assert np.isclose(seconds, 2.0 + 0.1 + 2.5 + 0.2)
   assert rate == 75.0
-  assert np.isclose(experiment.timings(history, 20)[0], 2.1)
+  assert np.isclose(workdirs.timings(history, 20)[0], 2.1)
 
 
 def test_fresh_deletes_what_the_old_run_wrote(tmp_path):
@@ -196,7 +197,7 @@ def test_fresh_deletes_what_the_old_run_wrote(tmp_path):
   for name in old + kept:
     os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
     (tmp_path / name).write_text("x")
-  experiment.start_afresh(str(tmp_path))
+  workdirs.start_afresh(str(tmp_path))
   left = sorted(os.path.relpath(os.path.join(root, f), tmp_path)
                 for root, _, files in os.walk(tmp_path) for f in files)
   assert left == sorted(kept)

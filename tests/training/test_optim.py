@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from apd_jax.core import components as C
-from apd_jax.methods import apd
+from apd_jax.methods import apd_objective
 from apd_jax.training import optim
 
 
@@ -32,7 +32,7 @@ def test_projection_removes_parallel_part(keys):
   comps = C.normalize_u(C.init_random(keys[0], {"a": (5, 3)}, n_components=2,
                                       rank={"a": 2}))
   grads = jax.tree.map(jnp.ones_like, comps)
-  tx = apd.project_out_parallel()
+  tx = apd_objective.project_out_parallel()
   out, _ = tx.update(grads, tx.init(comps), comps)
   dots = jnp.sum(out.U["a"] * comps.U["a"], axis=1)
   np.testing.assert_allclose(dots, 0.0, atol=1e-6)
