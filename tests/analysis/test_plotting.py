@@ -95,6 +95,12 @@ def test_loss_curves_have_every_log_on_a_log_scale_with_each_term_named(
   assert loss_ax.get_ylabel() == "loss term (log scale)"
   assert l0_ax.get_xlabel() == "training step"
   assert "L0" in l0_ax.get_ylabel()
+  # The total is the weighted sum; the terms beside it are unweighted.
+  assert plotting.TERMS["loss"].startswith("total: Σ coefficient × term")
+  no_l0 = [{k: v for k, v in r.items() if k != "l0"} for r in hist]
+  fig = plotting.plot_history(no_l0, str(tmp_path / "h2.png"))
+  assert texts(fig)[0] == "Loss terms during training"
+  assert len(panels(fig)) == 1
   assert is_integer(l0_ax.get_xticks())
   assert plotting.plot_history([], str(tmp_path / "none.png")) is None
 

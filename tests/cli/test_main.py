@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -46,8 +47,19 @@ def test_cli_writes_every_output_and_a_rerun_resumes(tmp_path):
   # Every component described: in summary.json, summary.md and the log.
   counts = summary["components"]["counts"]["all"]
   assert counts["total"] == 5 == len(summary["components"]["components"])
-  assert "| c | frequency | mean attribution |" in (
-      tmp_path / "summary.md").read_text()
+  md = (tmp_path / "summary.md").read_text()
+  assert "| c | frequency | mean attribution |" in md
+  # One sample per report: the table's frequencies are the top inputs'.
+  table = {int(c): f for c, f in re.findall(r"^\| (\d+) \| ([\d.]+) \|",
+                                              md, re.M)}
+  tops = dict(re.findall(r"^- \*\*c(\d+)\*\* \(frequency ([\d.]+)\)", md,
+                         re.M))
+  assert tops and all(table[int(c)] == f for c, f in tops.items())
+  header = md.splitlines()[2]                 # "APD decomposition on ..."
+  alive = int(re.search(r"(\d+) of 5 alive", header).group(1))
+  assert alive == sum(c["status"] != "dead"
+                      for c in summary["components"]["components"])
+  assert "alive " not in md.splitlines()[3]   # the totals: no second count
   assert "components:" in run.stderr and "eff.rank" in run.stderr
   assert '"components"' not in run.stdout and '"mmcs"' in run.stdout
   assert json.loads((tmp_path / "config.json").read_text())["steps"] == 200
