@@ -167,14 +167,14 @@ def run(config, workdir: str, fresh: bool) -> dict:
   with cli_config.user_errors():
     sweeping = sweep_experiment.is_sweep(config)
   module = sweep_experiment if sweeping else experiment
-  module.check_run(config, workdir, fresh=fresh)
+  step = module.check_run(config, workdir, fresh=fresh)
   logging.set_verbosity(logging.INFO if distributed.is_main()
                         else logging.WARNING)  # process 0 logs
   logging.info("JAX %s, process %d of %d, devices %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   if fresh:
     workdirs.start_afresh(workdir)
-  return module.train_and_evaluate(config, workdir)
+  return module.run_checked(config, workdir, step)
 
 
 def main(argv):

@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 
 from apd_jax import methods
+from apd_jax.engine import sweep
 from apd_jax.training.options import Training
 
 # Options that a config does not hold (objects, or set by the runner).
@@ -88,8 +89,7 @@ def method_section(name: str) -> ml_collections.ConfigDict:
 def sweepable(method_name: str) -> tuple[str, ...]:
   """The options a sweep of this method may vary: Training's, then the
   method's (the last varies fastest in the grid)."""
-  return tuple(dict.fromkeys(Training.SWEEPABLE
-                             + tuple(methods.get(method_name).SWEEPABLE)))
+  return sweep.sweepable(methods.get(method_name))
 
 
 def default_config(method: str = "apd") -> ml_collections.ConfigDict:

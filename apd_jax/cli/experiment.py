@@ -164,7 +164,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   a run started again after an interruption ends where an uninterrupted
   one would.
   """
-  step = check_run(config, workdir)
+  return run_checked(config, workdir, check_run(config, workdir))
+
+
+def run_checked(config: ml_collections.ConfigDict, workdir: str,
+                step: int | None) -> dict:
+  """`train_and_evaluate` once `check_run` has passed and given `step`, the
+  checkpoint to resume from (the command line checks before `--fresh`)."""
   os.makedirs(workdir, exist_ok=True)
   run_config = config
   config = workdirs.reload_saved_target(workdir, config, step)

@@ -37,10 +37,8 @@ from apd_jax.cli import experiment
 from apd_jax.cli import runlog
 from apd_jax.cli import sweep_report
 from apd_jax.cli import workdir as workdirs
-from apd_jax.engine import api
 from apd_jax.engine import sweep
 from apd_jax.training import sharding
-from apd_jax.training.options import Training
 
 
 def swept(config: ml_collections.ConfigDict) -> dict[str, tuple]:
@@ -81,13 +79,8 @@ def check_run(config: ml_collections.ConfigDict, workdir: str, *,
     method, training = cli_config.method_and_training(config)
     values = swept(config)
     runs = sweep.grid(values, cli_config.swept_names(config))
-    method.check_runs(runs, training.batch_size)
-    for run in runs:
-      training.replace(**{k: v for k, v in run.items()
-                          if k in Training.SWEEPABLE})
-    mesh = sharding.make_mesh(**config.mesh)
-    for c in api.component_counts(method):
-      sharding.check_sizes(mesh, batch_size=None, n_components=c)
+    sweep.check_runs(method, training, runs,
+                     sharding.make_mesh(**config.mesh))
     experiment.check_target(config, method.bound(runs), training)
     _check_settings(config, method, values)
     return workdirs.saved_step(config, workdir, fresh=fresh)
@@ -123,7 +116,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   `workdir/checkpoints`; started again in the same workdir (with the same
   config) it resumes from the latest.
   """
-  step = check_run(config, workdir)
+  return run_checked(config, workdir, check_run(config, workdir))
+
+
+def run_checked(config: ml_collections.ConfigDict, workdir: str,
+                step: int | None) -> dict:
+  """`train_and_evaluate` once `check_run` has passed and given `step`, the
+  checkpoint to resume from (the command line checks before `--fresh`)."""
   os.makedirs(workdir, exist_ok=True)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   as_given = config

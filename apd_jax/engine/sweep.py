@@ -143,6 +143,20 @@ def _run_targets(target, runs, params_for_run):
   return out
 
 
+def check_runs(method: Any, training: Training, runs: list[dict],
+               mesh: jax.sharding.Mesh | None = None) -> None:
+  """Checks every run's values as its method and `Training` would, and
+  each C against `mesh`'s component axis (the runs, not the batch, go on
+  its data axis); nothing is built."""
+  method.check_runs(runs, training.batch_size)
+  for run in runs:
+    training.replace(**{k: v for k, v in run.items()
+                        if k in Training.SWEEPABLE})
+  if mesh is not None:
+    for c in api.component_counts(method):
+      sharding.check_sizes(mesh, batch_size=None, n_components=c)
+
+
 def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                     include: str, sweep: Mapping[str, Sequence[Any]],
                     method: Any = None, training: Training | None = None,
@@ -170,21 +184,15 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   if training.cpu_tweaks:
     cpu.apply_tweaks()
   runs = grid(sweep, sweepable(method))
-  method.check_runs(runs, training.batch_size)
-  for run in runs:
-    if run.get("lr", training.lr) <= 0:
-      raise ValueError(f"lr must be positive, got {run['lr']!r}")
+  mesh = training.mesh
+  if mesh is None and jax.device_count() > 1:
+    mesh = sharding.make_mesh()
+  check_runs(method, training, runs, mesh)
   # One static method for the program; the runs' numbers come as hypers.
   static = method.bound(runs)
   target = api.make_target(apply_fn, params, include, has_aux=has_aux,
                            log=training.progress, sample_fn=sample_fn)
   api.check_inputs(static, target, sample_fn, training)
-  mesh = training.mesh
-  if mesh is None and jax.device_count() > 1:
-    mesh = sharding.make_mesh()
-  if mesh is not None:
-    for c in api.component_counts(method):
-      sharding.check_sizes(mesh, batch_size=None, n_components=c)
   run_targets = _run_targets(target, runs, params_for_run)
   seeds = [r.get("seed", training.seed) for r in runs]
   states = [api.init_state(method, t, training, seed=s, sample_fn=sample_fn)

@@ -320,10 +320,10 @@ class APD:
     recon, l0s, masks, taus = [], [], [], []
     for i in range(n_batches):
       x = sample_fn(jax.random.fold_in(key, i), batch_size)
-      mask = self.topk_mask(result, x, batch=True)
+      A = self.attributions(result, x)
+      mask = masking.make_mask(A, self.topk, batch_topk=self.batch_topk)
       if self.batch_topk:
-        taus.append(float(masking.batch_topk_threshold(
-            self.attributions(result, x), self.topk)))
+        taus.append(float(masking.batch_topk_threshold(A, self.topk)))
       y = result.target.batch(x)[0]
       recon.append(float(recon_fn(y, result.apply(x, mask))))
       mask = mask.reshape(-1, mask.shape[-1])        # per position: [B·T, C]
