@@ -33,6 +33,7 @@ from apd_jax.core import components as comp_lib
 from apd_jax.core import losses
 from apd_jax.core.target import Target
 from apd_jax.fast import factored
+from apd_jax.methods import ci_functions
 
 Array = jax.Array
 RECONS = ("mse", "kl")
@@ -136,8 +137,8 @@ def init_params(key: Array, target: Target, plan: Plan,
                 n_components: dict[str, int], gate_hidden: int
                 ) -> SPDParams:
   """Factors as the reference initialises them (normal, std `1/sqrt(o)`
-  for `u` and `1/sqrt(C_l)` for `v`) and gates with `w1 ~ N(0, 2)`,
-  `w2 ~ N(0, 1/d)` (Kaiming, fans 1 and d) and zero biases."""
+  for `u` and `1/sqrt(C_l)` for `v`) and gates by
+  `ci_functions.init_scalar_mlp`."""
   U, V, gates = {}, {}, {}
   for j, (name, w) in enumerate(target.weights.items()):
     d_in, d_out = w.shape
@@ -148,32 +149,22 @@ def init_params(key: Array, target: Target, plan: Plan,
   gate_key = jax.random.fold_in(key, len(target.weights))
   for k, (label, leaf) in enumerate(zip(plan.labels, plan.leaves,
                                         strict=True)):
-    C = n_components[leaf]
-    k1, k2 = jax.random.split(jax.random.fold_in(gate_key, k))
-    gates[label] = dict(
-        w1=jax.random.normal(k1, (C, gate_hidden)) * 2 ** 0.5,
-        b1=jnp.zeros((C, gate_hidden)),
-        w2=jax.random.normal(k2, (C, gate_hidden)) / gate_hidden ** 0.5,
-        b2=jnp.zeros((C,)))
+    gates[label] = ci_functions.init_scalar_mlp(
+        jax.random.fold_in(gate_key, k), n_components[leaf], gate_hidden)
   return SPDParams(U=U, V=V, gates=gates)
 
 
 # -- causal importances --------------------------------------------------------
 
 
-def gelu(x: Array) -> Array:
-  """`x Φ(x) = x (1 + erf(x/√2)) / 2`, the exact GELU.
-
-  Written with `erf` rather than `jax.nn.gelu`'s `erfc`: the same values to
-  1e-6, and on XLA:CPU the SPD TMS step is 1.45x faster (erfc draws an
-  extra exponential per element, and the gates are most of the step)."""
-  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.5 ** 0.5))
+gelu = ci_functions.gelu
 
 
 def gate_logits(gate: dict[str, Array], h: Array) -> Array:
-  """`z_c = w2_c · gelu(w1_c h_c + b1_c) + b2_c` for `h [..., C]`."""
-  hidden = gelu(h[..., None] * gate["w1"] + gate["b1"])
-  return jnp.sum(hidden * gate["w2"], axis=-1) + gate["b2"]
+  """`z_c = w2_c · gelu(w1_c h_c + b1_c) + b2_c` for `h [..., C]`
+  (`ci_functions.scalar_mlp`: the backward pass recomputes the hidden
+  layer in blocks that stay in cache)."""
+  return ci_functions.scalar_mlp(gate, h)
 
 
 def inner_acts(params: SPDParams, plan: Plan, inputs: Sequence[Array]

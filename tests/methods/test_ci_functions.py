@@ -1,0 +1,90 @@
+"""The causal-importance functions: values, and the blocked backward pass
+against autodiff of the plain expression and against finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apd_jax.methods import ci_functions as ci
+
+
+def _mlp(C, d, seed=0):
+  mlp = ci.init_scalar_mlp(jax.random.PRNGKey(seed), C, d)
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed + 1))
+  return dict(mlp, b1=jax.random.normal(k1, (C, d)) * 0.5,
+              b2=jax.random.normal(k2, (C,)) * 0.1)
+
+
+def _loss(fn):
+  # A nonlinear read-out, so every row gets its own incoming gradient.
+  return lambda m, h: jnp.sum(jnp.sin(3 * fn(m, h)))
+
+
+def test_values_are_the_formula():
+  mlp = _mlp(3, 4)
+  h = jax.random.normal(jax.random.PRNGKey(5), (6, 3))
+  want = np.zeros((6, 3))
+  for n in range(6):
+    for c in range(3):
+      pre = np.asarray(mlp["w1"][c]) * float(h[n, c]) + np.asarray(
+          mlp["b1"][c])
+      gelu = np.asarray(jax.nn.gelu(pre, approximate=False))
+      want[n, c] = gelu @ np.asarray(mlp["w2"][c]) + float(mlp["b2"][c])
+  np.testing.assert_allclose(ci.scalar_mlp(mlp, h), want, rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(37, 5), (3, 13, 5), (1, 5)])
+def test_blocked_gradients_equal_autodiff(shape, monkeypatch):
+  # Small blocks, so that several blocks and a padded last one are walked.
+  monkeypatch.setattr(ci, "BLOCK_ELEMENTS", 5 * 7 * 8)
+  C, d = shape[-1], 7
+  mlp = _mlp(C, d)
+  h = jax.random.normal(jax.random.PRNGKey(2), shape) * 1.5
+
+  def plain(m, h):
+    with ci.unblocked():
+      return ci.scalar_mlp(m, h)
+
+  want = jax.grad(_loss(plain), argnums=(0, 1))(mlp, h)
+  got = jax.grad(_loss(ci.scalar_mlp), argnums=(0, 1))(mlp, h)
+  np.testing.assert_allclose(ci.scalar_mlp(mlp, h), plain(mlp, h),
+                             rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5)
+
+
+def test_gradients_match_finite_differences():
+  jax.config.update("jax_enable_x64", True)
+  try:
+    mlp = jax.tree.map(lambda a: a.astype(jnp.float64), _mlp(2, 3))
+    h = jax.random.normal(jax.random.PRNGKey(3), (4, 2), jnp.float64)
+    f = _loss(ci.scalar_mlp)
+    grads = jax.grad(f, argnums=(0, 1))(mlp, h)
+    eps = 1e-6
+    flat, unravel = jax.flatten_util.ravel_pytree((mlp, h))
+    g_flat = jax.flatten_util.ravel_pytree(grads)[0]
+    for i in range(flat.size):
+      e = jnp.zeros_like(flat).at[i].set(eps)
+      fd = (f(*unravel(flat + e)) - f(*unravel(flat - e))) / (2 * eps)
+      np.testing.assert_allclose(g_flat[i], fd, rtol=1e-6, atol=1e-8)
+  finally:
+    jax.config.update("jax_enable_x64", False)
+
+
+def test_block_rows():
+  assert ci._block_rows(4096, 200, 16) == 32      # 2**17 // 3200 -> 32
+  assert ci._block_rows(4096, 20, 16) == 256
+  assert ci._block_rows(3, 20, 16) == 3           # never more than N
+  assert ci._block_rows(10, 10 ** 6, 16) == 1
+
+
+def test_gelu_is_exact():
+  x = jnp.linspace(-6, 6, 1001)
+  np.testing.assert_allclose(ci.gelu(x), jax.nn.gelu(x, approximate=False),
+                             atol=2e-6)
+  value, slope = ci._gelu_and_slope(x)
+  np.testing.assert_allclose(value, ci.gelu(x), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(slope, jax.vmap(jax.grad(ci.gelu))(x),
+                             rtol=1e-5, atol=1e-6)
