@@ -36,7 +36,10 @@ only):
   checkpoints/           orbax checkpoints of the training state (every
                          process); a run started again in the same workdir
                          resumes from the latest
-  decomposition/         the finished decomposition (`export.load` it)
+  decomposition/         the finished decomposition (`export.load` it),
+                         saved before the reports, so an error there
+                         loses nothing trained (one in the final
+                         evaluation is in its metrics; the run stops)
 
 Only process 0 writes files. A config whose `sweep` section lists values is
 run by `sweep_experiment.train_and_evaluate` instead.
@@ -137,7 +140,8 @@ def check_target(config: ml_collections.ConfigDict, method, training,
   with _quietly():
     target = api.make_target(targets.apply_fn(module), params,
                              config.include, has_aux=module.HAS_AUX,
-                             log=False, sample_fn=sample_fn)
+                             log=False, sample_fn=sample_fn,
+                             compute_dtype=training.compute_dtype)
     api.check_inputs(method, target, sample_fn, training, mesh)
 
 
@@ -190,11 +194,34 @@ def run_checked(config: ml_collections.ConfigDict, workdir: str,
     result = api.decompose(apply_fn, params, sample_fn,
                            include=config.include, method=method,
                            training=training, has_aux=has_aux)
-    summary = summarize(result, resumed_at=step,
-                        total_seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    # Saved first: nothing trained is lost to an error in what follows.
     export.save(result, os.path.join(workdir, "decomposition"),
                 config=json.loads(run_config.to_json_best_effort()))
+    summary = summarize(result, resumed_at=step, total_seconds=seconds)
+    if "evaluation_error" in result.metrics:
+      return evaluation_failed(workdir, summary)
     return write_outputs(config, workdir, result, sample_fn, summary, log)
+
+
+def evaluation_failed(workdir: str, summary: dict) -> dict:
+  """Writes `summary.json` (the run's timings and the error) and raises:
+  the final evaluation failed after training, and the analyses would ask
+  it again.
+
+  Raises:
+    RuntimeError: naming the error and where the decomposition is kept.
+  """
+  if runlog.is_writer():
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  raise RuntimeError(
+      f"the final evaluation failed after training "
+      f"({summary['evaluation_error']}); the trained decomposition is "
+      f"saved in {os.path.join(workdir, 'decomposition')} (export.load) "
+      f"and the final checkpoint in {os.path.join(workdir, 'checkpoints')}:"
+      f" a run started again in this workdir evaluates it without "
+      f"training")
 
 
 def summarize(result: api.Decomposition, resumed_at: int | None = None,

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from apd_jax import methods
+from apd_jax.cli import config as config_lib
 from apd_jax.cli import runlog
 from apd_jax.training import checkpoint
 from apd_jax.training import distributed
@@ -48,8 +49,11 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
   with open(path) as f:
     old = _flatten(json.load(f))
   new = _flatten(json.loads(config.to_json_best_effort()))
+  # An option the saved run did not have (added since) ran at its default.
+  default = _flatten(json.loads(config_lib.default_config(
+      new.get("method.name", "apd")).to_json_best_effort()))
   differ = sorted(k for k in set(old) | set(new)
-                  if old.get(k) != new.get(k)
+                  if old.get(k, default.get(k)) != new.get(k)
                   and k.split(".")[0] not in RESUMABLE_CHANGES)
   if differ and set(differ) <= set(CONTINUABLE_CHANGES):
     step = old["steps"] if step is None else step

@@ -13,7 +13,8 @@ directional derivative along each component at a base point `W0`,
 i.e. the squared column norms of the Jacobian of
 `β ↦ f(x; W0 + Σ_c β_c P_c)` at `β = 0`. Forward mode pushes C tangents,
 reverse mode pulls d_out cotangents; `choose_mode` picks the cheaper one from
-XLA's cost analysis, so no Python loop over outputs or components remains.
+XLA's cost analysis (a mode that fails to compile is logged, never chosen),
+so no Python loop over outputs or components remains.
 `gradient` forms the component weights; training uses the factored form of
 the same quantity (`factored.Model.attributions`), which never does.
 """
@@ -26,6 +27,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from apd_jax.core import components as comp_lib
 
@@ -72,24 +74,56 @@ def activation(layer_inputs: Mapping[str, Array],
 
 def flops(fn: Callable[..., Any], *args) -> float:
   """XLA's flop estimate for `jit(fn)(*args)` (lowered only, never run);
-  infinity where there is none."""
-  try:
-    cost = jax.jit(fn).lower(*args).cost_analysis()
-  except Exception:  # noqa: BLE001 - no estimate
-    return float("inf")
+  infinity where XLA gives none. An error tracing or lowering `fn`
+  propagates: a way of computing that fails is not a costly one."""
+  cost = jax.jit(fn).lower(*args).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", float("inf")))
 
 
+def try_flops(label: str, failures: dict[str, Exception],
+              fn: Callable[..., Any], *args) -> float:
+  """`flops(fn, *args)`, or infinity if `fn` fails to lower: its error is
+  logged (absl, a warning naming `label`) and kept in `failures[label]`
+  for `check_some_work`."""
+  try:
+    return flops(fn, *args)
+  except Exception as e:  # noqa: BLE001 - logged, kept, raised if none works
+    failures[label] = e
+    logging.warning("attributions in %s fail to compile, so that way is not "
+                    "chosen: %s: %s", label, type(e).__name__, e)
+    return float("inf")
+
+
+def check_some_work(failures: dict[str, Exception], tried: int) -> None:
+  """Raises `ValueError` naming each way and its error (the last one its
+  cause) if all `tried` ways of computing the attributions failed
+  (`try_flops`)."""
+  if failures and len(failures) >= tried:
+    lines = "; ".join(f"{k}: {type(e).__name__}: "
+                      f"{(str(e).splitlines() or [''])[0]}"
+                      for k, e in failures.items())
+    raise ValueError(f"no way of computing the attributions compiles: "
+                     f"{lines}") from list(failures.values())[-1]
+
+
 def choose_mode(batched: Callable[[str], Callable[..., Array]],
                 *args) -> str:
-  """'forward' or 'reverse', whichever XLA's cost analysis says is cheaper.
+  """'forward' or 'reverse', whichever XLA's cost analysis says is cheaper;
+  a mode that fails to compile is logged and not chosen.
 
   Args:
     batched: maps a mode to a function computing the batch's attributions in
       that mode; it is only lowered on `args`, never run.
     *args: its arguments, arrays or `jax.ShapeDtypeStruct`s.
+
+  Raises:
+    ValueError: if neither mode compiles, with each one's error.
   """
-  cost = {mode: flops(batched(mode), *args) for mode in ("forward", "reverse")}
-  return min(cost, key=cost.get)  # ties (no estimate) go to 'forward'
+  failures: dict[str, Exception] = {}
+  cost = {mode: try_flops(f"{mode} mode", failures, batched(mode), *args)
+          for mode in ("forward", "reverse")}
+  check_some_work(failures, len(cost))
+  working = {m: c for m, c in cost.items() if f"{m} mode" not in failures}
+  return min(working, key=working.get)  # ties (no estimate): 'forward'

@@ -10,20 +10,25 @@ named like a decomposed leaf (its keystr) is taken as that leaf's input `a`
 what the attribution and masking code vmaps over.
 
 A leaf with more than 2 axes (an attention kernel `[d_model, heads, d_head]`,
-or `[heads, d_head, d_model]`, as Flax's `DenseGeneral` stores them) is
-decomposed as the matrix it is: its leading axes, those the model's product
-contracts with the activation, are the rows and the rest the columns
-(`[d_model, heads·d_head]`, `[heads·d_head, d_model]`). `matrix_axes` finds
-that split from the model's `dot_general`; `Target.weights` are the 2-D
-views, and `Target.batch` reshapes weights back before calling `apply_fn`.
+`[heads, d_model, d_head]` or a fused `[2, heads, d_model, d_head]`, as Flax's
+`DenseGeneral` and `Einsum` store them) is decomposed as the matrix it is:
+the axes the model's products contract with an activation are its rows, in
+the leaf's order, and the rest its columns (`[d_model, heads·d_head]`,
+`[d_model, 2·heads·d_head]`). `matrix_axes` reads that split from the
+model's `dot_general`s (`selection.View` follows the leaf through
+reshapes and transposes); `Target.weights` are the matrices, and
+`Target.batch` lays weights back out as the leaves before calling
+`apply_fn`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 from typing import Callable
 from typing import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.extend
@@ -44,19 +49,27 @@ class Target:
   params: Any
   names: tuple[str, ...]
   has_aux: bool = False
-  # Per name, how many leading axes are the matrix's rows (None: 1 each).
-  row_axes: tuple[int, ...] | None = None
+  # Per name, its row axes: a count k of leading axes, or the tuple of
+  # axes (None: 1 each; see `matrix_axes`).
+  row_axes: tuple[int | tuple[int, ...], ...] | None = None
 
   def __post_init__(self):
     rows = self.row_axes or (1,) * len(self.names)
     if len(rows) != len(self.names):
       raise ValueError(f"row_axes {rows} must give one count per leaf "
                        f"{self.names}")
+    if self.row_axes is not None:   # JSON gives lists
+      object.__setattr__(self, "row_axes", tuple(
+          k if isinstance(k, int) else tuple(k) for k in self.row_axes))
     for n, k in zip(self.names, rows, strict=True):
       shape = self.shapes[n]
-      if not 1 <= k < len(shape) or (len(shape) > 2 and self.row_axes is None):
-        raise ValueError(f"leaf {n} of shape {shape} needs row_axes in "
-                         f"[1, {len(shape) - 1}] (see matrix_axes)")
+      axes = range(k) if isinstance(k, int) else tuple(k)
+      if (not 1 <= len(axes) < len(shape) or len(set(axes)) != len(axes)
+          or not set(axes) <= set(range(len(shape)))
+          or (len(shape) > 2 and self.row_axes is None)):
+        raise ValueError(f"leaf {n} of shape {shape} needs row_axes: a count "
+                         f"in [1, {len(shape) - 1}] or a tuple of some of its "
+                         f"axes (see matrix_axes)")
 
   @property
   def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -65,23 +78,59 @@ class Target:
             selection.get_leaves(self.params, self.names).items()}
 
   @property
-  def weights(self) -> dict[str, Array]:
-    """The target's decomposed leaves θ*, as matrices `[rows, columns]`."""
+  def layouts(self) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Per leaf, `(order, k)`: its axes in the matrix's order (the `k` row
+    axes first, then the rest, each in the leaf's order)."""
     rows = self.row_axes or (1,) * len(self.names)
+    out = {}
+    for n, k in zip(self.names, rows, strict=True):
+      k = tuple(range(k)) if isinstance(k, int) else tuple(k)
+      rest = tuple(a for a in range(len(self.shapes[n])) if a not in k)
+      out[n] = (k + rest, len(k))
+    return out
+
+  @property
+  def weights(self) -> dict[str, Array]:
+    """The target's decomposed leaves θ*, as matrices `[rows, columns]`:
+    `W = reshape(transpose(leaf, order), (Π rows, Π columns))`."""
     leaves = selection.get_leaves(self.params, self.names)
-    return {n: jnp.reshape(leaves[n], (int(np.prod(np.shape(leaves[n])[:k])),
-                                       -1))
-            for n, k in zip(self.names, rows, strict=True)}
+    out = {}
+    for n, (order, k) in self.layouts.items():
+      w = leaves[n]
+      if order != tuple(range(len(order))):
+        w = jnp.transpose(w, order)
+      out[n] = jnp.reshape(w, (math.prod(np.shape(w)[:k]), -1))
+    return out
+
+  def as_leaves(self, weights: Mapping[str, Array]) -> dict[str, Array]:
+    """Matrices `[..., rows, columns]` (the target's weights, a component's
+    `P_c`, all of `[C, i, o]`) laid out as their leaves `[..., *leaf]`: the
+    inverse of `weights`."""
+    shapes, layouts = self.shapes, self.layouts
+    out = {}
+    for n, w in weights.items():
+      order, _ = layouts[n]
+      lead = jnp.shape(w)[:-2]
+      w = jnp.reshape(w, lead + tuple(shapes[n][a] for a in order))
+      if order != tuple(range(len(order))):
+        back = np.argsort(order)
+        w = jnp.transpose(w, tuple(range(len(lead)))
+                          + tuple(len(lead) + int(a) for a in back))
+      out[n] = w
+    return out
 
   def batch(self, x: Array, weights: Mapping[str, Array] | None = None
             ) -> tuple[Array, dict[str, Array]]:
-    """`(y, acts)` on a batch, with the target's or the given weights."""
+    """`(y, acts)` on a batch, with the target's or the given weights
+    (matrices, or already laid out as the leaves)."""
     params = self.params
     if weights is not None:
       shapes = self.shapes
       params = selection.replace_leaves(params, {
-          n: jnp.reshape(w, shapes[n]) if jnp.ndim(w) != len(shapes[n])
-          else w for n, w in weights.items()})
+          **{n: w for n, w in weights.items()
+             if jnp.ndim(w) == len(shapes[n])},
+          **self.as_leaves({n: w for n, w in weights.items()
+                            if jnp.ndim(w) != len(shapes[n])})})
     out = self.apply_fn(params, x)
     return out if self.has_aux else (out, {})
 
@@ -133,6 +182,31 @@ def check(target: Target, sample_fn: SampleFn, batch_size: int
         f"apply_fn must return one array with leading batch axis "
         f"{batch_size}, got {y}")
   return x, out
+
+
+def upcast(tree: Any, dtype: Any) -> Any:
+  """`tree` with each floating leaf narrower than `dtype` cast up to it
+  (to `jnp.promote_types(leaf, dtype)`): bfloat16 and float16 leaves
+  become float32 for `dtype=float32`, a float64 leaf stays float64; other
+  leaves, and every leaf for `dtype=None`, are kept as they are."""
+  if dtype is None:
+    return tree
+
+  def cast(leaf):
+    have = getattr(leaf, "dtype", None)
+    if have is None or not jnp.issubdtype(have, jnp.floating):
+      return leaf
+    wide = jnp.promote_types(have, dtype)
+    return leaf if wide == have else leaf.astype(wide)
+
+  return jax.tree.map(cast, tree)
+
+
+def floating_dtypes(tree: Any) -> set[str]:
+  """The names of the floating dtypes of `tree`'s leaves."""
+  return {str(leaf.dtype) for leaf in jax.tree.leaves(tree)
+          if hasattr(leaf, "dtype")
+          and jnp.issubdtype(leaf.dtype, jnp.floating)}
 
 
 def check_finite(params: Any) -> None:
@@ -206,14 +280,20 @@ def check_sampler(sample_fn: SampleFn, batch_size: int) -> None:
 
 
 def matrix_axes(apply_fn: ApplyFn, params: Any, names: tuple[str, ...],
-                x: Any) -> tuple[int, ...]:
-  """Per leaf, the number of its leading axes that the model's products
-  contract with an activation (1 for a matrix): from the `dot_general`s of
-  `apply_fn(params, x)` (`x` may be abstract).
+                x: Any) -> tuple[int | tuple[int, ...], ...]:
+  """Per leaf, its row axes: those every product of `apply_fn(params, x)`
+  contracts with an activation (`x` may be abstract), as a count `k` where
+  they are the leading `k` axes (1 for a matrix), else as a tuple.
+
+  A leaf of more than 2 axes is the matrix `[Π rows, Π rest]` when every
+  `dot_general` it reaches (on either side, through copies, calls,
+  reshapes and transposes) contracts the same set of its axes, in any
+  order, or the rest of them (a product with the transpose), and none
+  batches over its axes.
 
   Raises:
-    ValueError: for a leaf of more than 2 axes that no product contracts
-      on leading axes, or that two products contract differently.
+    ValueError: listing every leaf of more than 2 axes that is not such a
+      matrix, each with the operation that prevents it.
   """
   leaves = selection.get_leaves(params, names)
   deep = sorted(n for n in names if np.ndim(leaves[n]) > 2)
@@ -221,49 +301,124 @@ def matrix_axes(apply_fn: ApplyFn, params: Any, names: tuple[str, ...],
     return (1,) * len(names)
   f = lambda ws, x: apply_fn(selection.replace_leaves(params, ws), x)  # noqa: E731
   closed = jax.make_jaxpr(f)({n: leaves[n] for n in deep}, x)
-  watched = dict(zip(closed.jaxpr.invars[:len(deep)], deep, strict=True))
-  found = {n: set() for n in deep}
-  _contractions(closed.jaxpr, watched, found)
-  out = []
-  for n in names:
-    if n not in found:
-      out.append(1)
-      continue
-    dims = found[n]
-    if len(dims) != 1 or next(iter(dims)) != tuple(range(len(next(iter(
-        dims))))):
-      raise ValueError(
-          f"leaf {n} of shape {np.shape(leaves[n])} is contracted on axes "
-          f"{sorted(dims) or 'nowhere'}; a leaf of more than 2 axes is "
-          f"decomposed only where every product contracts the same leading "
-          f"axes (store it as a matrix otherwise)")
-    out.append(len(next(iter(dims))))
-  return tuple(out)
+  watched = {v: (n, selection.View.of(np.shape(leaves[n])))
+             for v, n in zip(closed.jaxpr.invars[:len(deep)], deep,
+                             strict=True)}
+  uses = {n: [] for n in deep}
+  _contractions(closed.jaxpr, watched, uses)
+  rows, problems = {}, []
+  for n in deep:
+    shape = tuple(np.shape(leaves[n]))
+    rows[n], why = _row_axes(shape, uses[n])
+    if why:
+      problems.append(f"{n} {shape}: {why}")
+  if problems:
+    raise ValueError(
+        f"{len(problems)} {'leaf' if len(problems) == 1 else 'leaves'} "
+        f"cannot be decomposed as matrices: "
+        f"{'; '.join(problems)}. A leaf of more than 2 axes is decomposed "
+        f"as the matrix [contracted axes, other axes] when every product "
+        f"(dot_general) contracts the same set of its axes, in any order, "
+        f"and none batches over its axes; store such a leaf as matrices or "
+        f"leave it out of include")
+  return tuple(rows.get(n, 1) for n in names)
 
 
-_PASS = ("convert_element_type", "copy", "copy_p")
+class _Use(NamedTuple):
+  """A use of a watched leaf: the operation, and for a product the leaf
+  axes it contracts (`rows`, size-1 axes included; `core`, without them),
+  those it both contracts and keeps (`split`) and its batch dims."""
+  op: str
+  rows: tuple[int, ...] | None = None
+  core: frozenset = frozenset()
+  split: tuple[int, ...] = ()
+  batch: tuple[int, ...] = ()
+
+
+def _row_axes(shape: tuple[int, ...], uses: list[_Use]
+              ) -> tuple[int | tuple[int, ...], str | None]:
+  """`(row axes, None)` from a leaf's uses, or `(1, why not)`."""
+  products = [u for u in uses if u.rows is not None]
+  if not products:
+    met = sorted({u.op for u in uses})
+    return 1, "used in no product" + (f" (it meets {', '.join(met)})"
+                                      if met else "")
+  every = frozenset(a for a, s in enumerate(shape) if s != 1)
+  first = products[0]
+  for u in products:
+    if u.batch:
+      return 1, (f"{u.op}, which uses it as a block-diagonal matrix (one "
+                 f"block per index of the batch axes)")
+    if u.split:
+      return 1, f"{u.op} contracts its axes {u.split} only in part"
+    if not u.core or u.core == every:
+      return 1, f"{u.op} leaves {'no' if u.core else 'every'} axis free"
+    if u.core not in (first.core, every - first.core):
+      return 1, (f"its products contract different axes: {first.op}; "
+                 f"{u.op}")
+  rows = first.rows
+  return (len(rows) if rows == tuple(range(len(rows))) else rows), None
+
+
+_PASS = ("convert_element_type", "copy", "copy_p", "optimization_barrier")
+CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
+         "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint")
 _SUBJAXPRS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
-def _contractions(jaxpr, watched: dict, found: dict) -> None:
-  """Adds to `found[name]` the weight-side contracting dims of every
-  `dot_general` on a watched variable (through copies and calls)."""
+def _contractions(jaxpr, watched: dict, uses: dict) -> None:
+  """Appends to `uses[name]` every use of a watched variable (mapped to
+  `(name, view)`): `dot_general`s with the axes they contract, and other
+  operations by name (followed through copies, calls, reshapes and
+  transposes)."""
   lit = jax.extend.core.Literal
   for eqn in jaxpr.eqns:
     ins = [None if isinstance(v, lit) else v for v in eqn.invars]
-    if eqn.primitive.name == "dot_general":
-      (lc, rc), _ = eqn.params["dimension_numbers"]
-      for v, dims in zip(ins, (lc, rc), strict=True):
-        if v in watched:
-          found[watched[v]].add(tuple(dims))
+    hits = [j for j, v in enumerate(ins) if v in watched]
+    if not hits:
       continue
-    if eqn.primitive.name in _PASS and ins[0] in watched:
-      watched[eqn.outvars[0]] = watched[ins[0]]
+    prim = eqn.primitive.name
+    if prim == "dot_general":
+      for j in hits:
+        name, view = watched[ins[j]]
+        uses[name].append(_product(eqn.params, j, view))
+      continue
+    if prim in _PASS:
+      for j in hits:
+        watched[eqn.outvars[min(j, len(eqn.outvars) - 1)]] = watched[ins[j]]
+      continue
+    name, view = watched.get(ins[0], (None, None))
+    seen = view and selection.follow(view, prim, eqn.params)
+    if seen is not None:
+      watched[eqn.outvars[0]] = (name, seen)
       continue
     sub = next((eqn.params[p] for p in _SUBJAXPRS if p in eqn.params), None)
-    if sub is not None:
+    if prim in CALLS and sub is not None:
       sub = getattr(sub, "jaxpr", sub)
       inner = {iv: watched[v] for v, iv in zip(ins, sub.invars, strict=False)
                if v in watched}
-      if inner:
-        _contractions(sub, inner, found)
+      _contractions(sub, inner, uses)
+      continue
+    for j in hits:
+      uses[watched[ins[j]][0]].append(_Use(prim))
+
+
+def _product(params, side: int, view: selection.View) -> _Use:
+  """A `dot_general` with the watched leaf (seen as `view`) as its lhs
+  (`side` 0) or rhs (1)."""
+  (lc, rc), (lb, rb) = params["dimension_numbers"]
+  dims, batch = ((lc, lb), (rc, rb))[side]
+  axes = view.axes()
+  free = [a for a in range(len(axes)) if a not in dims]
+
+  def leaf_axes(of, unit=False):
+    return tuple(sorted({k[0] for a in of for k, s in axes[a]
+                         if unit or s != 1}))
+
+  shown = tuple(dims) if view.is_identity() else leaf_axes(dims)
+  op = f"dot_general contracting its axes {shown}"
+  if batch:
+    op += f" and batching over its axes {leaf_axes(batch, unit=True)}"
+  core = leaf_axes(dims)
+  return _Use(op, leaf_axes(dims, unit=True), frozenset(core),
+              tuple(sorted(set(core) & set(leaf_axes(free)))), tuple(batch))

@@ -59,6 +59,7 @@ class Decomposition:
   `groups[g]` (APD: one group `''` over every leaf; SPD: a group per
   factored product). A method's own analyses answer here too (`EXTRAS`:
   APD's `attributions(x)`, `topk_mask(x)`; SPD's `causal_importances(x)`).
+  `metrics` holds `evaluation_error` where the final evaluation failed.
   """
   target: Target
   method: Any                     # a `methods.base.Method`
@@ -72,10 +73,12 @@ class Decomposition:
     shapes = {n: tuple(w.shape) for n, w in self.target.weights.items()}
     shown = {k: v for k, v in self.metrics.items()
              if isinstance(v, (int, float))}
+    failed = self.metrics.get("evaluation_error")
     return (f"Decomposition({type(self.method).__name__}, C="
             f"{self.method.n_components}, leaves={shapes}, "
             f"steps={len(self.history) and self.history[-1]['step']}, "
-            f"metrics={ {k: round(v, 6) for k, v in shown.items()} })")
+            f"metrics={ {k: round(v, 6) for k, v in shown.items()} }"
+            + (f", evaluation_error={failed!r}" if failed else "") + ")")
 
   def __getattr__(self, name: str):
     """The method's own analyses (`method.EXTRAS`) as `result.<name>(x)`."""
@@ -174,11 +177,20 @@ def _full_apply(target, comps, x):
 
 def make_target(apply_fn: ApplyFn, params: Any, include: str, *,
                 has_aux: bool = False, log: bool = True,
-                sample_fn: SampleFn | None = None) -> Target:
+                sample_fn: SampleFn | None = None,
+                compute_dtype: Any = "float32") -> Target:
   """The target with the leaves matched by the regex `include` named for
   decomposition (logged with their shapes). A leaf of more than 2 axes is
   decomposed as the matrix its product contracts (`target.matrix_axes`,
-  which traces `apply_fn` on an example of `sample_fn`, then required)."""
+  which traces `apply_fn` on an example of `sample_fn`, then required).
+  Floating leaves narrower than `compute_dtype` are cast up to it
+  (`Training.compute_dtype`; None keeps them)."""
+  given = target_lib.floating_dtypes(params)
+  params = target_lib.upcast(params, compute_dtype)
+  if given != target_lib.floating_dtypes(params):
+    logging.info("the target's params (%s) are cast up to %s for the "
+                 "decomposition (Training.compute_dtype)",
+                 ", ".join(sorted(given)), compute_dtype)
   names = selection.select_leaves(params, include)
   rows = None
   if any(np.ndim(w) > 2 for w in
@@ -328,14 +340,17 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
 
   Returns:
     A `Decomposition`. With `training.checkpoint_dir` the run checkpoints
-    there and resumes from the latest checkpoint found.
+    there and resumes from the latest checkpoint found. An error in the
+    final evaluation, after training, is logged and recorded in
+    `metrics['evaluation_error']` instead of raised (`finish`).
   """
   method, training = split_options(method, training, options)
   if training.cpu_tweaks:
     cpu.apply_tweaks()
   mesh = sharding.make_mesh() if training.mesh is None else training.mesh
   target = make_target(apply_fn, params, include, has_aux=has_aux,
-                       log=training.progress, sample_fn=sample_fn)
+                       log=training.progress, sample_fn=sample_fn,
+                       compute_dtype=training.compute_dtype)
   check_inputs(method, target, sample_fn, training, mesh)
   state = init_state(method, target, training, mesh=mesh,
                      sample_fn=sample_fn)
@@ -373,12 +388,23 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
 
 def finish(method, plan, target, params, history, sample_fn, eval_key,
            training: Training, **extra) -> Decomposition:
-  """The `Decomposition` of trained `params`, with its final metrics."""
+  """The `Decomposition` of trained `params`, with its final metrics.
+
+  An error in the evaluation loses nothing trained: it is logged with its
+  traceback and the decomposition comes back with it recorded as
+  `metrics['evaluation_error']` (its type and message) beside the run's
+  own entries, and without the method's metrics."""
   result = Decomposition(target, method, plan, params, {}, history,
                          sample_fn)
-  final = evaluate(result, sample_fn, eval_key,
-                   batch_size=training.batch_size,
-                   n_batches=training.eval_batches)
+  try:
+    final = evaluate(result, sample_fn, eval_key,
+                     batch_size=training.batch_size,
+                     n_batches=training.eval_batches)
+  except Exception as e:  # noqa: BLE001 - kept in the result, logged
+    logging.exception("the final evaluation failed after training; the "
+                      "trained decomposition is kept (metrics"
+                      "['evaluation_error'])")
+    final = {"evaluation_error": f"{type(e).__name__}: {e}"}
   final.update(steps=training.steps, **extra,
                **{k: getattr(plan, k) for k in ("attribution_mode",
                                                 "attribution_contract")

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from apd_jax.core import target as target_lib
 from apd_jax.core.target import ApplyFn
 from apd_jax.core.target import SampleFn
 from apd_jax.engine import api
@@ -125,16 +126,17 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _run_targets(target, runs, params_for_run):
-  """Each run's `Target`: `target`, or one with `params_for_run(run)`,
-  checked against `target.params`' structure and shapes."""
+def _run_targets(target, runs, params_for_run, compute_dtype):
+  """Each run's `Target`: `target`, or one with `params_for_run(run)`
+  (cast up to `compute_dtype` as `target`'s were), checked against
+  `target.params`' structure and shapes."""
   if params_for_run is None:
     return [target] * len(runs)
   want = jax.tree.map(lambda a: (np.shape(a), jnp.result_type(a)),
                       target.params)
   out = []
   for run in runs:
-    p = params_for_run(run)
+    p = target_lib.upcast(params_for_run(run), compute_dtype)
     got = jax.tree.map(lambda a: (np.shape(a), jnp.result_type(a)), p)
     if got != want:
       raise ValueError(f"params_for_run({run}) gives params unlike "
@@ -191,9 +193,11 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   # One static method for the program; the runs' numbers come as hypers.
   static = method.bound(runs)
   target = api.make_target(apply_fn, params, include, has_aux=has_aux,
-                           log=training.progress, sample_fn=sample_fn)
+                           log=training.progress, sample_fn=sample_fn,
+                           compute_dtype=training.compute_dtype)
   api.check_inputs(static, target, sample_fn, training)
-  run_targets = _run_targets(target, runs, params_for_run)
+  run_targets = _run_targets(target, runs, params_for_run,
+                             training.compute_dtype)
   seeds = [r.get("seed", training.seed) for r in runs]
   states = [api.init_state(method, t, training, seed=s, sample_fn=sample_fn)
             for s, t in zip(seeds, run_targets, strict=True)]

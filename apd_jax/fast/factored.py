@@ -8,11 +8,16 @@ materialising `C` full-size matrices, i.e. to compute
 
 in `O(C·m·(i + o))` instead of `O(C·i·o)`. `trace` turns the per-example
 function `forward(weights, x)` into a jaxpr once; `run` evaluates that jaxpr
-with each decomposed leaf bound to a `Factored` value. A `dot_general` that
-contracts a `Factored` weight (or its transpose) with an activation is
-computed in the form above; calls (`jit`, `custom_jvp`, ...) are entered;
-any other use of a `Factored` value materialises it, so every `apply_fn`
-runs correctly, and the common ones run fast.
+with each decomposed leaf bound to a `Factored` value. Reshapes and
+transposes of a `Factored` value keep it factored, seen through a
+`selection.View` (`Target.batch` lays a matrix out as its leaf that way, and
+models reshape kernels too); a `dot_general` that contracts, on either
+side, exactly the axes that come from the matrix's rows (or columns) with
+an activation is computed in the form above, as `a @ W` (or `a @ Wᵀ`)
+with `a`'s contracted axes flattened in the matrix's order; calls (`jit`,
+`custom_jvp`, ...) are entered; any other use of a `Factored` value (a
+batch dim on it, a slice) materialises it, so every `apply_fn` runs
+correctly, and the common ones run fast.
 
 Each factored product is an *occurrence* (a leaf used twice, like TMS's `W`
 and `Wᵀ`, has two). `run` returns every occurrence's input `a_k` and can add
@@ -31,13 +36,15 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jcore
 
+from apd_jax.core import selection
+from apd_jax.core import target as target_lib
 from apd_jax.fast import sparse
 
 Array = jax.Array
-CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
-         "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint")
+CALLS = target_lib.CALLS
 JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
@@ -55,9 +62,9 @@ class Factored:
     capacity: if set (a masked pass, `coef` a mask), vmapping computes only
       the at most `capacity` nonzero (example, component) entries of the
       batched mask (`sparse.py`).
-    shape: set where the model reshaped the matrix `[i, o]` into a leaf of
-      more axes `(*rows, *columns)` (an attention kernel); `rows` is its
-      number of leading row axes.
+    view: set where the model reshaped or transposed the matrix `[i, o]`
+      into another array (an attention kernel `[heads, d_model, d_head]`):
+      how that array is seen from the matrix (`selection.View`).
   """
   base: Array | None
   U: Array | None = None
@@ -66,8 +73,7 @@ class Factored:
   transposed: bool = False
   name: str = ""
   capacity: int | None = None
-  shape: tuple[int, ...] | None = None
-  rows: int = 1
+  view: selection.View | None = None
 
   def T(self) -> Factored:
     return dataclasses.replace(self, transposed=not self.transposed)
@@ -82,8 +88,8 @@ class Factored:
     w = 0.0 if self.base is None else self.base
     if self.U is not None:
       w = w + jnp.einsum("c,cim,cmo->io", self.coef, self.U, self.V)
-    if self.shape is not None:
-      return jnp.reshape(w, self.shape)
+    if self.view is not None:
+      return self.view.apply(w)
     return w.T if self.transposed else w
 
   def matmul(self, a: Array) -> Array:
@@ -127,8 +133,8 @@ def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
     weights: each leaf as a `Factored` value or a plain array.
     x: the example.
     probes: one array per occurrence, added to that product's output.
-    log: if given, `log["materialised"]` is set to the leaves some operation
-      needed as full matrices.
+    log: if given, `log["materialised"]` is set to `{leaf: operations}` for
+      the leaves some operation needed as full matrices.
     coefs: per occurrence, its own coefficients `[..., C]` (occurrence k
       computes `Σ_c coefs[k]_c (a U_c) V_c`, without `W0`) or None (it
       computes `a W0`): masks per product rather than per leaf.
@@ -139,7 +145,7 @@ def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
   """
   flat_w = [weights[n] for n in sorted(names)]
   inputs, occ = [], []
-  ctx = dict(probes=probes, inputs=inputs, occ=occ, materialised=set(),
+  ctx = dict(probes=probes, inputs=inputs, occ=occ, materialised={},
              coefs=coefs)
   outs = _eval(closed.jaxpr, closed.consts, [*flat_w, x], ctx)
   if log is not None:
@@ -169,25 +175,37 @@ def _eval(jaxpr, consts, args, ctx) -> list[Any]:
 
 
 def passed_on(eqn, invals) -> list[Any] | None:
-  """The outputs of a transpose, copy or same-dtype conversion of a
+  """The outputs of a reshape, transpose, copy or same-dtype conversion of a
   `Factored` value (still factored); None for any other operation."""
   name, params = eqn.primitive.name, eqn.params
   w = invals[0]
-  if name == "transpose" and w.shape is None and tuple(
-      params["permutation"]) == (1, 0):
-    return [w.T()]
-  if (name == "reshape" and w.shape is None and not w.transposed
-      and params.get("dimensions") is None):
-    rows = _row_split(_matrix_shape(w), tuple(params["new_sizes"]))
-    if rows is not None:
-      return [dataclasses.replace(w, shape=tuple(params["new_sizes"]),
-                                  rows=rows)]
   if name in ("copy", "copy_p", "optimization_barrier"):
     return list(invals)
-  if (name == "convert_element_type"
-      and params["new_dtype"] == _dtype(invals[0])):
-    return [invals[0]]
-  return None
+  if name == "convert_element_type":
+    return [w] if params["new_dtype"] == _dtype(w) else None
+  if not isinstance(w, Factored):
+    return None
+  view = selection.follow(_view(w), name, params)
+  return None if view is None else [_viewed(w, view)]
+
+
+def _view(w: Factored) -> selection.View:
+  """How the value `w` stands for is seen from its matrix `[i, o]`."""
+  if w.view is not None:
+    return w.view
+  view = selection.View.of(_matrix_shape(w))
+  return view.transpose((1, 0)) if w.transposed else view
+
+
+def _viewed(w: Factored, view: selection.View) -> Factored:
+  """`w` seen as `view`: a plain (maybe transposed) matrix where it is."""
+  keys = [k for k, s in view.atoms if s != 1]
+  i, o = _matrix_shape(w)
+  if view.shape == (i, o) and keys == sorted(keys):
+    return dataclasses.replace(w, view=None, transposed=False)
+  if view.shape == (o, i) and keys == sorted(keys, key=lambda k: (-k[0], k)):
+    return dataclasses.replace(w, view=None, transposed=True)
+  return dataclasses.replace(w, view=view, transposed=False)
 
 
 def call_body(eqn) -> tuple[Any, Sequence[Any]] | None:
@@ -212,10 +230,20 @@ def _factored_eqn(eqn, invals, ctx) -> list[Any]:
   body = call_body(eqn)
   if body is not None:
     return _eval(*body, invals, ctx)
-  ctx["materialised"].update(v.name for v in invals
-                             if isinstance(v, Factored))
+  for v in invals:
+    if isinstance(v, Factored):
+      ctx["materialised"].setdefault(v.name, set()).add(_describe(eqn))
   return bind(eqn, [v.dense() if isinstance(v, Factored) else v
                     for v in invals])
+
+
+def _describe(eqn) -> str:
+  """An operation as an error message names it: primitive and axes."""
+  if eqn.primitive.name != "dot_general":
+    return eqn.primitive.name
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  return (f"dot_general contracting {tuple(lc)} with {tuple(rc)}"
+          + (f", batch {tuple(lb)} with {tuple(rb)}" if lb else ""))
 
 
 def bind(eqn, invals) -> list[Any]:
@@ -233,15 +261,6 @@ def _matrix_shape(f: Factored) -> tuple[int, int]:
   return (f.U.shape[1], f.V.shape[2])
 
 
-def _row_split(matrix: tuple[int, int], shape: tuple[int, ...]) -> int | None:
-  """The number of leading axes of `shape` whose sizes multiply to the
-  matrix's rows (the rest to its columns), or None."""
-  for k in range(1, len(shape)):
-    if (math.prod(shape[:k]), math.prod(shape[k:])) == matrix:
-      return k
-  return None
-
-
 def _dtype(f: Factored):
   return (f.base if f.base is not None else f.U).dtype
 
@@ -254,7 +273,7 @@ def product(params, invals) -> tuple[Factored, Array, int, bool] | None:
   (lc, rc), (lb, rb) = params["dimension_numbers"]
   lhs, rhs = invals
   if lb or rb or len(lc) != 1 or isinstance(lhs, Factored) == isinstance(
-      rhs, Factored) or any(isinstance(v, Factored) and v.shape is not None
+      rhs, Factored) or any(isinstance(v, Factored) and v.view is not None
                             for v in invals):
     return None
   w_is_rhs = isinstance(rhs, Factored)
@@ -263,33 +282,67 @@ def product(params, invals) -> tuple[Factored, Array, int, bool] | None:
   return (w.T() if w_dim == 1 else w), a, a_dim, w_is_rhs
 
 
-def reshaped_product(params, invals) -> tuple[Factored, Array] | None:
-  """`(w, a)` with `a [..., i]` if a `dot_general` contracts the row axes of
-  a reshaped `Factored` rhs (`tensordot(a, W.reshape(*rows, *cols))`, as
-  Flax's `DenseGeneral` does) with axes of `a`; else None."""
+def oriented_product(params, invals
+                     ) -> tuple[Factored, Array, Callable] | None:
+  """`(w, a, finish)` if a `dot_general` multiplies one `Factored` operand,
+  on either side and seen through reshapes and transposes, by contracting
+  exactly the axes that come from its matrix's rows (or columns): then the
+  product is `finish(a @ w)`, with `w` the matrix (or its transpose) and
+  `a [..., i]` the other operand, its free axes first and its contracted
+  ones flattened in the matrix's order; else None (a batch dim on `w`,
+  or contracted axes that mix rows and columns)."""
   (lc, rc), (lb, rb) = params["dimension_numbers"]
-  a, w = invals
-  if (lb or rb or not isinstance(w, Factored) or w.shape is None
-      or isinstance(a, Factored) or tuple(rc) != tuple(range(w.rows))):
+  lhs, rhs = invals
+  if lb or rb or isinstance(lhs, Factored) == isinstance(rhs, Factored):
     return None
-  a = jnp.moveaxis(a, tuple(lc), tuple(range(a.ndim - len(lc), a.ndim)))
-  return w, a.reshape(a.shape[:a.ndim - len(lc)] + (-1,))
+  w_is_rhs = isinstance(rhs, Factored)
+  w, a, w_dims, a_dims = ((rhs, lhs, rc, lc) if w_is_rhs
+                          else (lhs, rhs, lc, rc))
+  view = _view(w)
+  axes = view.axes()
+  free = [j for j in range(len(axes)) if j not in w_dims]
+  inner = [atom for j in w_dims for atom in axes[j]]
+  outer = [atom for j in free for atom in axes[j]]
+  side = {k[0] for k, s in inner if s != 1}
+  if len(side) != 1 or side & {k[0] for k, s in outer if s != 1}:
+    return None
+  lead = a.ndim - len(a_dims)
+  a = jnp.moveaxis(a, tuple(a_dims), tuple(range(lead, a.ndim)))
+  a = _to_order(a.reshape(a.shape[:lead] + tuple(s for _, s in inner)),
+                lead, inner, to_source=True)
+  a = a.reshape(a.shape[:lead] + (math.prod(a.shape[lead:]),))
+  by_key = sorted(outer)
+
+  def finish(out):
+    out = out.reshape(out.shape[:lead] + tuple(s for _, s in by_key))
+    out = _to_order(out, lead, outer, to_source=False)
+    out = out.reshape(out.shape[:lead] + tuple(view.shape[j] for j in free))
+    if not w_is_rhs:   # dot_general puts the lhs' free axes first
+      out = jnp.moveaxis(out, tuple(range(lead, out.ndim)),
+                         tuple(range(out.ndim - lead)))
+    return out
+
+  w = dataclasses.replace(w, view=None, transposed=side == {1})
+  return w, a, finish
+
+
+def _to_order(x: Array, lead: int, atoms, to_source: bool) -> Array:
+  """`x [*lead, *atoms]` with its trailing atom axes moved from `atoms`'
+  order to the source's (sorted keys), or back."""
+  order = sorted(range(len(atoms)), key=lambda j: atoms[j][0])
+  perm = order if to_source else [int(j) for j in np.argsort(order)]
+  if perm == list(range(len(atoms))):
+    return x
+  return jnp.transpose(x, tuple(range(lead)) + tuple(lead + j for j in perm))
 
 
 def _factored_dot(invals, params, ctx) -> Array | None:
-  """`a @ W` or `W @ a` patterns of `dot_general`; None if not one."""
-  found = product(params, invals)
+  """A product of one factored operand; None if not one."""
+  found = oriented_product(params, invals)
   if found is None:
-    shaped = reshaped_product(params, invals)
-    if shaped is None:
-      return None
-    w, a = shaped
-    out = _record(ctx, dataclasses.replace(w, shape=None, rows=1), a, params)
-    return out.reshape(out.shape[:-1] + w.shape[w.rows:])
-  w, a, a_dim, w_is_rhs = found
-  a = jnp.moveaxis(a, a_dim, -1)
-  out = _record(ctx, w, a, params)
-  return out if w_is_rhs else jnp.moveaxis(out, -1, 0)
+    return None
+  w, a, finish = found
+  return finish(_record(ctx, w, a, params))
 
 
 def _record(ctx, w: Factored, a: Array, params) -> Array:
@@ -350,6 +403,9 @@ class Model:
     self.occurrences = tuple(found)
     # Leaves used other than in products: attributions need their P_c.
     self.materialised = frozenset(log["materialised"])
+    # For each of them, the operations that use it so (primitive, axes).
+    self.other_uses = {n: tuple(sorted(ops))
+                       for n, ops in sorted(log["materialised"].items())}
 
   def __call__(self, weights, x, probes=None, log=None, coefs=None):
     return run(self.jaxpr, self.out_tree, self.names, weights, x, probes,
@@ -402,7 +458,11 @@ class Model:
     out, inputs, occ = self(weights, x)
     shapes = [a.shape[:-1] + (_out_dim(U, V, o),)
               for a, o in zip(inputs, occ, strict=True)]
-    zeros = [jnp.zeros(s, inputs[0].dtype) for s in shapes]
+    # Each probe in its product's output dtype (a bfloat16 input times a
+    # float32 factor gives float32).
+    zeros = [jnp.zeros(s, jnp.result_type(a.dtype, factors_of(U, V, o)[0]
+                                          .dtype))
+             for s, a, o in zip(shapes, inputs, occ, strict=True)]
 
     project = None
     if projections:

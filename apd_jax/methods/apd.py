@@ -31,6 +31,7 @@ from apd_jax.core import metrics as metrics_lib
 from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.core.target import check as check_target
+from apd_jax.core.target import upcast
 from apd_jax.methods import apd_objective as objective
 from apd_jax.methods.base import check_choice
 from apd_jax.methods.base import check_positive
@@ -245,11 +246,12 @@ class APD:
 
   def init_params(self, key: Array, target: Target, sample_fn: Any = None
                   ) -> comp_lib.Components:
-    """The initial factors `{U [C, i, m], V [C, m, o]}` of every leaf
-    (`sample_fn` is not needed)."""
+    """The initial factors `{U [C, i, m], V [C, m, o]}` of every leaf, in
+    float32 (or wider) whatever the target's dtype (`sample_fn` is not
+    needed)."""
     ranks = self.ranks(target)
     if self.init == "svd":
-      comps = comp_lib.init_svd(key, target.weights,
+      comps = comp_lib.init_svd(key, upcast(target.weights, jnp.float32),
                                 n_components=self.n_components, rank=ranks)
     else:
       shapes = {n: tuple(w.shape) for n, w in target.weights.items()}
@@ -312,10 +314,12 @@ class APD:
     """Faithfulness, top-k reconstruction, L0 (mean active components per
     example) and the dead components (in no top-k mask) over `n_batches`
     fresh batches, with training's batch masks; with batch top-k also the
-    threshold `topk_mask`'s per-example rule uses (`topk_threshold`)."""
+    threshold `topk_mask`'s per-example rule uses (`topk_threshold`). All
+    computed in float32 (or wider), whatever the target's dtype."""
     P = result.component_weights
-    faith = float(losses.faithfulness(result.target.weights,
-                                      comp_lib.summed_weights(P)))
+    faith = float(losses.faithfulness(
+        upcast(result.target.weights, jnp.float32),
+        comp_lib.summed_weights(P)))
     recon_fn = losses.kl if self.recon == "kl" else losses.mse
     recon, l0s, masks, taus = [], [], [], []
     for i in range(n_batches):
@@ -324,8 +328,9 @@ class APD:
       mask = masking.make_mask(A, self.topk, batch_topk=self.batch_topk)
       if self.batch_topk:
         taus.append(float(masking.batch_topk_threshold(A, self.topk)))
-      y = result.target.batch(x)[0]
-      recon.append(float(recon_fn(y, result.apply(x, mask))))
+      y, out = upcast((result.target.batch(x)[0], result.apply(x, mask)),
+                      jnp.float32)
+      recon.append(float(recon_fn(y, out)))
       mask = mask.reshape(-1, mask.shape[-1])        # per position: [B·T, C]
       l0s.append(float(metrics_lib.l0(mask)))
       masks.append(jnp.any(mask > 0, axis=0))

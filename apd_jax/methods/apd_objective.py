@@ -26,6 +26,7 @@ from apd_jax.core import components as comp_lib
 from apd_jax.core import losses
 from apd_jax.core import masking
 from apd_jax.core.target import Target
+from apd_jax.core.target import upcast
 from apd_jax.fast import attribute as fast_attribute
 from apd_jax.fast import factored
 
@@ -88,7 +89,18 @@ def attributions(target: Target, m: Any, plan: Plan,
   at θ* that same pass yields the target's outputs, which are reused. With
   `factored=False`, or a target that uses a decomposed leaf other than in a
   matrix product, they use the component weights (`attribution.gradient`).
+  The factors enter in the target's dtype (`in_target_dtype`), and so
+  does a floating `x` narrower than it; `A²` comes back in float32 or
+  wider.
   """
+  comps = in_target_dtype(target, comps)
+  x = upcast(x, jnp.result_type(*target.weights.values()))
+  attr, y, acts = _attributions(target, m, plan, comps, x, key)
+  return upcast(attr, jnp.float32), y, acts
+
+
+def _attributions(target, m, plan, comps, x, key):
+  """`attributions` with factors already in the target's dtype."""
   at_target = m.attribution_point == "target"
   model = factored.Model(target.forward, target.weights, x[0])
   if (m.attribution_type == "gradient" and plan.factored
@@ -135,6 +147,7 @@ def masked_forward(target: Target, comps: comp_lib.Components, mask: Array,
   form, `capacity` (a bound on the mask's nonzero entries) makes each
   product skip the switched-off components (`sparse.py`); a mask
   `[B, T, C]` (per position) masks each product's row t by `mask[b, t]`."""
+  comps = in_target_dtype(target, comps)
   if not factored_form:
     P = comp_lib.component_weights(comps)
     return jax.vmap(lambda m, xb: target.forward(
@@ -142,6 +155,18 @@ def masked_forward(target: Target, comps: comp_lib.Components, mask: Array,
   model = factored.Model(target.forward, target.weights, x[0])
   return jax.vmap(lambda m, xb: model.masked(comps.U, comps.V, m, xb,
                                              capacity))(mask, x)
+
+
+def in_target_dtype(target: Target, comps: comp_lib.Components
+                    ) -> comp_lib.Components:
+  """The factors in their leaf's dtype, as they enter the target's passes:
+  unchanged beside float32 weights; beside weights kept in bfloat16
+  (`Training(compute_dtype=None)`) cast down, the gradients reaching the
+  float32 factors through the cast."""
+  dtypes = {n: w.dtype for n, w in target.weights.items()}
+  return comps.replace(
+      U={n: u.astype(dtypes.get(n, u.dtype)) for n, u in comps.U.items()},
+      V={n: v.astype(dtypes.get(n, v.dtype)) for n, v in comps.V.items()})
 
 
 def mask_capacity(m: Any, plan: Plan, batch_size: int, n_components: int
@@ -183,15 +208,17 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target, s: Any,
                               comp_lib.summed_from_factors(comps))
   attr, target_out, target_acts = attributions(target, s, plan, comps, x,
                                                key)
-  target_out, target_acts = jax.lax.stop_gradient((target_out, target_acts))
+  # Every loss term in float32 (or wider), whatever the target's dtype.
+  target_out, target_acts = jax.lax.stop_gradient(
+      upcast((target_out, target_acts), jnp.float32))
   terms = {"faithfulness": faith}
   if s.sparsity == "topk":
     attr = jax.lax.stop_gradient(attr)
     mask = masking.make_mask(attr, h.topk, batch_topk=s.batch_topk,
                              k_max=s.topk)
     capacity = mask_capacity(s, plan, mask.shape[0], mask.shape[-1])
-    out, acts = masked_forward(target, comps, mask, x, plan.factored,
-                               capacity)
+    out, acts = upcast(masked_forward(target, comps, mask, x, plan.factored,
+                                      capacity), jnp.float32)
     recon = losses.kl if s.recon == "kl" else losses.mse
     terms["minimality"] = recon(target_out, out)
     if s.hidden_act_coeff:
@@ -220,38 +247,52 @@ def loss_fn(comps: comp_lib.Components, x: Array, target: Target, s: Any,
 
 
 def cheapest_plan(method: Any, plan: Plan, target: Target,
-              sample_fn: Any, batch_size: int, comps: Any
-              ) -> Plan:
+                  sample_fn: Any, batch_size: int, comps: Any) -> Plan:
   """Lazy, forward or reverse mode, and in reverse mode each factored
-  product's contraction, whichever costs fewest flops."""
+  product's contraction, whichever costs fewest flops. A way that fails to
+  compile is logged (absl) and not chosen.
+
+  Raises:
+    ValueError: if no way compiles, naming each one's error.
+  """
   x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
                      jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           comps)
   x0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
   n = len(factored.Model(target.forward, target.weights, x0).occurrences)
+  failures: dict[str, Exception] = {}
+  tried = []
 
   def cost(mode, contract, base=plan):
+    """The flops of that way; None if it fails to compile."""
     p = dataclasses.replace(base, attribution_mode=mode,
                             attribution_contract=contract)
-    return attribution.flops(
-        lambda c, xb: attributions(
-            target, method, p, c, xb, jax.random.PRNGKey(0))[0], abstract, x)
+    label = f"{mode} mode" + (f" (contractions {', '.join(contract)})"
+                              if mode == "reverse" else "")
+    tried.append(label)
+    flops = attribution.try_flops(
+        label, failures, lambda c, xb: attributions(
+            target, method, p, c, xb, jax.random.PRNGKey(0))[0],
+        abstract, x)
+    return None if label in failures else flops
 
   contract = ("direct",) * n
   best = cost("reverse", contract)
   for k in range(n):
     trial = contract[:k] + ("cotangent",) + contract[k + 1:]
     trial_cost = cost("reverse", trial)
-    if trial_cost < best:
+    if trial_cost is not None and (best is None or trial_cost < best):
       contract, best = trial, trial_cost
   # Exact forward-mode attributions win ties, and win over an estimate from
   # projections when they cost no more.
   exact = dataclasses.replace(plan, attribution_projections=0)
   lazy = plan.factored and all_matrices(target) and not method.per_position
   for mode in (("lazy", "forward") if lazy else ("forward",)):
-    if cost(mode, contract, exact) <= best:
+    c = cost(mode, contract, exact)
+    if c is not None and (best is None or c <= best):
       return dataclasses.replace(exact, attribution_mode=mode)
+  attribution.check_some_work(failures, len(tried))
   return dataclasses.replace(plan, attribution_mode="reverse",
                              attribution_contract=contract)
 

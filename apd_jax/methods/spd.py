@@ -28,6 +28,7 @@ from apd_jax.core import losses
 from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.core.target import check as check_target
+from apd_jax.core.target import upcast
 from apd_jax.methods import spd_objective as objective
 from apd_jax.methods.base import check_choice
 from apd_jax.methods.base import check_positive
@@ -205,10 +206,12 @@ class SPD:
     """Faithfulness; stochastic and layerwise reconstruction with fresh
     masks; the reconstruction with masks `G` (r = 0); L0 per occurrence and
     summed (`G > threshold`); alive subcomponents (active on some example
-    of the `n_batches` batches)."""
+    of the `n_batches` batches). All computed in float32 (or wider),
+    whatever the target's dtype."""
     plan = result.plan
     faith = float(losses.faithfulness(
-        result.target.weights, comp_lib.summed_from_factors(result.components)))
+        upcast(result.target.weights, jnp.float32),
+        comp_lib.summed_from_factors(result.components)))
     rows, alive = [], None
     for i in range(n_batches):
       k = jax.random.fold_in(key, i)
@@ -219,7 +222,7 @@ class SPD:
       seen = m.pop("seen")
       alive = seen if alive is None else [a | s for a, s in
                                         zip(alive, seen, strict=True)]
-    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out = {k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]}
     out["faithfulness"] = faith
     for label, a in zip(plan.labels, alive, strict=True):
       out[f"alive/{label}"] = int(np.sum(a))
@@ -285,11 +288,13 @@ def _masked_apply(target, plan, params, coefs, x):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _evaluate_batch(s: SPD, plan, target, params, x, key) -> dict:
-  """One evaluation batch's reconstructions (fresh masks, and `G` alone),
-  L0s and which subcomponents were active."""
+  """One evaluation batch's reconstructions (fresh masks, and `G` alone;
+  in float32 whatever the target's dtype), L0s and which subcomponents
+  were active."""
   (y, _), inputs = objective.target_pass(target, x)
   G, _ = objective.importances(params, plan, inputs)
-  recon = losses.kl if s.recon == "kl" else losses.mse
+  loss = losses.kl if s.recon == "kl" else losses.mse
+  recon = lambda a, b: loss(*upcast((a, b), jnp.float32))  # noqa: E731
   k1, k2 = jax.random.split(key)
   stoch = objective.stochastic_recon(target, params, plan, y, G, x, k1, recon)
   layer = objective.layerwise_recon(target, params, plan, y, G, x, k2, recon)

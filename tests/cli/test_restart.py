@@ -139,6 +139,18 @@ def test_steps_that_change_the_steps_taken_are_refused(tmp_path):
     workdirs.check_resume(str(tmp_path), tiny(30, lr=0.01), 20)
 
 
+def test_an_option_added_since_the_run_counts_at_its_default(tmp_path):
+  """A run saved before an option existed ran at its default: resuming it
+  with the default goes on; with another value it is refused."""
+  os.makedirs(tmp_path, exist_ok=True)
+  old = json.loads(tiny().to_json_best_effort())
+  del old["compute_dtype"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  workdirs.check_resume(str(tmp_path), tiny(), 10)
+  with pytest.raises(ValueError, match="compute_dtype: None -> 'bfloat16'"):
+    workdirs.check_resume(str(tmp_path), tiny(compute_dtype="bfloat16"), 10)
+
+
 def test_a_finished_run_started_again_keeps_its_timings_and_events(
     finished, tmp_path):
   """The same command again: the summary keeps the run's timings (and its
