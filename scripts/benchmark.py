@@ -1,7 +1,9 @@
-r"""Benchmark of the APD step; see `apd_jax/cli/benchmark.py`.
+r"""Benchmark of the APD and SPD train steps; see `apd_jax/cli/benchmark.py`.
 
-  python scripts/benchmark.py --quick        # < 1 min
-  python scripts/benchmark.py --out=/tmp/bench
+  python scripts/benchmark.py --quick                       # < 1 min
+  python scripts/benchmark.py --out=/tmp/bench              # every case
+  python scripts/benchmark.py --method=spd --out=/tmp/bench # the SPD cases
+  python scripts/benchmark.py --sweeps=spd --seeds=10       # the scoreboard
 """
 
 from absl import app

@@ -13,11 +13,13 @@ tables are rewritten: `scoreboard.md`, `.csv`, `.json` (see
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from apd_jax.cli import results
 from apd_jax.cli import scoreboard
 
 FLAGS = flags.FLAGS
@@ -31,13 +33,25 @@ def define_flags():
   flags.DEFINE_list("only", [], "Entries to run (default all): "
                     + ",".join(e.name for e in scoreboard.ENTRIES))
   flags.DEFINE_bool("quick", False, "A few steps of each (smoke run).")
+  flags.DEFINE_integer("checkpoint_every", None, "Steps between "
+                       "checkpoints, overriding the configs' (a campaign "
+                       "that may be stopped at any time).")
+  flags.DEFINE_string("results", None, "Folder for each finished entry's "
+                      "row (docs/results); the README's results table is "
+                      "then regenerated from it.")
   flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  scoreboard.run(FLAGS.workdir, CONFIGS, FLAGS.only, FLAGS.seeds, FLAGS.quick)
+  command = " ".join(["python scripts/scoreboard.py"] + sys.argv[1:])
+  scoreboard.run(FLAGS.workdir, CONFIGS, FLAGS.only, FLAGS.seeds, FLAGS.quick,
+                 checkpoint_every=FLAGS.checkpoint_every,
+                 results_dir=FLAGS.results, command=command)
+  if FLAGS.results:
+    results.update_readme(os.path.join(CONFIGS, "..", "README.md"),
+                          FLAGS.results)
   with open(os.path.join(FLAGS.workdir, "scoreboard.md")) as f:
     print(f.read())
 

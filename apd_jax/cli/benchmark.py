@@ -1,24 +1,36 @@
-r"""Speed of the APD train step on the paper's targets, against the machine.
+r"""Speed of the APD and SPD train steps on the paper's targets, against the
+machine's limit.
 
-  python -m apd_jax.cli.benchmark --out=/tmp/bench          # ~12 min on 2 cores
+  python -m apd_jax.cli.benchmark --out=/tmp/bench          # ~20 min on 2 cores
   python -m apd_jax.cli.benchmark --quick --out=/tmp/bench  # < 1 min
+  python -m apd_jax.cli.benchmark --method=spd              # the SPD cases
   python -m apd_jax.cli.benchmark \
       --only=lm_per_position,lm_window,lm_window_dense     # ~2 min
+  python -m apd_jax.cli.benchmark --sweeps=spd --seeds=10   # the scoreboard
 
 For each case (paper batch size and C) it prints and writes to
-`<out>/benchmark.json`: compile seconds, steady-state steps/s and examples/s,
-XLA's planned memory for the compiled step, the step's FLOPs from XLA's cost
-analysis, the achieved GFLOP/s, and this machine's dense matmul GFLOP/s
-measured in the same run, so the ratio to the hardware is visible. Without
-`--quick` it also times how the step grows with C, batch size and layer
-width (`<out>/scaling.json`, `<out>/scaling.png`). Targets are freshly
-initialised, not trained: the cost does not depend on the weights' values.
+`<out>/benchmark.json`, after each case: compile seconds, steady-state
+steps/s and examples/s, XLA's planned memory for the compiled step, XLA's
+cost analysis of the step (FLOPs, transcendentals, bytes accessed), the
+achieved GFLOP/s and its fraction of this machine's dense matmul rate, and
+the step's lower-bound time on this machine (`limit`, see `limit`) with the
+fraction of it the measured step reaches. The machine's rates are measured
+in the same run (`machine`). Without a selection of cases it also times how
+the step grows with C, batch size and layer width (`<out>/scaling.json`,
+`<out>/scaling.png`). Targets are freshly initialised, not trained: the
+cost does not depend on the weights' values.
 
 The `lm_*` cases are the default transformer (2 layers, d_model 128,
 windows of 128 bytes) with all 12 matrices decomposed (C 32, rank 16, KL):
 per position (`per_position=True`, factored), and one mask per window in
 factored form against the dense form with `[C, i, o]` component weights;
-their examples are windows, and `tokens/s` counts positions.
+their examples are windows, and `tokens/s` counts positions. The `spd_*`
+cases are SPD with the options of `configs/spd_*.py`: the SPD paper's for
+the toy models, the library's starting point for the transformer.
+
+`--sweeps` times scoreboard entries (`apd_jax.cli.scoreboard`, their
+configs as they are) the way the scoreboard trains them: one program, the
+step vmapped over `--seeds` runs, each seed with its own target.
 """
 
 from __future__ import annotations
@@ -29,74 +41,172 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 from absl import app
 from absl import flags
 
 from apd_jax import methods
+from apd_jax import targets
+from apd_jax.cli import config as config_lib
+from apd_jax.cli import scoreboard
 from apd_jax.engine import api
+from apd_jax.methods import ci_functions
 from apd_jax.models import transformer
 from apd_jax.targets import lm
-from apd_jax.targets import resid_mlp
-from apd_jax.targets import tms
 from apd_jax.training import cpu
 from apd_jax.training import train
 from apd_jax.training.options import Training
 
 FLAGS = flags.FLAGS
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                       "configs")
 
 
 def define_flags() -> None:
   """The command line's flags (defined on use, so importing is free)."""
-  flags.DEFINE_bool("quick", False, "Small step counts; no scaling sweep.")
+  flags.DEFINE_bool("quick", False, "Few steps, short rate measurements and "
+                    "only the quick cases (QUICK) of the selection.")
   flags.DEFINE_string("out", "", "Directory for the JSON files and figure.")
+  flags.DEFINE_string("json", "benchmark.json", "The results' file name.")
   flags.DEFINE_integer("steps", 0, "Timed steps per case (0: automatic).")
   flags.DEFINE_list("only", [], "Run only these cases (names, comma-"
-                    "separated); no scaling sweep.")
+                    "separated).")
+  flags.DEFINE_string("method", "", "Run only this method's cases.")
+  flags.DEFINE_list("sweeps", [], "Time these scoreboard entries (names, or "
+                    "a method's name for all of its entries) as sweeps over "
+                    "--seeds seeds, instead of the cases.")
+  flags.DEFINE_integer("seeds", 10, "Runs of each --sweeps entry.")
+  flags.DEFINE_string("configs", CONFIGS, "The configs' directory.")
+  flags.DEFINE_integer("max_batch", 0, "If > 0, caps every case's batch "
+                       "size (a smoke run; not the paper's cost).")
+  flags.DEFINE_bool("keep_going", False, "Record a case that fails and go "
+                    "on with the next.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
+  """One measured train step: a target, a method and its options."""
   name: str
-  target: str            # 'tms', 'resid_mlp' or 'lm'
-  dims: tuple            # model dimensions, as keyword pairs
-  n_components: int
-  rank: int | None
+  target: str            # a module of apd_jax/targets
+  dims: tuple            # its `init`'s keyword pairs
   batch_size: int
-  settings: dict         # the method's options
-  projections: int = 0
+  options: dict          # the method's keyword arguments
   method: str = "apd"    # the registered method's name
+  include: str = ""      # the decomposed leaves ('': INCLUDE[target])
+  data: tuple = ()       # sampler keyword pairs besides DATA[target]
+  runs: int = 1          # > 1: a sweep over seeds, the step vmapped
 
+
+# Each target's usual decomposed leaves and its sampler's settings.
+INCLUDE = {"tms": "W", "resid_mlp": "W_in|W_out", "lm": lm.INCLUDE,
+           "gated": "W_in|W_out"}
+DATA = {"tms": dict(feature_probability=0.05),
+        "resid_mlp": dict(n_features=100, feature_probability=0.01)}
 
 RESID = dict(topk=1.28, hidden_act_coeff=1.0, hidden_acts="post_relu",
              schatten_p=0.9, simplicity_coeff=10.0)
-LM_OPTIONS = dict(topk=2.0, recon="kl", simplicity_coeff=1.0, schatten_p=0.9)
+LM_OPTIONS = dict(n_components=32, rank=16, topk=2.0, recon="kl",
+                  simplicity_coeff=1.0, schatten_p=0.9)
+TMS_5_2 = (("n_features", 5), ("n_hidden", 2))
+TMS_40_10 = (("n_features", 40), ("n_hidden", 10))
+ONE_LAYER, TWO_LAYERS = (("n_layers", 1),), (("n_layers", 2),)
 CASES = [
-    Case("tms_5_2", "tms", (("n_features", 5), ("n_hidden", 2)), 5, 3, 2048,
-         dict(topk=0.211, simplicity_coeff=0.7,
-              attribution_point="components")),
-    Case("tms_40_10", "tms", (("n_features", 40), ("n_hidden", 10)), 50, 11,
-         2048, dict(topk=1.0, minimality_coeff=10.0, simplicity_coeff=20.0,
-                    schatten_p=0.9)),
-    Case("resid_mlp_1_m50", "resid_mlp", (("n_layers", 1),), 130, None, 2048,
-         dict(RESID, unit_norm_matrices=True)),
-    Case("resid_mlp_1_m1", "resid_mlp", (("n_layers", 1),), 130, 1, 2048,
-         dict(RESID, unit_norm_matrices=True)),
-    Case("resid_mlp_1_m1_proj10", "resid_mlp", (("n_layers", 1),), 130, 1,
-         2048, dict(RESID, unit_norm_matrices=True), projections=10),
-    Case("resid_mlp_2_m25", "resid_mlp", (("n_layers", 2),), 200, None, 2048,
-         dict(RESID, minimality_coeff=2.0, simplicity_coeff=7.0)),
-    Case("resid_mlp_2_m1", "resid_mlp", (("n_layers", 2),), 200, 1, 2048,
-         dict(RESID, minimality_coeff=2.0, simplicity_coeff=7.0)),
-    Case("lm_per_position", "lm", (), 32, 16, 4,
-         dict(LM_OPTIONS, per_position=True)),
-    Case("lm_window", "lm", (), 32, 16, 4, dict(LM_OPTIONS, factored=True)),
-    Case("lm_window_dense", "lm", (), 32, 16, 4,
-         dict(LM_OPTIONS, factored=False)),
+    Case("tms_5_2", "tms", TMS_5_2, 2048, dict(
+        n_components=5, rank=3, topk=0.211, simplicity_coeff=0.7,
+        attribution_point="components")),
+    Case("tms_40_10", "tms", TMS_40_10, 2048, dict(
+        n_components=50, rank=11, topk=1.0, minimality_coeff=10.0,
+        simplicity_coeff=20.0, schatten_p=0.9)),
+    Case("resid_mlp_1_m50", "resid_mlp", ONE_LAYER, 2048, dict(
+        RESID, n_components=130, rank=None, unit_norm_matrices=True)),
+    Case("resid_mlp_1_m1", "resid_mlp", ONE_LAYER, 2048, dict(
+        RESID, n_components=130, rank=1, unit_norm_matrices=True)),
+    Case("resid_mlp_1_m1_proj10", "resid_mlp", ONE_LAYER, 2048, dict(
+        RESID, n_components=130, rank=1, unit_norm_matrices=True,
+        attribution_projections=10)),
+    Case("resid_mlp_2_m25", "resid_mlp", TWO_LAYERS, 2048, dict(
+        RESID, n_components=200, rank=None, minimality_coeff=2.0,
+        simplicity_coeff=7.0)),
+    Case("resid_mlp_2_m1", "resid_mlp", TWO_LAYERS, 2048, dict(
+        RESID, n_components=200, rank=1, minimality_coeff=2.0,
+        simplicity_coeff=7.0)),
+    Case("lm_per_position", "lm", (), 4, dict(LM_OPTIONS, per_position=True)),
+    Case("lm_window", "lm", (), 4, dict(LM_OPTIONS, factored=True)),
+    Case("lm_window_dense", "lm", (), 4, dict(LM_OPTIONS, factored=False)),
+    # SPD with the options of configs/spd_*.py (the others at SPD's
+    # defaults: β1 = β2 = 1).
+    Case("spd_tms_5_2", "tms", TMS_5_2, 4096, dict(
+        n_components=20, importance_coeff=3e-3, importance_p=1.0,
+        gate_hidden=16), method="spd"),
+    Case("spd_tms_40_10", "tms", TMS_40_10, 4096, dict(
+        n_components=200, importance_coeff=1e-4, importance_p=2.0,
+        gate_hidden=16), method="spd"),
+    Case("spd_resid_mlp_1", "resid_mlp", ONE_LAYER, 2048, dict(
+        n_components=100, importance_coeff=1e-5, importance_p=2.0,
+        gate_hidden=16), method="spd"),
+    Case("spd_resid_mlp_2", "resid_mlp", TWO_LAYERS, 2048, dict(
+        n_components=400, importance_coeff=1e-5, importance_p=2.0,
+        gate_hidden=16), method="spd"),
+    Case("spd_lm", "lm", (), 8, dict(
+        n_components=192, importance_coeff=3e-4, importance_p=1.0,
+        faithfulness_coeff=1e6, recon="kl", gate_hidden=16), method="spd"),
 ]
+QUICK = ("tms_5_2", "resid_mlp_1_m1", "spd_tms_5_2")
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-  """Dense f32 `n×n @ n×n` throughput of the default device."""
+def config_case(name: str, c, runs: int = 1) -> Case:
+  """The case of a config (`configs/*.py`'s `get_config()`): its target,
+  batch size, decomposed leaves and method options as they are."""
+  module = targets.get(c.target.name)
+  cls = methods.get(c.method.name)
+  return Case(name, c.target.name,
+              tuple((k, c.target[k]) for k in module.ARCH), c.batch_size,
+              {k: c.method[k] for k in config_lib.option_names(cls)},
+              method=c.method.name, include=c.include,
+              data=tuple((k, c.target[k]) for k in module.SAMPLER
+                         if k in c.target), runs=runs)
+
+
+def sweep_cases(names, seeds: int, configs: str = CONFIGS) -> list[Case]:
+  """The scoreboard entries `names` (or every entry of a method named
+  there) as sweeps over `seeds` runs."""
+  chosen = [e for e in scoreboard.ENTRIES
+            if e.name in names or e.method in names]
+  known = {e.name for e in scoreboard.ENTRIES} | {
+      e.method for e in scoreboard.ENTRIES}
+  unknown = sorted(set(names) - known)
+  if unknown:
+    raise ValueError(f"unknown scoreboard entries {unknown}; known: "
+                     f"{sorted(known)}")
+  return [config_case(e.name, scoreboard.load_config(configs, e.module,
+                                                     e.arg), seeds)
+          for e in chosen]
+
+
+def _seconds(f, x, min_s: float = 0.2) -> tuple[int, float]:
+  """`(reps, seconds)` of `f(x, reps)` (compiled first), with reps grown
+  until one call takes at least `min_s`."""
+  jax.block_until_ready(f(x, 1))
+  reps = 1
+  while True:
+    t = time.perf_counter()
+    jax.block_until_ready(f(x, reps))
+    dt = time.perf_counter() - t
+    if dt >= min_s or reps >= 1 << 24:
+      return reps, dt
+    reps *= 2 if dt > min_s / 8 else 8
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
+def matmul_gflops(n: int | None = None, reps: int | None = None) -> float:
+  """Dense f32 `n×n @ n×n` throughput of the default device (n: 2048 on
+  CPU, 8192 on an accelerator), at JAX's default precision (as the steps
+  run; TF32 on recent NVIDIA GPUs)."""
+  n = n or (2048 if _on_cpu() else 8192)
+  reps = reps or (10 if _on_cpu() else 20)
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
@@ -107,79 +217,217 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
   return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def build(case: Case):
-  """`(step_fn, state, plan, sample_fn)` for a case, through the public
-  building blocks (the plan as `decompose` derives it)."""
+def transcendental_rate(n: int | None = None, depths=(2, 4, 16),
+                        min_s: float = 0.2) -> float:
+  """G transcendental ops/s in cache: `exp` and `erf` (SPD's GELU)
+  alternately, a chain of `depth` per element and pass, over an f32 array
+  that fits in L2 (n: 32k elements, 128 KiB, on CPU; 4M, 16 MiB, on an
+  accelerator). The best rate of the `depths`: short chains pay for the
+  loads and stores, and on XLA:CPU long ones ran up to 3x slower per op."""
+  n = n or (1 << 15 if _on_cpu() else 1 << 22)
+  x = jnp.linspace(0.0, 1.0, n)
+  best = 0.0
+  for depth in depths:
+    def body(_, x, depth=depth):
+      for j in range(depth):
+        x = jax.lax.erf(x) if j % 2 else jnp.exp(-x)
+      return x
+
+    f = jax.jit(lambda x, reps, body=body: jax.lax.fori_loop(0, reps, body,
+                                                             x))
+    reps, dt = _seconds(f, x, min_s)
+    best = max(best, n * depth * reps / dt / 1e9)
+  return best
+
+
+def stream_gbps(n: int | None = None, min_s: float = 0.2) -> float:
+  """GB/s of `x ← x / 2 + 1` over an f32 array larger than the caches (n:
+  2^24 elements, 64 MiB, on CPU; 2^28, 1 GiB, on an accelerator): 8 bytes
+  read and written per element and pass."""
+  n = n or (1 << 24 if _on_cpu() else 1 << 28)
+  f = jax.jit(lambda x, reps: jax.lax.fori_loop(
+      0, reps, lambda _, x: x * 0.5 + 1.0, x))
+  reps, dt = _seconds(f, jnp.zeros((n,), jnp.float32), min_s)
+  return 8 * n * reps / dt / 1e9
+
+
+def machine(quick: bool = False) -> dict:
+  """This device's rates: dense matmul GFLOP/s, G transcendentals/s (in
+  cache) and streaming GB/s (`quick`: short measurements, less exact)."""
+  if quick:
+    return dict(matmul_gflops=matmul_gflops(512, 5),
+                transcendentals_g_per_s=transcendental_rate(min_s=0.05),
+                stream_gb_per_s=stream_gbps(1 << 20, 0.05))
+  return dict(matmul_gflops=matmul_gflops(),
+              transcendentals_g_per_s=transcendental_rate(),
+              stream_gb_per_s=stream_gbps())
+
+
+def limit(row: dict, rates: dict) -> dict:
+  """The step's lower-bound time on this machine, and the fraction of it
+  that the measured step reaches.
+
+  .. math::  t_{limit} = \\frac{FLOPs}{matmul\\ rate}
+                       + \\frac{transcendentals}{transcendental\\ rate}
+
+  with XLA's counts of the step and the machine's rates: no FLOP runs
+  faster than a dense matmul's (elementwise ones run slower), no
+  transcendental faster than in cache, and on a CPU the same vector units
+  do both. Memory traffic is left out, so the bound is optimistic (a GPU's
+  tensor cores also run beside its other units, where the larger term alone
+  is the strict bound; both terms are in the row). `stream_s`, XLA's bytes
+  accessed at the streaming rate, is shown beside it: XLA counts every
+  fused kernel's reads and writes, cached or not, so it overstates.
+  """
+  matmul_s = row["gflop_per_step"] / rates["matmul_gflops"]
+  transcendental_s = (row["gtranscendentals_per_step"]
+                      / rates["transcendentals_g_per_s"])
+  limit_s = matmul_s + transcendental_s
+  return dict(matmul_s=matmul_s, transcendental_s=transcendental_s,
+              limit_s=limit_s, limit_fraction=limit_s / row["step_s"],
+              stream_s=row["gbytes_per_step"] / rates["stream_gb_per_s"],
+              matmul_fraction=row["gflops"] / rates["matmul_gflops"])
+
+
+def _target(case: Case, seed: int = 0):
+  """`(apply_fn, params, sample_fn, has_aux)` of a case's target, freshly
+  initialised with `seed`."""
+  module = targets.get(case.target)
   dims = dict(case.dims)
-  if case.target == "tms":
-    params = tms.init(jax.random.PRNGKey(0), **dims)
-    target = api.make_target(tms.apply, params, "W", log=False)
-    sample = tms.sampler(n_features=dims["n_features"],
-                         feature_probability=0.05)
-  elif case.target == "lm":
+  params = module.init(jax.random.PRNGKey(seed), **dims)
+  if case.target == "lm":   # random bytes: the cost is the same
     config = transformer.TransformerConfig(**dims)
-    params = transformer.init(jax.random.PRNGKey(0), config)
     sample = lambda k, n: jax.random.randint(  # noqa: E731
         k, (n, config.context), 0, config.vocab)
-    target = api.make_target(
-        lambda p, x: transformer.apply(p, x, config), params, lm.INCLUDE,
-        log=False, sample_fn=sample)
   else:
-    params = resid_mlp.init(jax.random.PRNGKey(0), **dims)
-    target = api.make_target(resid_mlp.apply, params, "W_in|W_out",
-                             has_aux=True, log=False)
-    sample = resid_mlp.sampler(n_features=dims.get("n_features", 100),
-                               feature_probability=0.01)
-  method = methods.get(case.method)(
-      n_components=case.n_components, rank=case.rank,
-      attribution_projections=case.projections, **case.settings)
+    given = {**DATA.get(case.target, {}), **dims, **dict(case.data)}
+    sample = module.sampler(**{k: given[k] for k in module.SAMPLER
+                               if k in given})
+  return targets.apply_fn(module), params, sample, module.HAS_AUX
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def build(case: Case):
+  """`(step_fn, state, args, plan, sample_fn)` for a case, through the
+  public building blocks (the plan as `decompose` derives it):
+  `step_fn(state, args) -> (state, metrics)`. With `case.runs > 1`, a
+  sweep over seeds 0..runs-1 as `decompose_sweep` runs it with
+  `params_for_run` (each seed its own target; the step vmapped)."""
+  apply_fn, params, sample, has_aux = _target(case)
+  target = api.make_target(apply_fn, params, case.include or INCLUDE[
+      case.target], has_aux=has_aux, log=False, sample_fn=sample)
+  method = methods.get(case.method)(**case.options)
   training = Training(batch_size=case.batch_size, progress=False)
-  state = api.init_state(method, target, training, seed=1)
-  plan = method.plan(target, sample, case.batch_size, state.components)
-  step = api.make_train_step(method, plan, target, sample, training)
-  return step, state, plan, sample
+  if case.runs == 1:
+    state = api.init_state(method, target, training, seed=1,
+                           sample_fn=sample)
+    plan = method.plan(target, sample, case.batch_size, state.components)
+    step = api.make_train_step(method, plan, target, sample, training)
+    return step, state, jax.random.PRNGKey(2), plan, sample
+  seeds = range(case.runs)
+  own = [dataclasses.replace(target, params=_target(case, s)[1])
+         for s in seeds]
+  static = method.bound([dict(seed=s) for s in seeds])
+  states = [api.init_state(method, t, training, seed=s, sample_fn=sample)
+            for s, t in zip(seeds, own, strict=True)]
+  plan = static.plan(target, sample, case.batch_size, states[0].components)
+
+  def one(state, key, hypers, target_params):
+    run_target = dataclasses.replace(target, params=target_params)
+    return api.make_train_step(static, plan, run_target, sample, training)(
+        state, key, hypers)
+
+  hypers = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), static.hypers(
+      **{n: getattr(method, n) for n in method.SWEEPABLE}))
+  args = (_stack([api.run_keys(s)[1] for s in seeds]),
+          _stack([hypers] * case.runs), _stack([t.params for t in own]))
+  return (lambda s, a: jax.vmap(one)(s, *a)), _stack(states), args, plan, (
+      sample)
+
+
+def _describe(plan) -> str:
+  """How the step computes (APD: its attribution mode; SPD: the number of
+  factored products)."""
+  if hasattr(plan, "attribution_mode"):
+    return f"{plan.attribution_mode} {plan.attribution_contract}"
+  return f"{len(getattr(plan, 'labels', ()))} products"
+
+
+def _jit(fn):
+  return jax.jit(fn, compiler_options=dict(cpu.compiler_options()))
+
+
+def _cost(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+
+
+def counted(step, state, args, lowered, compiled):
+  """`(cost, loops)`: XLA's cost analysis of the step lowered with the
+  causal-importance MLPs unblocked (`ci_functions.unblocked`), and the
+  number of while loops left in that program.
+
+  XLA counts a loop's body once, and the SPD step's blocked backward pass
+  is a loop over blocks of rows: counted as it is timed, most of its work
+  would be missing. Where the plain lowering is the same program (APD),
+  the timed step's own analysis is used. `loops` > 0: some work is still
+  counted once only."""
+  jax.clear_caches()   # trace anew, whatever was cached
+  with ci_functions.unblocked():
+    plain = _jit(step).lower(state, args)
+  jax.clear_caches()   # so that nothing traced unblocked is reused
+  if plain.as_text() != lowered.as_text():
+    compiled = plain.compile()
+  return _cost(compiled), compiled.as_text().count(" while(")
 
 
 def measure(case: Case, steps: int) -> dict:
-  """Compile time, steps/s, memory and FLOPs of one case's step."""
-  step, state, plan, sample = build(case)
-  key = jax.random.PRNGKey(2)
-  single = jax.jit(step, compiler_options=dict(
-      cpu.compiler_options())).lower(state, key).compile()
-  cost = single.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  """Compile time, steps/s, memory and XLA's counts of one case's step (of
+  all its runs together for a sweep)."""
+  step, state, args, plan, sample = build(case)
+  t = time.perf_counter()
+  lowered = _jit(step).lower(state, args)
+  single = lowered.compile()
+  compile_s = time.perf_counter() - t
   mem = single.memory_analysis()
-  run = train.make_runner(step)
-  t = time.perf_counter()
-  state, m = run(state, key, steps)
+  run = train.make_runner(step).lower(state, args, steps).compile()
+  state, m = run(state, args)     # the first call's allocations, untimed
   jax.block_until_ready(m)
-  first = time.perf_counter() - t
   t = time.perf_counter()
-  state, m = run(state, key, steps)
+  state, m = run(state, args)
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t) / steps
+  cost, loops = counted(step, state, args, lowered, single)
   flops = float(cost.get("flops", float("nan")))
-  planned = sum(getattr(mem, a, 0) or 0 for a in (
+  sizes = [getattr(mem, a, 0) or 0 for a in (
       "temp_size_in_bytes", "argument_size_in_bytes",
-      "output_size_in_bytes")) if mem is not None else float("nan")
-  x = jax.eval_shape(lambda k: sample(k, 1), key)
-  tokens = case.batch_size * (x.shape[1] if case.target == "lm" else 1)
-  return dict(case=case.name, batch_size=case.batch_size,
-              n_components=case.n_components, rank=case.rank,
-              projections=case.projections,
-              attribution=f"{plan.attribution_mode} "
-                          f"{plan.attribution_contract}",
-              compile_s=max(first - steps * dt, 0.0), step_s=dt,
-              steps_per_s=1 / dt, examples_per_s=case.batch_size / dt,
-              tokens_per_s=tokens / dt,
+      "output_size_in_bytes")] if mem is not None else [float("nan")] * 3
+  x = jax.eval_shape(lambda k: sample(k, 1), jax.random.PRNGKey(0))
+  examples = case.batch_size * case.runs
+  tokens = examples * (x.shape[1] if case.target == "lm" else 1)
+  opts = case.options
+  return dict(case=case.name, method=case.method, runs=case.runs,
+              batch_size=case.batch_size,
+              n_components=opts["n_components"], rank=opts.get("rank"),
+              projections=opts.get("attribution_projections", 0),
+              attribution=_describe(plan), compile_s=compile_s, step_s=dt,
+              steps_per_s=1 / dt, run_steps_per_s=case.runs / dt,
+              examples_per_s=examples / dt, tokens_per_s=tokens / dt,
               gflop_per_step=flops / 1e9, gflops=flops / dt / 1e9,
-              memory_mib=planned / 2 ** 20)
+              gtranscendentals_per_step=float(
+                  cost.get("transcendentals", 0.0)) / 1e9,
+              gbytes_per_step=float(cost.get("bytes accessed", 0.0)) / 1e9,
+              counted_loops=loops, memory_mib=sum(sizes) / 2 ** 20,
+              temp_mib=sizes[0] / 2 ** 20)
 
 
 def scaling(steps: int) -> list[dict]:
   """Step time of the 1-layer residual MLP (rank 1) as C, batch size and
   `d_resid` vary one at a time around the paper's setting."""
-  base = CASES[3]
+  (base,) = [c for c in CASES if c.name == "resid_mlp_1_m1"]
   rows = []
   grid = [("n_components", v) for v in (32, 64, 130, 260)]
   grid += [("batch_size", v) for v in (256, 512, 1024, 2048)]
@@ -188,8 +436,11 @@ def scaling(steps: int) -> list[dict]:
     if what == "d_resid":
       case = dataclasses.replace(base, dims=(("n_layers", 1),
                                              ("d_resid", value)))
+    elif what == "batch_size":
+      case = dataclasses.replace(base, batch_size=value)
     else:
-      case = dataclasses.replace(base, **{what: value})
+      case = dataclasses.replace(base, options=dict(base.options,
+                                                    n_components=value))
     row = measure(dataclasses.replace(case, name=f"{what}={value}"), steps)
     rows.append(dict(row, vary=what, value=value))
     print(f"  {what:13s} {value:6d}  {row['step_s'] * 1e3:8.1f} ms/step",
@@ -216,49 +467,90 @@ def plot_scaling(rows: list[dict], path: str) -> None:
   plotting.save(fig, path)
 
 
-def main(argv):
-  del argv
-  run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps, only=FLAGS.only)
+HEADER = (f"{'case':22s} {'compile s':>9s} {'steps/s':>8s} {'ex/s':>9s} "
+          f"{'tokens/s':>9s} {'GFLOP/step':>10s} {'% matmul':>8s} "
+          f"{'Gtr/step':>8s} {'GB/step':>8s} {'limit ms':>8s} "
+          f"{'% limit':>7s} {'MiB':>7s}  plan")
 
 
-def run(*, quick: bool = False, out: str = "", steps: int = 0,
-        only: list[str] | tuple = ()) -> dict:
-  """Measures every case (`only`: the named ones; and, unless `quick` or
-  `only`, the scaling); prints the table, writes JSON (and the figure) to
-  `out` if given; returns the results."""
-  cpu.apply_tweaks()   # as a run starting on this machine does
-  names = [c.name for c in CASES]
+def line(r: dict) -> str:
+  """A case's row of the printed table."""
+  return (f"{r['case']:22s} {r['compile_s']:9.1f} {r['steps_per_s']:8.3g} "
+          f"{r['examples_per_s']:9.3g} {r['tokens_per_s']:9.3g} "
+          f"{r['gflop_per_step']:10.3g} {100 * r['matmul_fraction']:7.1f}% "
+          f"{r['gtranscendentals_per_step']:8.3g} "
+          f"{r['gbytes_per_step']:8.3g} {r['limit_s'] * 1e3:8.3g} "
+          f"{100 * r['limit_fraction']:6.1f}% {r['memory_mib']:7.0f}  "
+          f"{r['attribution']}")
+
+
+def select(cases: list[Case], *, quick: bool = False,
+           only: list[str] | tuple = (), method: str = "") -> list[Case]:
+  """The cases named in `only` (in `cases`' order), else `method`'s, else
+  all; `quick`: of those, the ones in `QUICK` (or the first)."""
+  names = [c.name for c in cases]
   unknown = sorted(set(only) - set(names))
   if unknown:
     raise ValueError(f"unknown benchmark cases {unknown}; known: {names}")
-  steps = steps or (3 if quick else 10)
-  peak = matmul_gflops()
-  print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}; dense "
-        f"matmul {peak:.1f} GFLOP/s")
-  cases = CASES[:1] + CASES[3:4] if quick else CASES
   if only:
-    cases = [c for c in CASES if c.name in only]
-  rows = []
-  header = (f"{'case':22s} {'compile s':>9s} {'steps/s':>8s} {'ex/s':>9s} "
-            f"{'tokens/s':>9s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
-            f"{'% matmul':>8s} {'MiB':>7s}  attribution")
-  print(header)
-  for case in cases:
-    r = measure(case, steps)
-    r["matmul_fraction"] = r["gflops"] / peak
-    rows.append(r)
-    print(f"{r['case']:22s} {r['compile_s']:9.1f} {r['steps_per_s']:8.2f} "
-          f"{r['examples_per_s']:9.0f} {r['tokens_per_s']:9.0f} "
-          f"{r['gflop_per_step']:10.2f} "
-          f"{r['gflops']:8.1f} {100 * r['matmul_fraction']:7.1f}% "
-          f"{r['memory_mib']:7.0f}  {r['attribution']}", flush=True)
+    cases = [c for c in cases if c.name in only]
+  if method:
+    cases = [c for c in cases if c.method == method]
+  if quick and cases:
+    cases = [c for c in cases if c.name in QUICK] or cases[:1]
+  return cases
+
+
+def run(*, quick: bool = False, out: str = "", steps: int = 0,
+        only: list[str] | tuple = (), method: str = "",
+        cases: list[Case] | None = None, max_batch: int = 0,
+        filename: str = "benchmark.json", keep_going: bool = False) -> dict:
+  """Measures the cases `select` picks from `cases` (default `CASES`) and,
+  given none of those choices, the scaling; each at a batch size of at most
+  `max_batch` if > 0. Prints the table and writes `out/filename` after each
+  case if `out`; returns the results. `keep_going`: a case that raises is
+  recorded with its `error`, and the next one runs."""
+  cpu.apply_tweaks()   # as a run starting on this machine does
+  sweep = not (quick or only or method or cases or max_batch)
+  cases = select(list(CASES if cases is None else cases), quick=quick,
+                 only=only, method=method)
+  if max_batch:
+    cases = [dataclasses.replace(c, batch_size=min(c.batch_size, max_batch))
+             for c in cases]
+  steps = steps or (3 if quick else 10)
+  rates = machine(quick)
+  print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}: dense "
+        f"matmul {rates['matmul_gflops']:.1f} GFLOP/s, transcendentals "
+        f"{rates['transcendentals_g_per_s']:.3g} G/s (in cache), streaming "
+        f"{rates['stream_gb_per_s']:.3g} GB/s", flush=True)
   result = dict(jax=jax.__version__, device=jax.devices()[0].device_kind,
-                matmul_gflops=peak, cases=rows)
-  if out:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "benchmark.json"), "w") as f:
-      json.dump(result, f, indent=2)
-  if not quick and not only:
+                backend=jax.default_backend(), steps=steps, machine=rates,
+                matmul_gflops=rates["matmul_gflops"],
+                planned=[c.name for c in cases], cases=[])
+
+  def save():
+    if out:
+      os.makedirs(out, exist_ok=True)
+      with open(os.path.join(out, filename), "w") as f:
+        json.dump(result, f, indent=2)
+
+  save()
+  print(HEADER, flush=True)
+  for case in cases:
+    try:
+      r = measure(case, steps)
+    except Exception as e:  # noqa: BLE001 - recorded, and the run goes on
+      if not keep_going:
+        raise
+      r = dict(case=case.name, method=case.method, runs=case.runs,
+               error=f"{type(e).__name__}: {e}"[:2000])
+      print(f"{case.name:22s} failed: {r['error'][:300]}", flush=True)
+    else:
+      r.update(limit(r, rates))
+      print(line(r), flush=True)
+    result["cases"].append(r)
+    save()
+  if sweep:
     print("scaling (resid_mlp_1_m1):")
     result["scaling"] = scaling(max(steps // 2, 2))
     if out:
@@ -266,6 +558,16 @@ def run(*, quick: bool = False, out: str = "", steps: int = 0,
         json.dump(result["scaling"], f, indent=2)
       plot_scaling(result["scaling"], os.path.join(out, "scaling.png"))
   return result
+
+
+def main(argv):
+  del argv
+  cases = None
+  if FLAGS.sweeps:
+    cases = sweep_cases(FLAGS.sweeps, FLAGS.seeds, FLAGS.configs)
+  run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps, only=FLAGS.only,
+      method=FLAGS.method, cases=cases, max_batch=FLAGS.max_batch,
+      filename=FLAGS.json, keep_going=FLAGS.keep_going)
 
 
 if __name__ == "__main__":

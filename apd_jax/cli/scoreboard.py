@@ -41,6 +41,7 @@ import jax
 import ml_collections
 
 from apd_jax.analysis import diagnostics
+from apd_jax.cli import results
 from apd_jax.cli import sweep_experiment
 from apd_jax.cli import sweep_report
 
@@ -194,9 +195,11 @@ def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
 
 
 def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
-              quick: bool) -> dict:
+              quick: bool, checkpoint_every: int | None = None) -> dict:
   """Trains (or reads back) one entry's sweep; returns its row."""
   config = entry_config(entry, configs, seeds, quick)
+  if checkpoint_every is not None and not quick:
+    config.checkpoint_every = checkpoint_every
   done = os.path.join(workdir, "sweep.json")
   if os.path.exists(done) and _same_config(workdir, config):
     with open(done) as f:
@@ -290,9 +293,14 @@ def write(workdir: str, rows: list[dict], meta: dict) -> None:
 
 
 def run(workdir: str, configs: str, names: list[str], seeds: int,
-        quick: bool) -> list:
+        quick: bool, *, checkpoint_every: int | None = None,
+        results_dir: str | None = None, command: str = "") -> list:
   """Every entry of `names` (all if empty) from the config files in
-  `configs`, then the tables."""
+  `configs`, then the tables.
+
+  `checkpoint_every` overrides the configs' (long runs that may be stopped
+  at any time: a campaign); with `results_dir`, each entry that finishes
+  leaves its row there (`results.export`, with `command`)."""
   unknown = sorted(set(names) - set(BY_NAME))
   if unknown:
     raise ValueError(f"unknown scoreboard entries {unknown}; known: "
@@ -303,8 +311,11 @@ def run(workdir: str, configs: str, names: list[str], seeds: int,
     if names and e.name not in names:
       continue
     rows.append(run_entry(e, os.path.join(workdir, e.name.replace(":", "_")),
-                          configs, seeds, quick))
-    write(workdir, rows, _meta(quick))      # after each entry: nothing lost
+                          configs, seeds, quick, checkpoint_every))
+    meta = _meta(quick)
+    write(workdir, rows, meta)      # after each entry: nothing lost
+    if results_dir and not quick:
+      results.export(rows[-1], meta, results_dir, command)
   return rows
 
 

@@ -13,7 +13,8 @@ several times. `scalar_mlp` instead has a hand-written backward pass that
 walks the rows in blocks small enough to stay in cache, recomputing each
 block's hidden layer: the values are those of the plain expression, the
 gradients equal autodiff's to float precision (tests/methods/
-test_ci_functions.py), and nothing of size `N × C × d` is stored.
+test_ci_functions.py), and nothing of size `N × C × d` is stored. On an
+accelerator the plain expression is used.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def unblocked():
 def scalar_mlp(mlp: dict[str, Array], h: Array) -> Array:
   """`z [..., C]` of the per-subcomponent MLPs `mlp` on `h [..., C]`."""
   args = (mlp["w1"], mlp["b1"], mlp["w2"], mlp["b2"])
-  if not _BLOCKED[-1]:
+  if not _BLOCKED[-1] or jax.default_backend() != "cpu":
+    # An accelerator streams the hidden layer from its memory fast, and a
+    # loop of small blocks would leave it idle.
     return _forward(*args, h)
   lead = h.shape[:-1]
   z = _scalar_mlp(*args, h.reshape(-1, h.shape[-1]))

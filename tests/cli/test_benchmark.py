@@ -6,24 +6,35 @@ import re
 import subprocess
 import sys
 
+import jax
+import pytest
+
+from apd_jax import methods
 from apd_jax.cli import benchmark
+from apd_jax.cli import scoreboard
+
+
+def _case(name, **changes):
+  (case,) = [c for c in benchmark.CASES if c.name == name]
+  return dataclasses.replace(case, **changes)
 
 
 def test_measure_reports_consistent_figures():
-  case = dataclasses.replace(benchmark.CASES[0], batch_size=64)
+  case = _case("tms_5_2", batch_size=64)
   r = benchmark.measure(case, steps=2)
   assert r["case"] == "tms_5_2" and r["batch_size"] == 64
   assert r["steps_per_s"] > 0 and r["compile_s"] >= 0
   assert abs(r["examples_per_s"] - 64 * r["steps_per_s"]) < 1e-6 * r[
       "examples_per_s"]
   assert r["gflop_per_step"] > 0 and r["memory_mib"] > 0
+  assert r["gbytes_per_step"] > 0 and r["counted_loops"] >= 0
   assert abs(r["gflops"] - r["gflop_per_step"] * r["steps_per_s"]) < 1e-6
 
 
 def test_the_language_model_case_counts_tokens():
-  (case,) = [c for c in benchmark.CASES if c.name == "lm_per_position"]
-  case = dataclasses.replace(
-      case, n_components=4, rank=2, batch_size=2,
+  case = _case(
+      "lm_per_position", batch_size=2,
+      options=dict(_case("lm_per_position").options, n_components=4, rank=2),
       dims=(("n_layers", 1), ("d_model", 16), ("n_heads", 2),
             ("d_mlp", 32), ("context", 8)))
   r = benchmark.measure(case, steps=2)
@@ -31,6 +42,73 @@ def test_the_language_model_case_counts_tokens():
       "tokens_per_s"]
   assert r["gflop_per_step"] > 0 and r["attribution"].startswith(
       ("forward", "reverse"))
+
+
+def test_spd_work_is_counted_on_the_unblocked_step():
+  # The blocked backward pass is a loop (here over 4 blocks of 32 rows),
+  # whose body XLA counts once.
+  case = _case("spd_tms_40_10", batch_size=128)
+  step, state, args, _, _ = benchmark.build(case)
+  compiled = benchmark._jit(step).lower(state, args).compile()
+  blocked = benchmark._cost(compiled)
+  r = benchmark.measure(case, steps=2)
+  assert r["counted_loops"] < compiled.as_text().count(" while(")
+  assert r["gtranscendentals_per_step"] * 1e9 > 1.2 * blocked[
+      "transcendentals"]
+  assert r["gflop_per_step"] * 1e9 > blocked["flops"]
+
+
+@pytest.mark.parametrize("name", ["spd_tms_5_2", "spd_tms_40_10",
+                                  "spd_resid_mlp_1", "spd_resid_mlp_2",
+                                  "spd_lm"])
+def test_the_spd_cases_have_their_configs_options(name):
+  configs = pathlib.Path(benchmark.CONFIGS)
+  want = benchmark.config_case(name, scoreboard.load_config(
+      str(configs), name, None))
+  case = _case(name)
+  assert case.method == want.method == "spd"
+  assert methods.get("spd")(**case.options) == methods.get("spd")(
+      **want.options)
+  assert case.batch_size == want.batch_size
+  assert (case.include or benchmark.INCLUDE[case.target]) == want.include
+  shapes = [jax.eval_shape(lambda c=c: benchmark._target(c)[1])
+            for c in (case, want)]
+  assert shapes[0] == shapes[1]
+
+
+def test_the_scoreboard_entries_become_sweeps():
+  cases = benchmark.sweep_cases(["spd"], 3)
+  names = [e.name for e in scoreboard.ENTRIES if e.method == "spd"]
+  assert [c.name for c in cases] == names
+  assert all(c.runs == 3 and c.method == "spd" for c in cases)
+  (identity,) = [c for c in cases if c.name == "spd_tms_5_2:identity"]
+  assert dict(identity.dims)["n_hidden_layers"] == 1
+  with pytest.raises(ValueError, match="unknown scoreboard entries"):
+    benchmark.sweep_cases(["nope"], 2)
+
+
+def test_select_picks_by_name_method_and_quick():
+  cases = benchmark.CASES
+  assert [c.name for c in benchmark.select(cases, method="spd",
+                                           quick=True)] == ["spd_tms_5_2"]
+  assert [c.name for c in benchmark.select(cases, method="apd", quick=True)
+          ] == ["tms_5_2", "resid_mlp_1_m1"]
+  assert all(c.method == "spd" for c in benchmark.select(cases,
+                                                         method="spd"))
+  with pytest.raises(ValueError, match="unknown benchmark cases"):
+    benchmark.select(cases, only=["nope"])
+
+
+def test_limit_adds_matmul_and_transcendental_time():
+  row = dict(gflop_per_step=2.0, gtranscendentals_per_step=0.5,
+             gbytes_per_step=4.0, step_s=0.1, gflops=20.0)
+  rates = dict(matmul_gflops=100.0, transcendentals_g_per_s=10.0,
+               stream_gb_per_s=200.0)
+  got = benchmark.limit(row, rates)
+  assert got["limit_s"] == pytest.approx(0.02 + 0.05)
+  assert got["limit_fraction"] == pytest.approx(0.7)
+  assert got["matmul_fraction"] == pytest.approx(0.2)
+  assert got["stream_s"] == pytest.approx(0.02)
 
 
 def test_sweep_benchmark_per_step_prints_both_arms_and_their_ratio():

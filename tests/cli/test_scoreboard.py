@@ -126,3 +126,27 @@ def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
   assert [r["succeeded"] for r in rows] == [
       r["succeeded"] for r in board["entries"]]
   assert os.path.exists(tmp_path / "scoreboard.md")
+
+
+def test_campaign_options_reach_the_entry_and_export_its_row(
+    tmp_path, monkeypatch):
+  """`checkpoint_every` overrides the config's; a finished entry's row goes
+  to the results folder with the command that made it."""
+  seen = {}
+
+  def fake_train(config, workdir):
+    seen["checkpoint_every"] = config.checkpoint_every
+    runs = [dict(mmcs=1.0, ml2r=1.0, faithfulness=1e-7, l0=1.0, steps=40,
+                 diagnostics={})] * 2
+    return _fake_runs(pathlib.Path(workdir), runs)
+
+  monkeypatch.setattr(scoreboard.sweep_experiment, "train_and_evaluate",
+                      fake_train)
+  out = tmp_path / "results"
+  scoreboard.run(str(tmp_path / "wd"), CONFIGS, ["spd_tms_40_10"], 2, False,
+                 checkpoint_every=1000, results_dir=str(out),
+                 command="python scripts/scoreboard.py --seeds=2")
+  assert seen["checkpoint_every"] == 1000
+  record = json.loads((out / "spd_tms_40_10.json").read_text())
+  assert record["command"] == "python scripts/scoreboard.py --seeds=2"
+  assert (record["row"]["succeeded"], record["row"]["seeds"]) == (2, 2)
