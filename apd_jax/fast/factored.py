@@ -224,7 +224,7 @@ def _factored_eqn(eqn, invals, ctx) -> list[Any]:
   if outs is not None:
     return outs
   if eqn.primitive.name == "dot_general":
-    out = _factored_dot(invals, eqn.params, ctx)
+    out = _factored_dot(invals, eqn, ctx)
     if out is not None:
       return [out]
   body = call_body(eqn)
@@ -336,18 +336,20 @@ def _to_order(x: Array, lead: int, atoms, to_source: bool) -> Array:
   return jnp.transpose(x, tuple(range(lead)) + tuple(lead + j for j in perm))
 
 
-def _factored_dot(invals, params, ctx) -> Array | None:
+def _factored_dot(invals, eqn, ctx) -> Array | None:
   """A product of one factored operand; None if not one."""
-  found = oriented_product(params, invals)
+  found = oriented_product(eqn.params, invals)
   if found is None:
     return None
   w, a, finish = found
-  return finish(_record(ctx, w, a, params))
+  return finish(_record(ctx, w, a, eqn.outvars[0].aval.dtype))
 
 
-def _record(ctx, w: Factored, a: Array, params) -> Array:
+def _record(ctx, w: Factored, a: Array, dtype) -> Array:
   """`a @ W` for `a [..., i]` as this occurrence computes it (own
-  coefficients, probe), with its input and occurrence recorded."""
+  coefficients, probe), with its input and occurrence recorded, in the
+  traced product's dtype `dtype` (float32 factors beside a bfloat16
+  target give its bfloat16, as the rest of the traced model expects)."""
   k = len(ctx["inputs"])
   ctx["inputs"].append(a)
   ctx["occ"].append(Occurrence(w.name, w.transposed))
@@ -357,7 +359,7 @@ def _record(ctx, w: Factored, a: Array, params) -> Array:
     out = w.matmul(a)
   if ctx["probes"] is not None:
     out = out + ctx["probes"][k]
-  return out.astype(params.get("preferred_element_type") or out.dtype)
+  return out.astype(dtype)
 
 
 def _own_coefs(w: Factored, a: Array, coef: Array | None) -> Array:
