@@ -29,6 +29,7 @@ the output with every component on and with all but this one).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any
@@ -41,6 +42,7 @@ from apd_jax.core import losses
 
 Array = jax.Array
 ALWAYS_ON = 0.99
+MAX_BYTES = 256 * 2**20   # top inputs' passes: bytes of outputs at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,15 +202,46 @@ def effective_rank(sigma: Array) -> Array:
   return jnp.where(total[..., 0] > 0, jnp.exp(h), 0.0)
 
 
-def activity(result, x: Array) -> dict[str, tuple[Array, Array]]:
+def activity(result, x: Array, *, per_pass: int | None = None
+             ) -> dict[str, tuple[Array, Array]]:
   """`{group: (active [N, C_g] bool, score [N, C_g])}` on the batch `x`;
   `N = B·T` where the method scores each of T positions of an example (SPD
   on sequences, APD with `per_position`: position `t` of example `b` is
-  row `b·T + t`)."""
-  scores = result.scores(x)
-  active = result.active(x)
+  row `b·T + t`). Computed `per_pass` examples at a time if given (both
+  are per example, so the answer is the same)."""
+  scores, active = _in_passes(
+      lambda v: (result.scores(v), result.active(v)), x, per_pass)
   return {g: (active[g].reshape(-1, s.shape[-1]), s.reshape(-1, s.shape[-1]))
           for g, s in scores.items()}
+
+
+def examples_per_pass(result, x: Array, max_bytes: int) -> int:
+  """How many examples' passes fit in `max_bytes`: an ablation holds two
+  outputs per example (every component on, one off), each counted in
+  float32 or wider, e.g. 2 · T · V · 4 bytes for a window of T tokens of
+  a vocabulary of V; at least 1."""
+  out = jax.eval_shape(lambda v: result.target.batch(v)[0], x[:1])
+  size = math.prod(out.shape[1:]) * max(jnp.dtype(out.dtype).itemsize, 4)
+  return max(1, int(max_bytes) // (2 * size))
+
+
+def _in_passes(fn, x: Array, size: int | None):
+  """`fn(x)` for a per-example `fn` (a pytree of arrays `[B, ...]`), run on
+  `size` examples at a time and concatenated. Every pass has one shape
+  (the last one padded with copies of its last example, cut from the
+  answer), so `fn`'s compiled form is reused."""
+  n = x.shape[0]
+  if size is None or n <= size:
+    return fn(x)
+  parts = []
+  for i in range(0, n, size):
+    part = jnp.asarray(x[i:i + size])
+    real = part.shape[0]
+    if real < size:
+      part = jnp.concatenate([part, jnp.repeat(part[-1:], size - real, 0)])
+    parts.append(jax.tree.map(lambda a, r=real: np.asarray(a)[:r],
+                              fn(part)))
+  return jax.tree.map(lambda *a: np.concatenate(a), *parts)
 
 
 def _leaves_of(result, group: str) -> tuple[str, ...]:
@@ -278,18 +311,25 @@ class TopInputs:
 def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
                batch_size: int = 1024, n_batches: int = 4,
                include_dead: bool = False, max_ties: int = 64,
-               chunk: int = 256) -> list[TopInputs]:
+               max_bytes: int = MAX_BYTES) -> list[TopInputs]:
   """Per component, the `k` examples of `n_batches` fresh batches with the
   highest score (only examples where the score is positive; ties, e.g. at
   SPD's `G = 1`, broken by the larger ablation, among up to `max_ties`),
   and the reconstruction loss between the output with all components on
-  and with this one off, on each (`ablation`; computed `chunk` examples at
-  a time)."""
-  xs, acts = [], {}
+  and with this one off, on each (`ablation`).
+
+  The scores and the ablations are computed a few examples at a time, as
+  many as `examples_per_pass` fits in `max_bytes` (the outputs of a pass;
+  default 256 MiB: 8 windows of 16 tokens of a 262,144-token vocabulary);
+  the answer does not depend on it.
+  """
+  xs, acts, per_pass = [], {}, None
   for i in range(n_batches):
     x = sample_fn(jax.random.fold_in(key, i), batch_size)
     xs.append(np.asarray(x))
-    for g, (act, score) in activity(result, x).items():
+    if per_pass is None:
+      per_pass = examples_per_pass(result, x, max_bytes)
+    for g, (act, score) in activity(result, x, per_pass=per_pass).items():
       acts.setdefault(g, []).append((np.asarray(act), np.asarray(score)))
   x_all = np.concatenate(xs)
   out = []
@@ -309,7 +349,8 @@ def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
         picks.append((c, order[:max(k, max_ties)]))
     if not picks:
       continue
-    ablation = _ablate(result, g, x_all, picks, score.shape[1], per, chunk)
+    ablation = _ablate(result, g, x_all, picks, score.shape[1], per,
+                       per_pass)
     start = 0
     for c, cand in picks:
       abl = ablation[start:start + cand.size]
@@ -322,25 +363,25 @@ def top_inputs(result, sample_fn, key: Array, *, k: int = 8,
   return out
 
 
-def _ablate(result, group, x_all, picks, n_components, per: int = 1,
-            chunk: int = 256) -> np.ndarray:
+def _ablate(result, group, x_all, picks, n_components, per: int,
+            size: int) -> np.ndarray:
   """The per-example recon loss of switching off each picked component on
-  its own examples, `chunk` at a time (on sequences: off at every position,
+  its own examples, `size` at a time (on sequences: off at every position,
   the loss at the picked one)."""
   rows = np.concatenate([o for _, o in picks])
   comp = np.concatenate([np.full(o.size, c) for c, o in picks])
   n = rows.size
-  size = min(chunk, n)
-  pad = -n % size                  # every chunk one shape: one compile
+  size = min(size, n)
+  pad = -n % size                  # every pass one shape: one compile
   rows, comp = np.pad(rows, (0, pad), mode="edge"), np.pad(comp, (0, pad),
                                                            mode="edge")
-  out = [_ablate_chunk(result, group, x_all, rows[i:i + size],
-                       comp[i:i + size], n_components, per)
+  out = [_ablate_pass(result, group, x_all, rows[i:i + size],
+                      comp[i:i + size], n_components, per)
          for i in range(0, rows.size, size)]
   return np.concatenate(out)[:n]
 
 
-def _ablate_chunk(result, group, x_all, rows, comp, n_components, per):
+def _ablate_pass(result, group, x_all, rows, comp, n_components, per):
   x = jnp.asarray(x_all[rows // per])
   lead = () if per == 1 else (per,)
   off = np.ones((x.shape[0],) + lead + (n_components,), np.float32)
@@ -348,14 +389,23 @@ def _ablate_chunk(result, group, x_all, rows, comp, n_components, per):
   on = jnp.ones_like(off)
   y_on = result.apply(x, {group: on})         # the other groups: as is
   y_off = result.apply(x, {group: jnp.asarray(off)})
-  if per > 1:                    # the output at the picked position
-    at = jnp.asarray(rows % per)
+  at = jnp.asarray(rows % per) if per > 1 else None
+  return np.asarray(_ablation_loss(
+      y_on, y_off, at, kl=getattr(result.method, "recon", "mse") == "kl"))
+
+
+@functools.partial(jax.jit, static_argnames="kl")
+def _ablation_loss(y_on: Array, y_off: Array, at: Array | None, *,
+                   kl: bool) -> Array:
+  """Per example `b`, the recon loss (KL or MSE) between `y_on[b]` and
+  `y_off[b]`, at position `at[b]` where given, averaged over the rest."""
+  if at is not None:             # the output at the picked position
     y_on = jnp.take_along_axis(y_on, at[:, None, None], axis=1)[:, 0]
     y_off = jnp.take_along_axis(y_off, at[:, None, None], axis=1)[:, 0]
-  recon = losses.kl if getattr(result.method, "recon", "mse") == "kl" else (
-      losses.mse)
-  return np.asarray(jax.vmap(lambda a, b: recon(a[None], b[None]))(y_on,
-                                                                   y_off))
+  if kl:
+    per_row = losses.kl_rows(y_on, y_off)
+    return jnp.mean(per_row.reshape(y_on.shape[0], -1), axis=1)
+  return jnp.mean((y_on - y_off) ** 2, axis=tuple(range(1, y_on.ndim)))
 
 
 def describe_input(x: np.ndarray, n: int = 4) -> str:

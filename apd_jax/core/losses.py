@@ -12,6 +12,8 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from apd_jax.core import chunked
+
 Array = jax.Array
 EPS = 1e-16
 
@@ -35,19 +37,60 @@ def mse(target_out: Array, out: Array) -> Array:
   return jnp.mean((target_out - out) ** 2)
 
 
-def kl(target_logits: Array, logits: Array) -> Array:
+def kl_rows(target_logits: Array, logits: Array, *,
+            chunk: int | None = None) -> Array:
+  """Per-example KL divergence of the softmaxes, unreduced: `[...]`.
+
+  .. math::  KL_b = Σ_v p_{bv} (\\log p_{bv} − \\log q_{bv}),
+      \\quad p = σ(f(x_b; θ^*)),\\ q = σ(f(x_b; W(s)))
+
+  The last axis holds the classes; every other axis counts as batch. The
+  rows are computed `chunk` at a time (`chunked.map_rows`; None: rows of
+  about 2^22 logits), so no copy of the logits' size is kept in the forward
+  or backward pass.
+  """
+  lead, v = target_logits.shape[:-1], target_logits.shape[-1]
+  per = chunked.map_rows(_kl, target_logits.reshape(-1, v),
+                         logits.reshape(-1, v), chunk=chunk)
+  return per.reshape(lead)
+
+
+def _kl(target_logits: Array, logits: Array) -> Array:
+  logp = jax.nn.log_softmax(target_logits, axis=-1)
+  logq = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
+
+def kl(target_logits: Array, logits: Array, *,
+       chunk: int | None = None) -> Array:
   """Top-k reconstruction for logit outputs, mean over the batch.
 
   .. math::  L_{min} = \\frac{1}{B} Σ_b KL(σ(f(x_b; θ^*)) ‖ σ(f(x_b; W(s))))
 
-  with σ the softmax.
-
-  The last axis holds the classes; every other axis counts as batch.
+  with σ the softmax. The last axis holds the classes; every other axis
+  counts as batch; computed `chunk` rows at a time (`kl_rows`).
   """
-  logp = jax.nn.log_softmax(target_logits, axis=-1)
-  logq = jax.nn.log_softmax(logits, axis=-1)
-  per = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
-  return jnp.mean(per)
+  return jnp.mean(kl_rows(target_logits, logits, chunk=chunk))
+
+
+def cross_entropy_rows(logits: Array, labels: Array, *,
+                       chunk: int | None = None) -> Array:
+  """Per-example cross-entropy (nats) of integer `labels`, unreduced.
+
+  .. math::  CE_b = −\\log σ(f(x_b))_{y_b}
+
+  `logits [..., V]`, `labels [...]`; computed `chunk` rows at a time, as
+  `kl_rows`.
+  """
+  lead, v = logits.shape[:-1], logits.shape[-1]
+  per = chunked.map_rows(_cross_entropy, logits.reshape(-1, v),
+                         labels.reshape(-1), chunk=chunk)
+  return per.reshape(lead)
+
+
+def _cross_entropy(logits: Array, labels: Array) -> Array:
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
 
 def hidden_activations(target_acts: Mapping[str, Array],

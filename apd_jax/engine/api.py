@@ -117,16 +117,19 @@ class Decomposition:
 
   def top_inputs(self, sample_fn: SampleFn | None = None, *, k: int = 8,
                  key: Array | None = None, batch_size: int = 1024,
-                 n_batches: int = 4, max_ties: int = 64
+                 n_batches: int = 4, max_ties: int = 64,
+                 max_bytes: int = summary_lib.MAX_BYTES
                  ) -> list[summary_lib.TopInputs]:
     """Per alive component, the `k` fresh examples on which its score is
     highest, with the reconstruction loss of switching it off on each
-    (ties of the score broken by that loss among up to `max_ties`); see
+    (ties of the score broken by that loss among up to `max_ties`),
+    computed in passes whose outputs fit in `max_bytes`; see
     `analysis.summary.top_inputs`."""
     key = jax.random.PRNGKey(2) if key is None else key
     return summary_lib.top_inputs(self, self._sampler(sample_fn), key, k=k,
                                   batch_size=batch_size,
-                                  n_batches=n_batches, max_ties=max_ties)
+                                  n_batches=n_batches, max_ties=max_ties,
+                                  max_bytes=max_bytes)
 
   @property
   def component_weights(self) -> dict[str, Array]:

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from apd_jax.core import losses
+
 Array = jax.Array
 
 
@@ -110,10 +112,11 @@ def apply(params: dict, tokens: Array, config: TransformerConfig,
   return Transformer(config).apply(params, tokens, with_acts)
 
 
-def next_token_loss(params: dict, window: Array,
-                    config: TransformerConfig) -> Array:
+def next_token_loss(params: dict, window: Array, config: TransformerConfig,
+                    chunk: int | None = None) -> Array:
   """Mean cross-entropy (nats per token) of predicting `window[..., 1:]`
-  from `window[..., :-1]`."""
+  from `window[..., :-1]`, computed `chunk` positions at a time
+  (`losses.cross_entropy_rows`)."""
   logits = apply(params, window[..., :-1], config)
-  logp = jax.nn.log_softmax(logits, -1)
-  return -jnp.mean(jnp.take_along_axis(logp, window[..., 1:, None], -1))
+  return jnp.mean(losses.cross_entropy_rows(logits, window[..., 1:],
+                                            chunk=chunk))

@@ -15,9 +15,11 @@ masks, and the reconstruction is the KL divergence of the next-byte
 distributions.
 
 The report: per alive component, its top contexts on held-out text (the
-24 bytes before the position where it is most important, the position's
-byte marked), its firing density and the reconstruction cost of switching
-it off there, as `top_contexts.txt` and `top_contexts.html`.
+24 tokens before the position where it is most important, the position's
+token marked), its firing density and the reconstruction cost of switching
+it off there, as `top_contexts.txt` and `top_contexts.html`; tokens are
+written as text by `decode(token ids) -> str` (default: bytes as UTF-8, for
+a model of another vocabulary its tokenizer's decoder).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import sys
 import time
 from typing import Callable
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -35,6 +38,7 @@ import numpy as np
 import optax
 
 from apd_jax.analysis import summary as summary_lib
+from apd_jax.core import losses
 from apd_jax.models import text
 from apd_jax.models import transformer
 from apd_jax.models.transformer import TransformerConfig
@@ -48,7 +52,8 @@ HAS_AUX = False
 METRICS = ("heldout_nats_per_byte_target", "heldout_nats_per_byte_masked")
 SELECT = ("heldout_nats_per_byte_masked", "min")
 SUCCESS = None
-BEFORE = 24          # bytes of context shown before the marked position
+BEFORE = 24          # tokens of context shown before the marked position
+Decode = Callable[[Sequence[int]], str]   # token ids -> text
 # Every matrix of every block: the attention's kernels and the MLP's.
 INCLUDE = r"(query|key|value|out|mlp_in|mlp_out)'\]\['kernel"
 
@@ -202,9 +207,10 @@ def variants(c, *, tiny: bool = False) -> None:
 
 
 def report(result, sample_fn, workdir: str, *, t: dict, batch_size: int,
-           eval_batches: int, **_) -> dict:
-  """Top contexts of every alive component on held-out text, and the
-  held-out cross-entropy of the target and of the masked passes."""
+           eval_batches: int, decode: Decode | None = None, **_) -> dict:
+  """Top contexts of every alive component on held-out text (tokens as
+  text by `decode`, default bytes), and the held-out cross-entropy of the
+  target and of the masked passes."""
   del sample_fn
   held = corpus(t["max_train_bytes"], t["max_heldout_bytes"],
                 t["heldout_frac"])
@@ -212,20 +218,22 @@ def report(result, sample_fn, workdir: str, *, t: dict, batch_size: int,
   tops = summary_lib.top_inputs(   # ties not broken: a pass per candidate
       result, held_fn, jax.random.PRNGKey(5), k=8, max_ties=8,
       batch_size=min(batch_size, 64), n_batches=min(4, eval_batches))
-  write_contexts(tops, workdir, score=result.method.SCORE)
+  write_contexts(tops, workdir, score=result.method.SCORE,
+                 decode=decode)
   return dict(heldout_components_described=len(tops),
               **heldout_cross_entropy(result, held.heldout, t["context"]))
 
 
 def heldout_cross_entropy(result, data: np.ndarray, context: int, *,
-                          max_windows: int = 256, batch_size: int = 32
-                          ) -> dict:
+                          max_windows: int = 256, batch_size: int = 32,
+                          chunk: int | None = None) -> dict:
   """Next-byte cross-entropy (nats per byte) on consecutive held-out
   windows: of the target (`_target`), of the pass with the masks of the
   method's minimality pass (`_masked`; SPD: `G`; APD: the top-k mask),
   and of the pass with 1 on exactly the active components, 0 elsewhere
   (`_active`, the components its L0 counts; where the masks are binary, as
-  APD's, the two passes are one)."""
+  APD's, the two passes are one). The cross-entropy is computed `chunk`
+  positions at a time (`losses.cross_entropy_rows`)."""
   tiles = text.tiles(data, context + 1)[:max_windows]
   ce = {"target": [], "masked": [], "active": []}
   for i in range(0, len(tiles), batch_size):
@@ -239,27 +247,36 @@ def heldout_cross_entropy(result, data: np.ndarray, context: int, *,
         bool(jax.numpy.all(masks[k] == a)) for k, a in active.items())
                         else result.apply(x, active))
     for name, logits in passes.items():
-      logp = jax.nn.log_softmax(logits, -1)
-      ce[name].append(-np.asarray(jax.numpy.take_along_axis(
-          logp, nxt[..., None], -1)).mean())
+      ce[name].append(np.asarray(losses.cross_entropy_rows(
+          logits, nxt, chunk=chunk)).mean())
   return {f"heldout_nats_per_byte_{k}": float(np.mean(v))
           for k, v in ce.items()}
 
 
-def context_of(window: np.ndarray, position: int) -> tuple[str, str, str]:
-  """`(before, at, after)`: the text before the position, its byte, and
-  the next byte (what the model predicts), printable."""
-  show = lambda b: bytes(b.astype(np.uint8)).decode(  # noqa: E731
+def decode_bytes(tokens: Sequence[int]) -> str:
+  """Byte tokens as UTF-8 text (an invalid sequence as U+FFFD)."""
+  return bytes(np.asarray(tokens, np.int64).astype(np.uint8)).decode(
       "utf-8", "replace")
+
+
+def context_of(window: np.ndarray, position: int,
+               decode: Decode | None = None) -> tuple[str, str, str]:
+  """`(before, at, after)`: the `BEFORE` tokens before the position, its
+  token, and the next one (what the model predicts), each as text by
+  `decode` (default `decode_bytes`: the tokens are bytes)."""
+  show = decode or decode_bytes
+  ids = [int(t) for t in np.asarray(window)]
   start = max(0, position - BEFORE)
-  return (show(window[start:position]), show(window[position:position + 1]),
-          show(window[position + 1:position + 2]))
+  return (show(ids[start:position]), show(ids[position:position + 1]),
+          show(ids[position + 1:position + 2]))
 
 
-def write_contexts(tops, workdir: str, score: str = "G") -> None:
-  """`top_contexts.txt` (the marked byte in [[ ]]) and `top_contexts.html`
-  (the marked byte highlighted); `score` names the scores (SPD's causal
-  importance `G`, APD's attribution `A²`)."""
+def write_contexts(tops, workdir: str, score: str = "G",
+                   decode: Decode | None = None) -> None:
+  """`top_contexts.txt` (the marked token in [[ ]]) and `top_contexts.html`
+  (the marked token highlighted); `score` names the scores (SPD's causal
+  importance `G`, APD's attribution `A²`); `decode(token ids) -> str`
+  writes tokens as text (default: bytes, `decode_bytes`)."""
   lines, blocks = [], []
   for tp in sorted(tops, key=lambda t: (t.group, -t.frequency)):
     head = (f"{tp.group} c{tp.index}: fires on {100 * tp.frequency:.2f}% "
@@ -270,7 +287,7 @@ def write_contexts(tops, workdir: str, score: str = "G") -> None:
                  else [tp.inputs.shape[1] - 1] * len(tp.inputs))
     for x, pos, g, abl in zip(tp.inputs, positions, tp.scores,
                               tp.ablation, strict=True):
-      before, at, after = context_of(np.asarray(x), int(pos))
+      before, at, after = context_of(np.asarray(x), int(pos), decode)
       lines.append(f"  {score} {g:.3g}  ablation {abl:.3g}  "
                    f"{before!r}[[{at!r}]] -> {after!r}")
       rows.append(f"<tr><td>{g:.3g}</td><td>{abl:.3g}</td><td><code>"
@@ -280,7 +297,7 @@ def write_contexts(tops, workdir: str, score: str = "G") -> None:
     blocks.append(f"<h2>{html.escape(head)}</h2>\n<table><tr>"
                   f"<th>{score}</th>"
                   f"<th>ablation</th><th>context (marked: the position)</th>"
-                  f"<th>next byte</th></tr>\n" + "\n".join(rows) +
+                  f"<th>next token</th></tr>\n" + "\n".join(rows) +
                   "\n</table>")
   with open(os.path.join(workdir, "top_contexts.txt"), "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -9,6 +9,7 @@ import numpy as np
 from apd_jax import APD
 from apd_jax import SPD
 from apd_jax import Decomposition
+from apd_jax import engine
 from apd_jax.analysis import summary as summary_lib
 from apd_jax.core.components import Components
 from apd_jax.core.target import Target
@@ -174,3 +175,77 @@ def test_spd_top_inputs_ablate_within_the_product():
   np.testing.assert_allclose(by[3].ablation, 0.25 / 4, rtol=1e-5)
   # c0 is always important, but switching it off changes nothing here.
   np.testing.assert_allclose(by[0].ablation, 0.0, atol=1e-7)
+
+
+def same_tops(a, b):
+  """Two lists of top inputs with the same components, inputs and
+  positions, and scores and ablations equal to float32 rounding."""
+  assert [(t.group, t.index) for t in a] == [(t.group, t.index) for t in b]
+  for s, t in zip(a, b, strict=True):
+    assert s.frequency == t.frequency
+    np.testing.assert_array_equal(s.inputs, t.inputs)
+    if s.positions is not None or t.positions is not None:
+      np.testing.assert_array_equal(s.positions, t.positions)
+    np.testing.assert_allclose(s.scores, t.scores, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(s.ablation, t.ablation, rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_top_inputs_in_passes_of_the_budget_equal_all_at_once():
+  """Outputs of 4 floats: 32 bytes per example (on and off), so 100 bytes
+  make passes of 3 examples (the last of the 16 padded)."""
+  for result in (apd_decomposition(), spd_decomposition()):
+    key = jax.random.PRNGKey(0)
+    opts = dict(k=3, batch_size=8, n_batches=2, max_ties=4)
+    whole = summary_lib.top_inputs(result, result.sample_fn, key, **opts)
+    assert summary_lib.examples_per_pass(result, jnp.zeros((8, 4)),
+                                         100) == 3
+    parts = summary_lib.top_inputs(result, result.sample_fn, key,
+                                   max_bytes=100, **opts)
+    same_tops(whole, parts)
+
+
+def tiny_lm(params, tokens):
+  """Embedding, a residual GELU MLP `w1`, `w2`, tied unembedding:
+  logits `[B, T, V]`."""
+  h = params["embed"][tokens]
+  h = h + jax.nn.gelu(h @ params["w1"]) @ params["w2"]
+  return h @ params["embed"].T
+
+
+def test_top_inputs_of_a_language_model_in_passes_of_the_budget():
+  """SPD with KL on a tiny LM's logits: the per-position scores and
+  ablations, 3 windows per pass (out of 5: the last pass padded), are
+  those of one pass over all windows."""
+  vocab, d, T = 61, 8, 6
+  rng = np.random.default_rng(0)
+  params = {"embed": jnp.asarray(rng.normal(size=(vocab, d)), jnp.float32),
+            "w1": jnp.asarray(rng.normal(size=(d, 16)) / 3, jnp.float32),
+            "w2": jnp.asarray(rng.normal(size=(16, d)) / 4, jnp.float32)}
+
+  def sample(key, n):
+    return jax.random.randint(key, (n, T), 0, vocab)
+
+  method = SPD(n_components=4, importance_coeff=1e-3, recon="kl",
+               gate_hidden=4)
+  t = engine.make_target(tiny_lm, params, r"\['w[12]'\]", log=False)
+  plan = method.plan(t, sample, 5, None)
+  C, h = 4, 4
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape),  # noqa: E731
+                                      jnp.float32)
+  comps = obj.SPDParams(
+      U={n: normal(C, w.shape[0], 1) for n, w in t.weights.items()},
+      V={n: normal(C, 1, w.shape[1]) / 4 for n, w in t.weights.items()},
+      gates={k: dict(w1=normal(C, h), b1=normal(C, h), w2=normal(C, h),
+                     b2=normal(C)) for k in plan.labels})
+  result = Decomposition(t, method, plan, comps, {}, [], sample)
+  window = 2 * T * vocab * 4                    # on and off, float32
+  x = sample(jax.random.PRNGKey(1), 5)
+  assert summary_lib.examples_per_pass(result, x, 3 * window + 7) == 3
+  opts = dict(k=2, batch_size=5, n_batches=1, max_ties=2)
+  whole = summary_lib.top_inputs(result, sample, jax.random.PRNGKey(1),
+                                 **opts)
+  parts = summary_lib.top_inputs(result, sample, jax.random.PRNGKey(1),
+                                 max_bytes=3 * window, **opts)
+  assert whole and all(t.positions is not None for t in whole)
+  same_tops(whole, parts)

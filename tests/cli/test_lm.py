@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 
+from apd_jax.analysis import summary as summary_lib
 from apd_jax.cli import experiment
 from apd_jax.engine import export
 from apd_jax.targets import lm
@@ -82,6 +83,21 @@ def test_architecture_is_read_from_the_params_and_contexts_are_marked():
           arch.context, arch.tied) == (1, 32, 2, 64, 16, True)
   window = np.frombuffer(b"def f(x):\n  return x", np.uint8).astype(np.int32)
   assert lm.context_of(window, 4) == ("def ", "f", "(")
+
+
+def test_contexts_are_written_with_the_given_decoder(tmp_path):
+  """Token ids of any vocabulary, written as text by `decode`."""
+  tops = [summary_lib.TopInputs(
+      "['mlp']", 3, 0.25, inputs=np.array([[70_000, 1, 2, 3]]),
+      scores=np.array([0.9]), ablation=np.array([0.5]),
+      positions=np.array([2]))]
+  names = {70_000: " the", 1: " cat", 2: " sat", 3: " down"}
+  lm.write_contexts(tops, str(tmp_path),
+                    decode=lambda ids: "".join(names[i] for i in ids))
+  text = (tmp_path / "top_contexts.txt").read_text()
+  assert "' the cat'[[' sat']] -> ' down'" in text
+  assert "<mark> sat</mark>" in (tmp_path / "top_contexts.html").read_text()
+  assert lm.decode_bytes([104, 105]) == "hi"          # the default
 
 
 def test_apd_per_position_on_a_tiny_transformer(tmp_path):
