@@ -150,3 +150,22 @@ def gather(tree: Any) -> Any:
 def constrain_batch(x: Array, mesh: Mesh) -> Array:
   """Inside jit: `x` sharded over `data` on its leading axis."""
   return jax.lax.with_sharding_constraint(x, batch(mesh))
+
+
+def fsdp(mesh: Mesh, tree: Any) -> Any:
+  """Fully sharded: each array of `tree` (arrays or abstract) split over
+  every device of the mesh on its largest axis that their number divides,
+  replicated where none does. For a target's params too large for one
+  device; the step gathers them where it uses them."""
+  n = mesh.size
+
+  def one(x):
+    shape = tuple(x.shape)
+    axes = [a for a in range(len(shape)) if shape[a] % n == 0]
+    if not axes:
+      return replicated(mesh)
+    spec = [None] * len(shape)
+    spec[max(axes, key=lambda a: shape[a])] = (DATA, COMPONENT)
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree.map(one, tree)
