@@ -87,6 +87,16 @@ def with_components(tgt, x, n_components=3, rank=2):
   return comps, factored.Model(tgt.forward, tgt.weights, x[0])
 
 
+def assert_one_mask_pass_is_dense(tgt, comps, model, xb):
+  """The factored pass with mask (1, 0.5, 0) equals the dense one."""
+  P = C.component_weights(comps)
+  m = jnp.array([1.0, 0.5, 0.0])
+  got, want = jax.jit(lambda xb: (
+      model.masked(comps.U, comps.V, m, xb)[0],
+      tgt.forward(C.masked_weights(P, m), xb)[0]))(xb)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @functools.cache
 def block_model():
   """`(target, x, components, factored model)` of the block."""
@@ -221,12 +231,7 @@ def test_nnx_einsum_kernels():
   assert tgt.row_axes == (2, (1,))            # out, then q
   comps, model = with_components(tgt, x)
   assert not model.materialised
-  P = C.component_weights(comps)
-  m = jnp.array([1.0, 0.5, 0.0])
-  got, want = jax.jit(lambda xb: (
-      model.masked(comps.U, comps.V, m, xb)[0],
-      tgt.forward(C.masked_weights(P, m), xb)[0]))(x[0])
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert_one_mask_pass_is_dense(tgt, comps, model, x[0])
 
 
 def refused(p, x):
@@ -329,9 +334,4 @@ def test_a_kernel_used_with_its_transpose():
   comps, model = with_components(tgt, x)
   assert [(o.name, o.transposed) for o in model.occurrences] == [
       ("['w']", False), ("['w']", True)]
-  P = C.component_weights(comps)
-  m = jnp.array([1.0, 0.5, 0.0])
-  got, want = jax.jit(lambda xb: (
-      model.masked(comps.U, comps.V, m, xb)[0],
-      tgt.forward(C.masked_weights(P, m), xb)[0]))(x[0])
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert_one_mask_pass_is_dense(tgt, comps, model, x[0])
