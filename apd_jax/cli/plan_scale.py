@@ -52,11 +52,11 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from apd_jax import methods
 from apd_jax.core import selection
 from apd_jax.core.target import Target
 from apd_jax.engine import api
 from apd_jax.methods import ci_functions
-from apd_jax.methods.spd import SPD
 from apd_jax.models import transformer
 from apd_jax.models.transformer import TransformerConfig
 from apd_jax.training import sharding
@@ -105,9 +105,9 @@ def define_flags() -> None:
                       "in this process and print it as JSON.")
 
 
-def method_for(config: TransformerConfig) -> SPD:
+def method_for(config: TransformerConfig) -> Any:
   """SPD with C = 4 · d_model per matrix and KL on the logits."""
-  return SPD(n_components=4 * config.d_model, importance_coeff=1e-4,
+  return methods.get("spd")(n_components=4 * config.d_model, importance_coeff=1e-4,
              recon="kl")
 
 
