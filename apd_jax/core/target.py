@@ -44,7 +44,12 @@ SampleFn = Callable[[Array, int], Array]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Target:
-  """A target model with its decomposed leaves named (hashed by identity)."""
+  """A target model with its decomposed leaves named (hashed by identity).
+
+  A pytree whose leaves are `params` (the rest is static): given to a
+  jitted function, the target's weights are an argument of the program,
+  not constants compiled into it (one copy in memory, shardable).
+  """
   apply_fn: ApplyFn
   params: Any
   names: tuple[str, ...]
@@ -143,6 +148,23 @@ class Target:
   def output(self, weights: Mapping[str, Array], x: Array) -> Array:
     """`y` for one example (no activations)."""
     return self.forward(weights, x)[0]
+
+
+_STATIC = ("apply_fn", "names", "has_aux", "row_axes")
+
+
+def _flatten(target: Target):
+  return (target.params,), tuple(getattr(target, f) for f in _STATIC)
+
+
+def _unflatten(static: tuple, children: tuple) -> Target:
+  target = object.__new__(Target)   # no checks: leaves may be tracers
+  for name, value in zip(("params",) + _STATIC, children + static):
+    object.__setattr__(target, name, value)
+  return target
+
+
+jax.tree_util.register_pytree_node(Target, _flatten, _unflatten)
 
 
 def check(target: Target, sample_fn: SampleFn, batch_size: int

@@ -168,7 +168,7 @@ class Decomposition:
     return self.method.masked_apply(self, mask, x)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jax.jit
 def _full_apply(target, comps, x):
   """All components on: one batched pass with `Σ_c P_c`."""
   return target.batch(x, comp_lib.summed_weights(
@@ -359,7 +359,11 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
                      sample_fn=sample_fn)
   plan = method.plan(target, sample_fn, training.batch_size,
                      state.components)
-  step = make_train_step(method, plan, target, sample_fn, training, mesh)
+  def step(state, args):    # the target an argument: no constant copy of it
+    key, own = args
+    return make_train_step(method, plan, own, sample_fn, training, mesh)(
+        state, key)
+
   shardings = sharding.train_state(mesh, state, optimizer(method, training))
   checkpoints, history = None, []
   if training.checkpoint_dir:
@@ -374,7 +378,8 @@ def decompose(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   t0 = time.perf_counter()
   try:
     state, history = fit(
-        state, step, sharding.put(data_key, sharding.replicated(mesh)),
+        state, step, sharding.put((data_key, target),
+                                  sharding.replicated(mesh)),
         steps=training.steps, log_every=training.log_every,
         print_every=training.print_every,
         callback=training.callback, state_shardings=shardings,

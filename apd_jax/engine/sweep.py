@@ -210,27 +210,35 @@ def decompose_sweep(apply_fn: ApplyFn, params: Any, sample_fn: SampleFn, *,
   hypers = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), hypers)
   keys = _stack([api.run_keys(s)[1] for s in seeds])
   n = len(runs)
-  args = (keys, hypers)
-  if params_for_run is None:
-    step = api.make_train_step(static, plan, target, sample_fn, training)
-  else:  # the target's params are an argument, with a runs axis
-    args += (_stack([t.params for t in run_targets]),)
+  # The target's params are an argument of the program (not constants in
+  # it): with a runs axis where each run has its own, else shared.
+  own_params = params_for_run is not None
+  runs_args = (keys, hypers) + (
+      (_stack([t.params for t in run_targets]),) if own_params else ())
+  shared = None if own_params else target.params
 
-    def step(state, key, hyper, target_params):
-      own = dataclasses.replace(target, params=target_params)
-      return api.make_train_step(static, plan, own, sample_fn, training)(
-          state, key, hyper)
+  def step(state, key, hyper, target_params):
+    own = dataclasses.replace(target, params=target_params)
+    return api.make_train_step(static, plan, own, sample_fn, training)(
+        state, key, hyper)
+
   states, state_shardings = _stack(states), None
   if mesh is not None:  # runs over `data`, each run's C over `component`
     pad = -n % mesh.shape[sharding.DATA]
     state_shardings = sharding.train_state(
         mesh, states, api.optimizer(static, training), runs=True)
     states = sharding.put(_pad(states, pad), state_shardings)
-    args = sharding.put(_pad(args, pad),
-                        jax.tree.map(lambda _: sharding.batch(mesh), args))
+    runs_args = sharding.put(_pad(runs_args, pad), jax.tree.map(
+        lambda _: sharding.batch(mesh), runs_args))
+    shared = sharding.put(shared, sharding.replicated(mesh))
+  args = (runs_args, shared)
 
   def sweep_step(states, args):
-    return jax.vmap(step)(states, *args)
+    runs_args, shared = args
+    if own_params:
+      return jax.vmap(step)(states, *runs_args)
+    return jax.vmap(step, in_axes=(0, 0, 0, None))(states, *runs_args,
+                                                    shared)
 
   checkpoints, histories = None, None
   if training.checkpoint_dir:

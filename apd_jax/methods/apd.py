@@ -419,11 +419,11 @@ class APD:
     return masking.threshold_mask(A, tau)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _attributions(target, method, plan, comps, x):
   return objective.attributions(target, method, plan, comps, x)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=1)
 def _masked_apply(target, factored_form, comps, mask, x):
   return objective.masked_forward(target, comps, mask, x, factored_form)[0]

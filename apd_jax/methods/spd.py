@@ -276,17 +276,17 @@ class SPD:
     return self.scores(result, x)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=1)
 def _causal_importances(target, plan, params, x):
   return objective.causal_importances(params, target, plan, x)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=1)
 def _masked_apply(target, plan, params, coefs, x):
   return objective.masked_forward(target, params, plan, coefs, x)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _evaluate_batch(s: SPD, plan, target, params, x, key) -> dict:
   """One evaluation batch's reconstructions (fresh masks, and `G` alone;
   in float32 whatever the target's dtype), L0s and which subcomponents

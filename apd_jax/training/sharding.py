@@ -124,10 +124,17 @@ def put(tree: Any, shardings: Any) -> Any:
   """Host values (the same on every process) as global arrays.
 
   Each device receives only its own slice, so this works across processes,
-  where `jax.device_put` of a whole value to a global sharding cannot.
+  where `jax.device_put` of a whole value to a global sharding cannot (in
+  one process, an array already on the devices is `device_put`: no copy
+  where it is already in place). `shardings`: a tree of shardings, or one
+  for every leaf.
   """
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
 
   def one(x, s):
+    if isinstance(x, jax.Array) and jax.process_count() == 1:
+      return jax.device_put(x, s)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
 
