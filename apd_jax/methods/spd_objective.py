@@ -201,12 +201,12 @@ def target_pass(target: Target, x: Array) -> tuple[Any, list[Array]]:
 
 def causal_importances(params: SPDParams, target: Target, plan: Plan,
                        x: Array) -> dict[str, Array]:
-  """`{occurrence label: G [B, ..., C_l]}` on the batch `x` (`[B, C_l]`
-  where the product's input has no axes but its features, e.g. positions)."""
+  """`{occurrence label: G [B, ..., C_l]}` on the batch `x`: `[B, C_l]`,
+  or `[B, T, C_l]` where the product's input has positions. (Each example
+  runs as a batch of one, `x_b[None]`; that axis of size 1 is dropped.)"""
   inputs = target_pass(target, x)[1]
   G, _ = importances(params, plan, inputs)
-  return {label: g.reshape(g.shape[0], g.shape[-1])
-          if g.size == g.shape[0] * g.shape[-1] else g
+  return {label: g[:, 0] if g.ndim > 2 and g.shape[1] == 1 else g
           for label, g in zip(plan.labels, G, strict=True)}
 
 

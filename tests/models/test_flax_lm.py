@@ -206,6 +206,12 @@ def test_spd_trains_a_few_steps_on_the_bfloat16_params():
   P, got, want = faithfulness(result.components)
   assert P[kernel(0, "kv")].shape == (4, 2, lm.G, lm.D, lm.K)
   np.testing.assert_allclose(got, want, rtol=1e-4)
+  # Causal importances per position, as the masks of `apply` are laid out.
+  G = result.scores(tokens())
+  assert set(G) == set(result.groups)
+  for g in G.values():
+    assert g.shape == (B, lm.T, 4)
+    assert 0 <= float(g.min()) and float(g.max()) <= 1
 
 
 # -- APD per position ----------------------------------------------------------
