@@ -409,6 +409,11 @@ class Model:
     self.other_uses = {n: tuple(sorted(ops))
                        for n, ops in sorted(log["materialised"].items())}
 
+  def describe_other_uses(self) -> str:
+    """`'name: op, op; name: op'`, for an error message."""
+    return "; ".join(f"{n}: {', '.join(ops)}"
+                     for n, ops in self.other_uses.items())
+
   def __call__(self, weights, x, probes=None, log=None, coefs=None):
     return run(self.jaxpr, self.out_tree, self.names, weights, x, probes,
                log, coefs)

@@ -32,6 +32,7 @@ from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.core.target import check as check_target
 from apd_jax.core.target import upcast
+from apd_jax.fast import factored
 from apd_jax.methods import apd_objective as objective
 from apd_jax.methods.base import check_choice
 from apd_jax.methods.base import check_positive
@@ -214,11 +215,19 @@ class APD:
             "has rank <= %d all the same (the extra columns only change the "
             "optimisation)", self.rank, min(w.shape), name, w.shape,
             min(w.shape))
-    _, out = check_target(target, sample_fn, batch_size)
+    x, out = check_target(target, sample_fn, batch_size)
     acts = out[1] if target.has_aux else {}
     if self.per_position and jnp.ndim(out[0] if target.has_aux else out) < 3:
       raise ValueError("per_position=True needs outputs [B, T, ...] with a "
                        "position axis after the batch")
+    if self.per_position:   # its attributions run in factored form
+      model = factored.Model(target.forward, target.weights,
+                             jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
+      if model.materialised:
+        raise ValueError(
+            f"per_position=True needs every decomposed leaf used in matrix "
+            f"products a @ W (leave the others out of include); "
+            f"{model.describe_other_uses()}")
     if self.attribution_type == "activation":
       missing = [n for n in target.names if n not in acts]
       if missing:

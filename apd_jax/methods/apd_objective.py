@@ -119,9 +119,9 @@ def _attributions(target, m, plan, comps, x, key):
     return attr, y, acts
   if m.per_position:
     raise ValueError(
-        f"per_position=True needs gradient attributions in factored form; "
-        f"the target uses {sorted(model.materialised) or 'its leaves'} "
-        f"other than in matrix products (or factored=False)")
+        f"per_position=True needs gradient attributions in factored form "
+        f"and every decomposed leaf used in matrix products a @ W; "
+        f"{model.describe_other_uses() or 'factored=False'}")
   y, acts = target.batch(x)
   P = comp_lib.component_weights(comps)
   if m.attribution_type == "gradient":  # dense form, or a non-product use

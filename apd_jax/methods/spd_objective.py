@@ -73,10 +73,8 @@ def make_plan(target: Target, x0: Any) -> Plan:
   """The occurrences of `target` on one example shaped like `x0`."""
   model = factored.Model(target.forward, target.weights, x0)
   if model.materialised:
-    uses = "; ".join(f"{n}: {', '.join(ops)}"
-                     for n, ops in model.other_uses.items())
     raise ValueError(f"SPD needs every decomposed leaf used in matrix "
-                     f"products a @ W; {uses}")
+                     f"products a @ W; {model.describe_other_uses()}")
   occ = model.occurrences
   if not occ:
     raise ValueError("the decomposed leaves are not used in any product")

@@ -95,3 +95,17 @@ def test_options_that_cannot_give_attributions_per_position_are_refused():
   with pytest.raises(ValueError, match="position axis"):
     APD(n_components=4, topk=1.0, per_position=True).check(
         tgt, lambda k, n: jax.random.normal(k, (n, 3)), 8)
+
+
+def test_a_leaf_used_outside_a_product_is_refused_before_compiling():
+  """A tied embedding: gathered by the tokens and multiplied by the last
+  hidden state; per position it is named, with the gather, by `check`."""
+  emb = jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+
+  def lm(p, tokens):                                 # [B, T] -> [B, T, V]
+    return jnp.tanh(p["emb"][tokens]) @ p["emb"].T
+
+  tgt = Target(lm, {"emb": emb}, ("['emb']",))
+  method = APD(n_components=4, topk=1.0, per_position=True, recon="kl")
+  with pytest.raises(ValueError, match=r"\['emb'\]: gather"):
+    method.check(tgt, lambda k, n: jax.random.randint(k, (n, 5), 0, 7), 8)
