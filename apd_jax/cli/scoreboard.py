@@ -56,6 +56,8 @@ class Entry:
   criterion: str                            # the success rule, in words
   success: Callable[[dict], bool]           # of a run's summary.json
   shown: tuple[str, ...]                    # metrics tabulated
+  # Config values set after loading (dotted keys), e.g. another size.
+  overrides: tuple[tuple[str, object], ...] = ()
 
 
 def _tms(s):
@@ -123,6 +125,12 @@ def entry_config(entry: Entry, configs: str, seeds: int, quick: bool
   """The entry's config as a sweep over seeds 0..seeds-1, one target per
   seed; `quick`: a few steps of everything (a smoke run, not a result)."""
   c = load_config(configs, entry.module, entry.arg)
+  for key, value in entry.overrides:
+    *path, last = key.split(".")
+    node = c
+    for part in path:
+      node = node[part]
+    node[last] = value
   c.sweep.seed = tuple(range(seeds))
   c.sweep.target_per_seed = True
   c.sweep.select = "faithfulness"
@@ -238,8 +246,10 @@ def pooled_separation(rows: list[dict]
   return out
 
 
-def write(workdir: str, rows: list[dict], meta: dict) -> None:
+def write(workdir: str, rows: list[dict], meta: dict,
+          entries: tuple[Entry, ...] = ENTRIES) -> None:
   """scoreboard.json (everything), .csv (one line per entry), .md."""
+  by_name = {e.name: e for e in entries}
   pooled = pooled_separation(rows)
   with open(os.path.join(workdir, "scoreboard.json"), "w") as f:
     json.dump(dict(meta, entries=rows, separation=pooled), f, indent=2)
@@ -250,7 +260,7 @@ def write(workdir: str, rows: list[dict], meta: dict) -> None:
   fmt = sweep_report.fmt
   for r in rows:
     metrics = [f"{k} {fmt(r[k])} ± {fmt(r[k + '_sd'])}"
-               for k in BY_NAME[r["entry"]].shown]
+               for k in by_name[r["entry"]].shown]
     shown.append(dict(
         entry=f"`{r['entry']}`", method=r["method"].upper(),
         success=f"{r['succeeded']} of {r['seeds']}",
@@ -294,26 +304,28 @@ def write(workdir: str, rows: list[dict], meta: dict) -> None:
 
 def run(workdir: str, configs: str, names: list[str], seeds: int,
         quick: bool, *, checkpoint_every: int | None = None,
-        results_dir: str | None = None, command: str = "") -> list:
-  """Every entry of `names` (all if empty) from the config files in
-  `configs`, then the tables.
+        results_dir: str | None = None, command: str = "",
+        entries: tuple[Entry, ...] = ENTRIES) -> list:
+  """Every entry of `names` (all of `entries` if empty) from the config
+  files in `configs`, then the tables.
 
   `checkpoint_every` overrides the configs' (long runs that may be stopped
   at any time: a campaign); with `results_dir`, each entry that finishes
   leaves its row there (`results.export`, with `command`)."""
-  unknown = sorted(set(names) - set(BY_NAME))
+  known = [e.name for e in entries]
+  unknown = sorted(set(names) - set(known))
   if unknown:
     raise ValueError(f"unknown scoreboard entries {unknown}; known: "
-                     f"{sorted(BY_NAME)}")
+                     f"{sorted(known)}")
   os.makedirs(workdir, exist_ok=True)
   rows = []
-  for e in ENTRIES:
+  for e in entries:
     if names and e.name not in names:
       continue
     rows.append(run_entry(e, os.path.join(workdir, e.name.replace(":", "_")),
                           configs, seeds, quick, checkpoint_every))
     meta = _meta(quick)
-    write(workdir, rows, meta)      # after each entry: nothing lost
+    write(workdir, rows, meta, entries)   # after each entry: nothing lost
     if results_dir and not quick:
       results.export(rows[-1], meta, results_dir, command)
   return rows

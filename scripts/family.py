@@ -1,0 +1,68 @@
+r"""A method over the family of targets no config ships (`apd_jax.cli.family`).
+
+  nice -n 19 python scripts/family.py --method=spd --seeds=5 \
+      --workdir=$HOME/apd_runs/family/spd_paper            # paper settings
+  python scripts/family.py --method=spd --seeds=5 --workdir=... \
+      --set=steps=10000 --set=method.importance_coeff=1e-3   # other settings
+  python scripts/family.py --method=spd --seeds=2 --quick --workdir=/tmp/f
+
+Each member trains as one sweep over seeds (seed n: its own target and
+decomposition) in `<workdir>/<member>`, resumable; the table of success
+fractions per member (`scoreboard.md`, `.csv`, `.json`) is rewritten after
+each member.
+"""
+
+import ast
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from apd_jax.cli import family
+
+FLAGS = flags.FLAGS
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                       "configs")
+
+
+def define_flags():
+  flags.DEFINE_string("workdir", None, "Where the members and table go.")
+  flags.DEFINE_string("method", "spd", "Whose paper configs to scale.")
+  flags.DEFINE_integer("seeds", 5, "Seeds 0 .. seeds-1 per member.")
+  flags.DEFINE_list("only", [], "Members to run (default all).")
+  flags.DEFINE_multi_string("set", [], "KEY=VALUE config values on every "
+                            "member (a Python literal), e.g. steps=10000.")
+  flags.DEFINE_bool("quick", False, "A few steps of each (smoke run).")
+  flags.DEFINE_integer("checkpoint_every", None, "Steps between "
+                       "checkpoints, overriding the configs'.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def parse_sets(items):
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"--set {item!r}: expected KEY=VALUE")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  family.run(FLAGS.workdir, CONFIGS, FLAGS.method, FLAGS.seeds,
+             names=FLAGS.only, quick=FLAGS.quick,
+             overrides=parse_sets(FLAGS.set),
+             checkpoint_every=FLAGS.checkpoint_every)
+  with open(os.path.join(FLAGS.workdir, "scoreboard.md")) as f:
+    print(f.read())
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
