@@ -256,12 +256,20 @@ def init_state(method: Any, target: Target, training: Training, *,
   """Step 0 of the run with `seed` (default `training.seed`): the method's
   initial parameters and the optimiser state, drawn directly into their
   shards over `mesh` where the method's init is traceable. `sample_fn`
-  gives the example shape a method may need (SPD does)."""
+  gives the example shape a method may need (SPD does). A method with an
+  `init_state(key, target, params, sample_fn)` gets that state beside
+  its parameters (replicated over `mesh`)."""
   init_key = run_keys(training.seed if seed is None else seed)[0]
   opt = optimizer(method, training)
+
+  def own_state(params):
+    init = getattr(method, "init_state", None)
+    return None if init is None else init(
+        jax.random.fold_in(init_key, 1), target, params, sample_fn)
+
   if mesh is None:
-    return TrainState.create(
-        method.init_params(init_key, target, sample_fn), opt)
+    params = method.init_params(init_key, target, sample_fn)
+    return TrainState.create(params, opt, own_state(params))
   if method.init_traceable:
     params = jax.jit(lambda k: method.init_params(k, target, sample_fn),
                      out_shardings=sharding.leading_component(mesh))(
@@ -269,8 +277,10 @@ def init_state(method: Any, target: Target, training: Training, *,
   else:  # concrete on the host, then split
     params = method.init_params(init_key, target, sample_fn)
     params = sharding.put(params, sharding.components(mesh, params))
-  return sharding.init(lambda p: TrainState.create(p, opt),
-                       lambda s: sharding.train_state(mesh, s, opt), params)
+  state = sharding.put(own_state(params), sharding.replicated(mesh))
+  return sharding.init(lambda p, s: TrainState.create(p, opt, s),
+                       lambda s: sharding.train_state(mesh, s, opt), params,
+                       state)
 
 
 def make_train_step(method: Any, plan: Any, target: Target,

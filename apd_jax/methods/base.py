@@ -17,6 +17,18 @@ method it is. Training:
   method.WARMUP_FRAC                            warm-up when Training's is None
   method.evaluate(result, sample_fn, key, batch_size=, n_batches=)
 
+Optional, for a method with state beside its parameters (not trained by
+the optimiser: e.g. persistent adversarial sources with their own
+optimiser), kept in `TrainState.method_state`, checkpointed and swept with
+the rest:
+
+  method.init_state(key, target, params, sample_fn)   its state at step 0
+  method.update(params, opt_state, method_state, x, target, plan, key,
+                hypers, progress, optimizer)
+                -> (params, opt_state, method_state, metrics)
+                                                the step after the batch
+                                                is drawn, its own
+
 The loss's metrics may hold `l0` (mean active components per example): the
 progress lines and sweep tables show it where present. Analysis, export and
 the command line (a `Decomposition` delegates to these):

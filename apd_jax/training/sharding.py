@@ -103,7 +103,9 @@ def train_state(mesh: Mesh, state: Any,
   opt = optax.tree_map_params(
       optimizer, lambda _, s: s, state.opt_state, comp,
       transform_non_params=lambda _: rest)
-  return state.replace(step=rest, components=comp, opt_state=opt)
+  return state.replace(step=rest, components=comp, opt_state=opt,
+                       method_state=jax.tree.map(lambda _: rest,
+                                                 state.method_state))
 
 
 def init(fn: Callable[..., Any], shardings: Callable[[Any], Any],

@@ -11,13 +11,13 @@ its data axis and the state keeps the shardings of `sharding.train_state`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 from typing import Any
 from typing import Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,18 +34,44 @@ from apd_jax.training import sharding
 Array = jax.Array
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
+  """A run's state: the step, the method's trained parameters, the
+  optimiser's state and, for a method with state of its own beside its
+  parameters (`method.init_state`), that state.
+
+  A pytree; `method_state` is left out of it where it is None, so the
+  state of a method without one is laid out (and checkpointed) as before
+  the field existed."""
   step: Array                      # [] int32
   components: Any                  # the method's parameters (APD: factors)
   opt_state: optax.OptState
+  method_state: Any = None         # e.g. persistent adversarial sources
 
   @classmethod
-  def create(cls, params: Any, optimizer: optax.GradientTransformation
-             ) -> TrainState:
-    """Step 0 with `params` and a fresh optimiser state."""
+  def create(cls, params: Any, optimizer: optax.GradientTransformation,
+             method_state: Any = None) -> TrainState:
+    """Step 0 with `params`, a fresh optimiser state and `method_state`."""
     return cls(step=jnp.zeros((), jnp.int32), components=params,
-               opt_state=optimizer.init(params))
+               opt_state=optimizer.init(params), method_state=method_state)
+
+  def replace(self, **values: Any) -> TrainState:
+    return dataclasses.replace(self, **values)
+
+
+_FIELDS = ("step", "components", "opt_state", "method_state")
+
+
+def _state_children(state: TrainState):
+  n = 3 if state.method_state is None else 4
+  return [(jax.tree_util.GetAttrKey(f), getattr(state, f))
+          for f in _FIELDS[:n]], n
+
+
+jax.tree_util.register_pytree_with_keys(
+    TrainState, _state_children, lambda n, children: TrainState(*children),
+    lambda state: ([c for _, c in _state_children(state)[0]],
+                   _state_children(state)[1]))
 
 
 def make_train_step(method: Any, plan: Any, target: Target,
@@ -62,16 +88,30 @@ def make_train_step(method: Any, plan: Any, target: Target,
   `hypers` (the method's traced numeric options, e.g. `apd_objective.Hypers`)
   override the method's values and scale the updates by `hypers.lr_scale`.
   With `steps`, the loss gets `progress = step / steps` (else None).
+
+  A method with an `update` makes the step its own after the batch is drawn:
+  `method.update(params, opt_state, method_state, x, target, plan, key,
+  hypers, progress, optimizer) -> (params, opt_state, method_state,
+  metrics)` (e.g. state updated by its own ascent beside the descent;
+  `hypers.lr_scale` is then its to apply).
   """
+
+  own_update = getattr(method, "update", None)
 
   def train_step(state: TrainState, key: Array, hypers: Any = None):
     step_key = jax.random.fold_in(key, state.step)
     x = sample_fn(step_key, batch_size)
     if mesh is not None:
       x = sharding.constrain_batch(x, mesh)
+    progress = None if not steps else state.step / steps
+    if own_update is not None:    # the method's own update (and state)
+      params, opt_state, method_state, metrics = own_update(
+          state.components, state.opt_state, state.method_state, x, target,
+          plan, jax.random.fold_in(step_key, 1), hypers, progress, optimizer)
+      return TrainState(state.step + 1, params, opt_state,
+                        method_state), metrics
     params = method.project(state.components)
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-    progress = None if not steps else state.step / steps
     (loss, metrics), grads = grad_fn(params, x, target, plan,
                                      jax.random.fold_in(step_key, 1), hypers,
                                      progress)
@@ -81,7 +121,8 @@ def make_train_step(method: Any, plan: Any, target: Target,
     if hypers is not None:
       updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
     params = optax.apply_updates(params, updates)
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return TrainState(state.step + 1, params, opt_state,
+                      state.method_state), metrics
 
   return train_step
 

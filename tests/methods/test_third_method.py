@@ -16,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import apd_jax
@@ -27,6 +28,7 @@ from apd_jax.cli import sweep_experiment
 from apd_jax.core import components as comp_lib
 from apd_jax.core import losses
 from apd_jax.targets import tms
+from apd_jax.training import checkpoint as ckpt_lib
 
 
 class FaithfulHypers(NamedTuple):
@@ -219,3 +221,89 @@ def test_command_line_job_and_sweep(registered, tmp_path):
   out = sweep_experiment.train_and_evaluate(config, str(tmp_path / "sweep"))
   assert out["n_runs"] == 2
   assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
+
+
+# -- a method with state of its own --------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracked(Faithful):
+  """`Faithful` with its own update and state: the number of updates `n`
+  and an EMA of the faithfulness loss; each update is scaled by
+  `1 / (1 + n / 10)`, so the trained factors depend on the state too."""
+  NAME: ClassVar[str] = "tracked"
+
+  def init_state(self, key, target, params, sample_fn):
+    del key, target, params, sample_fn
+    return dict(n=jnp.zeros((), jnp.int32), ema=jnp.zeros(()))
+
+  def update(self, params, opt_state, state, x, target, plan, key, hypers,
+             progress, optimizer):
+    (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(
+        params, x, target, plan, key, hypers, progress)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    scale = 1.0 / (1.0 + state["n"] / 10)
+    if hypers is not None:
+      scale = scale * hypers.lr_scale
+    params = jax.tree.map(lambda p, u: p + scale * u, params, updates)
+    state = dict(n=state["n"] + 1,
+                 ema=0.9 * state["ema"] + 0.1 * metrics["faithfulness"])
+    return params, opt_state, state, dict(loss=loss, **metrics)
+
+
+def test_a_methods_own_state_is_updated_checkpointed_and_swept(
+    tms_target, tmp_path):
+  params, sample = tms_target
+  method = Tracked(n_components=2)
+  target = engine.make_target(tms.apply, params, "W", log=False)
+  state0 = engine.init_state(method, target, TRAINING, sample_fn=sample)
+  key = engine.run_keys(0)[1]
+  step = jax.jit(engine.make_train_step(method, None, target, sample,
+                                        TRAINING))
+  state, ema = state0, 0.0
+  for _ in range(6):
+    state, metrics = step(state, key)
+    ema = 0.9 * ema + 0.1 * float(metrics["faithfulness"])
+  assert int(state.method_state["n"]) == 6 == int(state.step)
+  np.testing.assert_allclose(state.method_state["ema"], ema, rtol=1e-5)
+
+  # Stopped at step 4 and resumed from the checkpoint: the run that was
+  # not interrupted, its state included.
+  step = engine.make_train_step(method, None, target, sample, TRAINING)
+  fresh = lambda: jax.tree.map(jnp.copy, state0)  # noqa: E731 (donated)
+  whole, _ = engine.fit(fresh(), step, key, steps=8, log_every=2,
+                        progress=False)
+  ckpt = ckpt_lib.Checkpoints(str(tmp_path / "c"), every=2)
+  engine.fit(fresh(), step, key, steps=4, log_every=2, checkpoints=ckpt,
+             progress=False)
+  back, history = ckpt.restore(fresh())
+  assert int(back.method_state["n"]) == 4 and len(history) == 2
+  resumed, _ = engine.fit(back, step, key, steps=8, log_every=2,
+                          history=history, progress=False)
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+  # A sweep of two seeds: each run's factors as its own run gives them.
+  training = TRAINING.replace(steps=40, log_every=20)
+  swept = apd_jax.decompose_sweep(
+      tms.apply, params, sample, include="W", method=method,
+      training=training, sweep={"seed": (0, 1)})
+  for seed, d in zip((0, 1), swept.decompositions, strict=True):
+    one = apd_jax.decompose(tms.apply, params, sample, include="W",
+                            method=method,
+                            training=training.replace(seed=seed))
+    np.testing.assert_allclose(d.components.U["['W']"],
+                               one.components.U["['W']"], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_method_without_state_keeps_the_old_layout():
+  """Its `TrainState` has the three children checkpoints always had."""
+  state = engine.TrainState.create({"U": jnp.ones(2)}, optax.sgd(0.1))
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree_util.tree_flatten_with_path(state)[0]]
+  assert paths == [".step", ".components['U']"]   # sgd keeps no state
+  with_state = state.replace(method_state={"s": jnp.zeros(3)})
+  assert len(jax.tree.leaves(with_state)) == 3
