@@ -136,7 +136,8 @@ def run(closed: jcore.ClosedJaxpr, out_tree, names: Sequence[str],
     log: if given, `log["materialised"]` is set to `{leaf: operations}` for
       the leaves some operation needed as full matrices.
     coefs: per occurrence, its own coefficients `[..., C]` (occurrence k
-      computes `Σ_c coefs[k]_c (a U_c) V_c`, without `W0`) or None (it
+      computes `Σ_c coefs[k]_c (a U_c) V_c`, without `W0`), `[..., C + 1]`
+      (the last masks the Δ-component `W0 − Σ_c U_c V_c`) or None (it
       computes `a W0`): masks per product rather than per leaf.
 
   Returns:
@@ -364,9 +365,21 @@ def _record(ctx, w: Factored, a: Array, dtype) -> Array:
 
 def _own_coefs(w: Factored, a: Array, coef: Array | None) -> Array:
   """`a W0` (coef None) or `Σ_c coef_c (a U_c) V_c` with `coef [..., C]`
-  (one coefficient per component and per leading position of `a`)."""
+  (one coefficient per component and per leading position of `a`).
+
+  With `C + 1` coefficients the last masks the Δ-component, the rest of
+  the weight `Δ = W0 − Σ_c U_c V_c`:
+  `Σ_c coef_c (a U_c) V_c + coef_Δ a Δ
+   = Σ_c (coef_c − coef_Δ) (a U_c) V_c + coef_Δ a W0`
+  (so every coefficient at 1 gives `a W0` exactly; Δ is never formed)."""
+  base = None if w.base is None else (w.base.T if w.transposed else w.base)
   if coef is None:
-    return a @ (w.base.T if w.transposed else w.base)
+    return a @ base
+  if coef.shape[-1] == w.U.shape[0] + 1:
+    delta = coef[..., -1:]
+    return (_own_coefs(w, a, coef[..., :-1] - delta)
+            + delta.reshape((1,) * max(0, a.ndim - delta.ndim)
+                            + delta.shape) * (a @ base))
   # A per-position mask [T, C] meets the example's input [1, T, i].
   coef = coef.reshape((1,) * max(0, a.ndim - coef.ndim) + coef.shape)
   if coef.shape[:-1] != a.shape[:-1]:
