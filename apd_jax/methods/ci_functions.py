@@ -15,11 +15,16 @@ block's hidden layer: the values are those of the plain expression, the
 gradients equal autodiff's to float precision (tests/methods/
 test_ci_functions.py), and nothing of size `N × C × d` is stored. On an
 accelerator the plain expression is used.
+
+VPD's toys read whole activations instead: `layerwise` is one MLP per
+product from its input vector `a_k` to its `C_k` logits, `global_` one
+MLP from every product's input concatenated to all their logits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 
 import jax
@@ -140,3 +145,61 @@ def _bwd(res, dz):
 
 
 _scalar_mlp.defvjp(_fwd, _bwd)
+
+
+# -- functions of whole activations (VPD's toys) ------------------------------
+
+
+def init_mlp(key: Array, widths: tuple[int, ...]) -> list[dict[str, Array]]:
+  """Layers `widths[0] → … → widths[-1]`: weights Kaiming-normal (gain √2
+  into a GELU, 1 into the output), zero biases."""
+  layers = []
+  for j, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+    gain = 2.0 if j < len(widths) - 2 else 1.0
+    w = jax.random.normal(jax.random.fold_in(key, j), (d_in, d_out))
+    layers.append(dict(w=w * (gain / d_in) ** 0.5, b=jnp.zeros((d_out,))))
+  return layers
+
+
+def mlp(layers: list[dict[str, Array]], a: Array) -> Array:
+  """`a [..., widths[0]] → [..., widths[-1]]`, exact GELU between layers
+  and none after the last."""
+  for j, layer in enumerate(layers):
+    a = a @ layer["w"] + layer["b"]
+    if j < len(layers) - 1:
+      a = gelu(a)
+  return a
+
+
+def init_layerwise(key: Array, d_ins: dict[str, int],
+                   n_components: dict[str, int], hidden: tuple[int, ...]
+                   ) -> dict[str, list]:
+  """One MLP per product `k`: its input `a_k [i_k] → hidden → C_k`."""
+  return {k: init_mlp(jax.random.fold_in(key, j),
+                      (d_ins[k], *hidden, n_components[k]))
+          for j, k in enumerate(sorted(d_ins))}
+
+
+def layerwise(params: dict[str, list], inputs: dict[str, Array]
+              ) -> dict[str, Array]:
+  """`{k: z_k [..., C_k]}`, each product's logits from its own input."""
+  return {k: mlp(params[k], inputs[k]) for k in params}
+
+
+def init_global(key: Array, d_ins: dict[str, int],
+                n_components: dict[str, int], hidden: tuple[int, ...]
+                ) -> list[dict[str, Array]]:
+  """One MLP over every product's input concatenated (in sorted order of
+  the products) to all their logits: `Σ_k i_k → hidden → Σ_k C_k`."""
+  return init_mlp(key, (sum(d_ins.values()), *hidden,
+                        sum(n_components.values())))
+
+
+def global_(params: list[dict[str, Array]], inputs: dict[str, Array],
+            n_components: dict[str, int]) -> dict[str, Array]:
+  """`{k: z_k [..., C_k]}`: the concatenated inputs through one MLP, its
+  output split back per product (sorted order)."""
+  names = sorted(inputs)
+  z = mlp(params, jnp.concatenate([inputs[k] for k in names], axis=-1))
+  ends = list(itertools.accumulate(n_components[k] for k in names))
+  return dict(zip(names, jnp.split(z, ends[:-1], axis=-1), strict=True))

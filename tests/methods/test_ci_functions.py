@@ -88,3 +88,80 @@ def test_gelu_is_exact():
   np.testing.assert_allclose(value, ci.gelu(x), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(slope, jax.vmap(jax.grad(ci.gelu))(x),
                              rtol=1e-5, atol=1e-6)
+
+
+# -- functions of whole activations -------------------------------------------
+
+D_INS, CS = {"a": 3, "b": 2}, {"a": 4, "b": 5}
+
+
+def _inputs(lead=(6,), seed=7, dtype=jnp.float32):
+  return {k: jax.random.normal(jax.random.PRNGKey(seed + j), lead + (d,),
+                               dtype)
+          for j, (k, d) in enumerate(sorted(D_INS.items()))}
+
+
+def _by_hand(layers, a):
+  """The MLP written out with numpy: GELU between layers, none after."""
+  a = np.asarray(a, np.float64)
+  for j, layer in enumerate(layers):
+    a = a @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"])
+    if j < len(layers) - 1:
+      a = np.asarray(jax.nn.gelu(a, approximate=False))
+  return a
+
+
+def test_layerwise_and_global_shapes_and_values():
+  key = jax.random.PRNGKey(0)
+  lw = ci.init_layerwise(key, D_INS, CS, hidden=(8,))
+  assert [layer["w"].shape for layer in lw["a"]] == [(3, 8), (8, 4)]
+  gl = ci.init_global(key, D_INS, CS, hidden=(8, 6))
+  assert [layer["w"].shape for layer in gl] == [(5, 8), (8, 6), (6, 9)]
+  assert all(float(jnp.abs(layer["b"]).max()) == 0 for layer in gl)
+  for lead in [(6,), (2, 5)]:            # a batch, or a batch of positions
+    x = _inputs(lead)
+    z = ci.layerwise(lw, x)
+    g = ci.global_(gl, x, CS)
+    for k in D_INS:
+      assert z[k].shape == g[k].shape == lead + (CS[k],)
+      np.testing.assert_allclose(z[k], _by_hand(lw[k], x[k]), rtol=1e-5,
+                                 atol=1e-6)
+    both = _by_hand(gl, np.concatenate([x["a"], x["b"]], axis=-1))
+    np.testing.assert_allclose(g["a"], both[..., :4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g["b"], both[..., 4:], rtol=1e-5, atol=1e-6)
+  # Global: product b's logits depend on product a's input; layerwise: not.
+  x = _inputs()
+  moved = dict(x, a=x["a"] + 1.0)
+  assert np.array_equal(ci.layerwise(lw, moved)["b"], ci.layerwise(lw, x)["b"])
+  assert not np.allclose(ci.global_(gl, moved, CS)["b"],
+                         ci.global_(gl, x, CS)["b"])
+
+
+@pytest.mark.parametrize("kind", ["layerwise", "global"])
+def test_whole_activation_gradients_match_finite_differences(kind):
+  jax.config.update("jax_enable_x64", True)
+  try:
+    key = jax.random.PRNGKey(1)
+    if kind == "layerwise":
+      params = ci.init_layerwise(key, D_INS, CS, hidden=(4,))
+      fn = ci.layerwise
+    else:
+      params = ci.init_global(key, D_INS, CS, hidden=(4,))
+      fn = lambda p, x: ci.global_(p, x, CS)  # noqa: E731
+    params = jax.tree.map(lambda a: a.astype(jnp.float64) + 0.1, params)
+    x = _inputs((3,), dtype=jnp.float64)
+
+    @jax.jit
+    def f(p, x):
+      return sum(jnp.sum(jnp.sin(2 * z)) for z in fn(p, x).values())
+
+    grads = jax.grad(f, argnums=(0, 1))(params, x)
+    flat, unravel = jax.flatten_util.ravel_pytree((params, x))
+    g_flat = jax.flatten_util.ravel_pytree(grads)[0]
+    eps = 1e-6
+    for i in range(flat.size):
+      e = jnp.zeros_like(flat).at[i].set(eps)
+      fd = (f(*unravel(flat + e)) - f(*unravel(flat - e))) / (2 * eps)
+      np.testing.assert_allclose(g_flat[i], fd, rtol=1e-6, atol=1e-8)
+  finally:
+    jax.config.update("jax_enable_x64", False)
