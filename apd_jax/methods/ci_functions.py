@@ -150,21 +150,24 @@ _scalar_mlp.defvjp(_fwd, _bwd)
 # -- functions of whole activations (VPD's toys) ------------------------------
 
 
-def init_mlp(key: Array, widths: tuple[int, ...]) -> list[dict[str, Array]]:
-  """Layers `widths[0] → … → widths[-1]`: weights Kaiming-normal (gain √2
-  into a GELU, 1 into the output), zero biases."""
-  layers = []
+def init_mlp(key: Array, widths: tuple[int, ...]
+             ) -> dict[str, dict[str, Array]]:
+  """Layers `widths[0] → … → widths[-1]` (`{'0': {'w', 'b'}, '1': …}`, a
+  dict so that it saves and loads as it is): weights Kaiming-normal (gain
+  √2 into a GELU, 1 into the output), zero biases."""
+  layers = {}
   for j, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
     gain = 2.0 if j < len(widths) - 2 else 1.0
     w = jax.random.normal(jax.random.fold_in(key, j), (d_in, d_out))
-    layers.append(dict(w=w * (gain / d_in) ** 0.5, b=jnp.zeros((d_out,))))
+    layers[str(j)] = dict(w=w * (gain / d_in) ** 0.5, b=jnp.zeros((d_out,)))
   return layers
 
 
-def mlp(layers: list[dict[str, Array]], a: Array) -> Array:
+def mlp(layers: dict[str, dict[str, Array]], a: Array) -> Array:
   """`a [..., widths[0]] → [..., widths[-1]]`, exact GELU between layers
   and none after the last."""
-  for j, layer in enumerate(layers):
+  for j in range(len(layers)):
+    layer = layers[str(j)]
     a = a @ layer["w"] + layer["b"]
     if j < len(layers) - 1:
       a = gelu(a)
@@ -173,14 +176,14 @@ def mlp(layers: list[dict[str, Array]], a: Array) -> Array:
 
 def init_layerwise(key: Array, d_ins: dict[str, int],
                    n_components: dict[str, int], hidden: tuple[int, ...]
-                   ) -> dict[str, list]:
+                   ) -> dict[str, dict]:
   """One MLP per product `k`: its input `a_k [i_k] → hidden → C_k`."""
   return {k: init_mlp(jax.random.fold_in(key, j),
                       (d_ins[k], *hidden, n_components[k]))
           for j, k in enumerate(sorted(d_ins))}
 
 
-def layerwise(params: dict[str, list], inputs: dict[str, Array]
+def layerwise(params: dict[str, dict], inputs: dict[str, Array]
               ) -> dict[str, Array]:
   """`{k: z_k [..., C_k]}`, each product's logits from its own input."""
   return {k: mlp(params[k], inputs[k]) for k in params}
@@ -188,14 +191,14 @@ def layerwise(params: dict[str, list], inputs: dict[str, Array]
 
 def init_global(key: Array, d_ins: dict[str, int],
                 n_components: dict[str, int], hidden: tuple[int, ...]
-                ) -> list[dict[str, Array]]:
+                ) -> dict[str, dict[str, Array]]:
   """One MLP over every product's input concatenated (in sorted order of
   the products) to all their logits: `Σ_k i_k → hidden → Σ_k C_k`."""
   return init_mlp(key, (sum(d_ins.values()), *hidden,
                         sum(n_components.values())))
 
 
-def global_(params: list[dict[str, Array]], inputs: dict[str, Array],
+def global_(params: dict[str, dict[str, Array]], inputs: dict[str, Array],
             n_components: dict[str, int]) -> dict[str, Array]:
   """`{k: z_k [..., C_k]}`: the concatenated inputs through one MLP, its
   output split back per product (sorted order)."""

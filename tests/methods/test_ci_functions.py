@@ -104,7 +104,8 @@ def _inputs(lead=(6,), seed=7, dtype=jnp.float32):
 def _by_hand(layers, a):
   """The MLP written out with numpy: GELU between layers, none after."""
   a = np.asarray(a, np.float64)
-  for j, layer in enumerate(layers):
+  for j in range(len(layers)):
+    layer = layers[str(j)]
     a = a @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"])
     if j < len(layers) - 1:
       a = np.asarray(jax.nn.gelu(a, approximate=False))
@@ -114,10 +115,10 @@ def _by_hand(layers, a):
 def test_layerwise_and_global_shapes_and_values():
   key = jax.random.PRNGKey(0)
   lw = ci.init_layerwise(key, D_INS, CS, hidden=(8,))
-  assert [layer["w"].shape for layer in lw["a"]] == [(3, 8), (8, 4)]
+  assert [layer["w"].shape for layer in lw["a"].values()] == [(3, 8), (8, 4)]
   gl = ci.init_global(key, D_INS, CS, hidden=(8, 6))
-  assert [layer["w"].shape for layer in gl] == [(5, 8), (8, 6), (6, 9)]
-  assert all(float(jnp.abs(layer["b"]).max()) == 0 for layer in gl)
+  assert [layer["w"].shape for layer in gl.values()] == [(5, 8), (8, 6), (6, 9)]
+  assert all(float(jnp.abs(layer["b"]).max()) == 0 for layer in gl.values())
   for lead in [(6,), (2, 5)]:            # a batch, or a batch of positions
     x = _inputs(lead)
     z = ci.layerwise(lw, x)
