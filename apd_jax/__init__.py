@@ -1,4 +1,5 @@
-"""apd_jax: Attribution-based and Stochastic Parameter Decomposition in JAX.
+"""apd_jax: Attribution-based, Stochastic and adVersarial Parameter
+Decomposition in JAX.
 
     import apd_jax
     method = apd_jax.APD(n_components=5, topk=0.211, rank=3)
@@ -6,8 +7,8 @@
     result = apd_jax.decompose(apply_fn, params, sample_fn, include="W",
                                method=method, training=training)
 
-The method object says what is optimised (`APD`, or `SPD(n_components=20,
-importance_coeff=3e-3)`), `Training` how. The building blocks that
+The method object says what is optimised (`APD`, `SPD(n_components=20,
+importance_coeff=3e-3)` or `VPD(n_components=20)`), `Training` how. The building blocks that
 `decompose` and `decompose_sweep` are made of (`make_target`, `init_state`,
 `make_train_step`, `fit`, `evaluate`, ...) are in `apd_jax.engine`; the
 methods and their protocol in `apd_jax.methods` (`methods.register` adds
@@ -24,12 +25,13 @@ from apd_jax.engine.sweep import SweepResult
 from apd_jax.engine.sweep import decompose_sweep
 from apd_jax.methods import APD
 from apd_jax.methods import SPD
+from apd_jax.methods import VPD
 from apd_jax.training.distributed import Preempted
 from apd_jax.training.options import Training
 from apd_jax.training.sharding import make_mesh
 
 __version__ = "0.3.0"
 
-__all__ = ["APD", "SPD", "Decomposition", "Preempted", "SweepResult",
+__all__ = ["APD", "SPD", "VPD", "Decomposition", "Preempted", "SweepResult",
            "Training", "decompose", "decompose_sweep", "engine", "load",
            "make_mesh", "methods", "save"]

@@ -10,8 +10,9 @@ import pytest
 from apd_jax import methods
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "apd_jax"
-METHOD_MODULES = {"apd", "spd", "apd_objective", "spd_objective"}
-CLASSES = {"APD", "SPD", "SPDParams"}
+METHOD_MODULES = {"apd", "spd", "vpd", "apd_objective", "spd_objective",
+                  "vpd_objective"}
+CLASSES = {"APD", "SPD", "VPD", "SPDParams", "VPDParams"}
 NAMES = {n.lower() for n in CLASSES} | CLASSES | set(methods.names())
 OUTSIDE = sorted(p for p in ROOT.rglob("*.py")
                  if "methods" not in p.relative_to(ROOT).parts

@@ -13,6 +13,7 @@ from __future__ import annotations
 from apd_jax.methods.apd import APD
 from apd_jax.methods.base import Method
 from apd_jax.methods.spd import SPD
+from apd_jax.methods.vpd import VPD
 
 _REGISTRY: dict[str, type] = {}
 
@@ -45,5 +46,6 @@ def names() -> list[str]:
 
 register(APD)
 register(SPD)
+register(VPD)
 
-__all__ = ["APD", "SPD", "Method", "get", "names", "register"]
+__all__ = ["APD", "SPD", "VPD", "Method", "get", "names", "register"]

@@ -1,0 +1,287 @@
+"""`VPD`: adversarial parameter decomposition, the method the field now uses.
+
+    method = VPD(n_components=20)
+    result = apd_jax.decompose(apply_fn, params, sample_fn, include="W",
+                               method=method, training=Training(...))
+    result.causal_importances(x)      # {product: [B, C_l]}
+
+VPD keeps SPD's objects and trains the masks against persistent adversarial
+sources, with subset routing, a Δ channel and smooth-L0 frequency
+minimality (`vpd_objective.py`). Its sources and their moments are state
+beside its parameters (`TrainState.method_state`): checkpointed, resumed
+and swept with the rest. The object is the method's side of the engine
+(`methods/base.py`).
+
+Not yet here: the causal-importance transformer for models with
+positions (the MLPs read each position's vector as it is), the frequency
+term at a moving average, separate optimisers for the factors and the
+CI function and the components' gradient clipping, the faithfulness
+warm-up, and per-example or per-position source scopes (the sources are
+shared by the whole batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+from typing import ClassVar
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from apd_jax.core.target import SampleFn
+from apd_jax.core.target import Target
+from apd_jax.core.target import check as check_target
+from apd_jax.core.target import upcast
+from apd_jax.methods import spd_objective
+from apd_jax.methods import vpd_objective as objective
+from apd_jax.methods.base import check_choice
+from apd_jax.methods.base import check_positive
+from apd_jax.methods.spd import SPD
+
+Array = jax.Array
+CI_FNS = ("layerwise", "global")
+
+
+@dataclasses.dataclass(frozen=True)
+class VPD:
+  """The VPD objective and its options (defaults: the VPD paper's language
+  model recipe where it gives them).
+
+  .. math::  L = c_f L_{faith} + c_{imp} Σ_s Σ_c f_{sc}
+              + c_{freq} Σ_s Σ_c f_{sc} \\log_2(1 + a' f_{sc})
+              + c_{stoch} L_{subset} + c_{adv} L_{ppgd}
+
+  Attributes:
+    n_components: C_l per decomposed matrix: an int, or `{leaf: C_l}`.
+    faithfulness_coeff: c_f [1e3], of the per-matrix normalised
+      faithfulness.
+    importance_coeff: c_imp [5e-6], of the smooth-L0 activity.
+    frequency_coeff: c_freq [1e-6].
+    stochastic_coeff: c_stoch [0.5], subset-routed uniform sources.
+    adversarial_coeff: c_adv [0.5], persistent adversarial sources.
+    ci_fn: 'layerwise' [default] (an MLP per product on its input) or
+      'global' (one MLP on every product's input).
+    ci_hidden: the CI MLPs' hidden widths [(16,)].
+    n_warmup: ascents of the sources per step before the main loss [2].
+    source_lr, source_warmup_frac: their Adam's step size [0.01], reached
+      linearly over that fraction of training [0.025].
+    gamma_start, gamma_end: the smooth-L0 width, linear over training
+      [1.0 -> 0.01].
+    reference_count: a' of the frequency term [None: the examples (and
+      positions) of a batch].
+    recon: ['mse'] or 'kl' (logits).
+    threshold: ci above which a subcomponent counts as active [0.1].
+    eval_pgd_steps, eval_pgd_step: the evaluation's fresh sign-PGD [20,
+      0.1].
+  """
+  n_components: int | Mapping[str, int] | tuple
+  faithfulness_coeff: float = 1e3
+  importance_coeff: float = 5e-6
+  frequency_coeff: float = 1e-6
+  stochastic_coeff: float = 0.5
+  adversarial_coeff: float = 0.5
+  ci_fn: str = "layerwise"
+  ci_hidden: tuple[int, ...] = (16,)
+  n_warmup: int = 2
+  source_lr: float = 0.01
+  source_warmup_frac: float = 0.025
+  gamma_start: float = 1.0
+  gamma_end: float = 0.01
+  reference_count: float | None = None
+  recon: str = "mse"
+  threshold: float = 0.1
+  eval_pgd_steps: int = 20
+  eval_pgd_step: float = 0.1
+
+  SWEEPABLE: ClassVar[tuple[str, ...]] = (
+      "faithfulness_coeff", "importance_coeff", "frequency_coeff",
+      "stochastic_coeff", "adversarial_coeff")
+  WARMUP_FRAC: ClassVar[float] = 0.0
+  NAME: ClassVar[str] = "vpd"
+  METRICS: ClassVar[tuple[str, ...]] = (
+      "faithfulness", "stochastic_recon", "pgd_recon", "ci_masked_recon",
+      "l0", "alive")
+  SELECT: ClassVar[tuple[str, str]] = ("pgd_recon", "min")
+  SCORE: ClassVar[str] = "ci"
+  SCORE_NAME: ClassVar[str] = "causal importance"
+  ACTIVE: ClassVar[str] = "causal importance above the threshold"
+  EXTRAS: ClassVar[tuple[str, ...]] = ("causal_importances",)
+  PARAMS: ClassVar[type] = objective.VPDParams
+  PLAN: ClassVar[type] = objective.Plan
+  CLI_DEFAULTS: ClassVar[dict] = dict(n_components=20)
+  init_traceable: ClassVar[bool] = True
+
+  def __post_init__(self):
+    object.__setattr__(self, "n_components", _spd(self).n_components)
+    object.__setattr__(self, "ci_hidden", tuple(int(h) for h in
+                                                 self.ci_hidden))
+    check_positive(threshold=self.threshold, source_lr=self.source_lr,
+                   gamma_start=self.gamma_start, gamma_end=self.gamma_end,
+                   eval_pgd_step=self.eval_pgd_step)
+    for name in self.SWEEPABLE:
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    if not (self.stochastic_coeff or self.adversarial_coeff):
+      raise ValueError("stochastic_coeff and adversarial_coeff are both 0: "
+                       "nothing reconstructs the target's outputs")
+    if self.n_warmup < 0 or self.eval_pgd_steps < 0:
+      raise ValueError("n_warmup and eval_pgd_steps must be >= 0")
+    if not 0 <= self.source_warmup_frac <= 1:
+      raise ValueError(f"source_warmup_frac must be in [0, 1], got "
+                       f"{self.source_warmup_frac}")
+    if any(h < 1 for h in self.ci_hidden):
+      raise ValueError(f"ci_hidden widths must be positive, got "
+                       f"{self.ci_hidden}")
+    check_choice("ci_fn", self.ci_fn, CI_FNS)
+    check_choice("recon", self.recon, spd_objective.RECONS)
+
+  def replace(self, **values) -> VPD:
+    return dataclasses.replace(self, **values)
+
+  def components_per_leaf(self, names) -> dict[str, int]:
+    """`{leaf: C_l}` for the decomposed leaves `names` (as `SPD`)."""
+    return _spd(self).components_per_leaf(names)
+
+  # -- the engine's protocol ------------------------------------------------
+
+  def check(self, target: Target, sample_fn: SampleFn, batch_size: int
+            ) -> None:
+    """`n_components` against the leaves, the sampler and apply_fn
+    (abstractly), and every decomposed leaf used in products."""
+    self.components_per_leaf(target.names)
+    check_target(target, sample_fn, batch_size)
+    self.plan(target, sample_fn, batch_size, None)
+
+  def init_params(self, key: Array, target: Target,
+                  sample_fn: SampleFn | None = None) -> objective.VPDParams:
+    if sample_fn is None:
+      raise ValueError("VPD.init_params needs sample_fn (its products are "
+                       "found by tracing the target on an example)")
+    plan = self.plan(target, sample_fn, 1, None)
+    return objective.init_params(key, target, plan,
+                                 self.components_per_leaf(target.names), self)
+
+  def init_state(self, key: Array, target: Target, params: Any,
+                 sample_fn: SampleFn | None) -> objective.VPDState:
+    """Persistent sources, uniform, and their zero moments."""
+    plan = self.plan(target, sample_fn, 1, None)
+    return objective.init_state(key, plan, self.components_per_leaf(
+        target.names), self)
+
+  def project(self, params):
+    return params
+
+  def gradient_transform(self):
+    return None
+
+  def hypers(self, **values) -> objective.Hypers:
+    return objective.Hypers(**{n: values.get(n, getattr(self, n))
+                               for n in self.SWEEPABLE})
+
+  def bound(self, runs: list[dict[str, Any]]) -> VPD:
+    """Every term is compiled in whatever the runs' coefficients."""
+    del runs
+    return self
+
+  def check_runs(self, runs: list[dict[str, Any]], batch_size: int) -> None:
+    for run in runs:
+      self.replace(**{k: v for k, v in run.items() if k in self.SWEEPABLE})
+
+  def plan(self, target: Target, sample_fn: SampleFn, batch_size: int,
+           params: Any) -> objective.Plan:
+    """The target's factored products, traced on one example (as SPD)."""
+    return _spd(self).plan(target, sample_fn, batch_size, params)
+
+  def loss(self, params, x, target, plan, key=None, hypers=None,
+           progress=None):
+    """Refused: VPD's step is its own (`update`), its loss needs the
+    persistent sources."""
+    raise NotImplementedError("VPD trains through update() (its loss needs "
+                              "its persistent sources)")
+
+  def update(self, params, opt_state, state, x, target, plan, key, hypers,
+             progress, optimizer):
+    """One step (`vpd_objective.update`)."""
+    return objective.update(self, params, opt_state, state, x, target, plan,
+                            key, hypers, progress, optimizer)
+
+  def evaluate(self, result, sample_fn: SampleFn, key: Array, *,
+               batch_size: int, n_batches: int) -> dict[str, Any]:
+    """Normalised faithfulness; reconstruction with subset routing and
+    uniform sources, with fresh sign-PGD sources, and with `ci` alone; L0
+    per product and summed; alive subcomponents. Float32."""
+    plan = result.plan
+    rows, alive = [], None
+    for i in range(n_batches):
+      k = jax.random.fold_in(key, i)
+      m = _evaluate_batch(self, plan, result.target, result.components,
+                          sample_fn(k, batch_size), k)
+      rows.append(m)
+      seen = m.pop("seen")
+      alive = seen if alive is None else [a | s for a, s in
+                                        zip(alive, seen, strict=True)]
+    out = {k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]}
+    out["faithfulness"] = float(objective.faithfulness(
+        upcast(result.target.weights, jnp.float32), result.components))
+    for label, a in zip(plan.labels, alive, strict=True):
+      out[f"alive/{label}"] = int(np.sum(a))
+    out["alive"] = int(sum(np.sum(a) for a in alive))
+    out["threshold"] = self.threshold
+    return out
+
+  # -- what analyses and export ask (`base.Method`) ---------------------------
+
+  def groups(self, result) -> dict[str, tuple[str, ...]]:
+    """A group per factored product (its label), of one leaf each."""
+    plan = result.plan
+    return {k: (leaf,) for k, leaf in zip(plan.labels, plan.leaves,
+                                          strict=True)}
+
+  def scores(self, result, x) -> dict[str, Array]:
+    """`{product: ci [B, (T,) C_l]}`, the lower-leaky causal importances."""
+    return _causal_importances(self, result.plan, result.target,
+                               result.components, x)
+
+  def masks(self, result, x, batch: bool = False) -> dict[str, Array]:
+    del batch
+    return self.scores(result, x)
+
+  def active(self, result, x, batch: bool = False) -> dict[str, Array]:
+    del batch
+    return {k: g > self.threshold for k, g in self.scores(result, x).items()}
+
+  def masked_apply(self, result, mask, x) -> Array:
+    """`f(x)` with product k computed as `Σ_c mask[k]_bc (a u_c) v_cᵀ`
+    (no Δ), or at the target's weights where `mask` has no entry for k."""
+    plan = result.plan
+    coefs = [None if mask.get(k) is None else jnp.asarray(mask[k])
+             for k in plan.labels]
+    return spd_objective.masked_forward(result.target, result.components,
+                                        plan, coefs, x)[0]
+
+  def causal_importances(self, result, x: Array) -> dict[str, Array]:
+    """`{product: ci [B, C_l]}` (as `scores`)."""
+    return self.scores(result, x)
+
+
+def _spd(m: VPD) -> SPD:
+  """The SPD of the same components: its products and `n_components`."""
+  return SPD(n_components=m.n_components, importance_coeff=0.0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _causal_importances(s, plan, target, params, x):
+  _, inputs = objective.product_inputs(target, plan, x)
+  lower, _ = objective.importances(s, params, plan, inputs)
+  # each example runs as a batch of one: that axis of size 1 is dropped
+  return {k: g[:, 0] if g.ndim > 2 and g.shape[1] == 1 else g
+          for k, g in lower.items()}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate_batch(s, plan, target, params, x, key):
+  return objective.evaluate_batch(s, params, target, plan, x, key)

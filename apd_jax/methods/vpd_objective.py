@@ -1,0 +1,278 @@
+"""The VPD objective (adversarial parameter decomposition), one step.
+
+.. math::  L = c_f L_{faith} + c_{imp} activity + c_{freq} freq
+              + c_{stoch} L_{subset} + c_{adv} L_{ppgd}
+
+SPD's objects (rank-one subcomponents per decomposed matrix, causal
+importances per product, masks `m = ci + (1 − ci) r` between them and 1)
+with VPD's terms:
+
+- `L_faith = mean_l ‖W_l − Σ_c u_c v_cᵀ‖² / ‖W_l‖²` (per matrix,
+  normalised);
+- a Δ channel per product (`Δ = W − Σ_c u_c v_cᵀ`, masked by its source
+  as is), so that every coefficient at 1 is the target exactly;
+- `L_subset`: one forward in which each example masks a uniform random
+  subset of the products (`routing.subset_routing`; the others keep their
+  weights) with uniform sources;
+- `L_ppgd`: every product masked with persistent adversarial sources, kept
+  in the method's state with their own Adam (`adversarial`): `n_warmup`
+  ascents with the decomposition held fixed, then the main loss with the
+  sources as leaves, then one more ascent from that same backward pass;
+- importance minimality as smooth-L0 frequencies per product
+  (`minimality`), `γ` annealed from 1 to 0.01 over training;
+- causal importances from whole input vectors (`ci_functions.layerwise`
+  or `.global_`), squashed by SPD's two leaky hard sigmoids.
+
+Products are SPD's occurrences (`spd_objective.Plan`): a leaf used twice
+(TMS's `W` and `Wᵀ`) shares its factors, each use has its own importances
+and sources.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from apd_jax.core import components as comp_lib
+from apd_jax.core import losses
+from apd_jax.core.target import Target
+from apd_jax.methods import adversarial
+from apd_jax.methods import ci_functions
+from apd_jax.methods import minimality
+from apd_jax.methods import routing
+from apd_jax.methods import spd_objective as spd
+
+Array = jax.Array
+Plan = spd.Plan
+sg = jax.lax.stop_gradient
+
+
+@flax.struct.dataclass
+class VPDParams:
+  """What VPD trains: rank-one factors per decomposed leaf and the
+  causal-importance function's parameters (`ci_functions`)."""
+  U: dict[str, Array]                  # leaf -> [C_l, i, 1]
+  V: dict[str, Array]                  # leaf -> [C_l, 1, o]
+  ci: dict[str, Any]                   # the CI function's layers
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(self.U)
+
+  @property
+  def n_components(self) -> dict[str, int]:
+    return {n: u.shape[0] for n, u in self.U.items()}
+
+
+class VPDState(NamedTuple):
+  """VPD's state beside its parameters: the persistent sources (`[C+1]`
+  per product, shared by the batch) and their Adam moments."""
+  sources: adversarial.SourceState
+
+
+class Hypers(NamedTuple):
+  """VPD's numeric options that may differ between a sweep's runs."""
+  faithfulness_coeff: float | Array
+  importance_coeff: float | Array
+  frequency_coeff: float | Array
+  stochastic_coeff: float | Array
+  adversarial_coeff: float | Array
+  lr_scale: float | Array = 1.0
+
+
+def faithfulness(weights: dict[str, Array], params: Any) -> Array:
+  """`mean_l ‖W_l − Σ_c U_c V_c‖²_F / ‖W_l‖²_F` (`weights`: the target's
+  matrices)."""
+  P = comp_lib.summed_from_factors(params)
+  return jnp.mean(jnp.stack([
+      jnp.sum((w - P[n]) ** 2) / jnp.sum(w ** 2)
+      for n, w in weights.items()]))
+
+
+def product_inputs(target: Target, plan: Plan, x: Array) -> tuple[Any, dict]:
+  """`(y, {label: a_k [B, ..., i_k]})`: the target's outputs on `x` and
+  each product's input (stop-gradient: the clean pass)."""
+  (y, _), inputs = sg(spd.target_pass(target, x))
+  return y, dict(zip(plan.labels, inputs, strict=True))
+
+
+def importances(s: Any, params: VPDParams, plan: Plan, inputs: dict
+                ) -> tuple[dict[str, Array], dict[str, Array]]:
+  """`(lower, upper)`: per product `[B, ..., C]`, the lower-leaky causal
+  importances (masks) and the upper-leaky ones (minimality)."""
+  if s.ci_fn == "global":
+    z = ci_functions.global_(params.ci, inputs, _components(params, plan))
+  else:
+    z = ci_functions.layerwise(params.ci, inputs)
+  return ({k: spd.lower_leaky_hard_sigmoid(v) for k, v in z.items()},
+          {k: spd.upper_leaky_hard_sigmoid(v) for k, v in z.items()})
+
+
+def _components(params: VPDParams, plan: Plan) -> dict[str, int]:
+  C = params.n_components
+  return {label: C[leaf] for label, leaf in
+          zip(plan.labels, plan.leaves, strict=True)}
+
+
+def coefficients(ci: dict[str, Array], sources: dict[str, Array],
+                 routes: dict[str, Array] | None = None) -> dict[str, Array]:
+  """Per product, its `C + 1` coefficients `[m, m_Δ]` from `ci` and the
+  sources (broadcast to the batch); with `routes`, 1 where not routed."""
+  masks, deltas = {}, {}
+  for k, g in ci.items():
+    r = jnp.broadcast_to(sources[k], (*g.shape[:-1], g.shape[-1] + 1))
+    masks[k], deltas[k] = routing.masks_from_sources(g, r)
+  if routes is not None:
+    masks, deltas = routing.routed_coefficients(routes, masks, deltas)
+  return {k: jnp.concatenate([masks[k], deltas[k][..., None]], axis=-1)
+          for k in ci}
+
+
+def masked_recon(target: Target, params: VPDParams, plan: Plan, y: Any,
+                 x: Array, coefs: dict[str, Array], recon) -> Array:
+  """`D(y, f(x | coefs))`."""
+  out = spd.masked_forward(target, params, plan,
+                           [coefs[k] for k in plan.labels], x)[0]
+  return recon(y, out)
+
+
+def init_params(key: Array, target: Target, plan: Plan,
+                n_components: dict[str, int], s: Any) -> VPDParams:
+  """SPD's factor initialisation; the CI function's by `ci_functions`."""
+  base = spd.init_params(key, target, plan, n_components, 1)
+  d_ins = {}
+  for label, leaf, t in zip(plan.labels, plan.leaves, plan.transposed,
+                            strict=True):
+    d_in, d_out = target.weights[leaf].shape
+    d_ins[label] = d_out if t else d_in
+  cs = {label: n_components[leaf] for label, leaf in
+        zip(plan.labels, plan.leaves, strict=True)}
+  ci_key = jax.random.fold_in(key, 7)
+  init = (ci_functions.init_global if s.ci_fn == "global"
+          else ci_functions.init_layerwise)
+  return VPDParams(U=base.U, V=base.V,
+                   ci=init(ci_key, d_ins, cs, tuple(s.ci_hidden)))
+
+
+def init_state(key: Array, plan: Plan, n_components: dict[str, int],
+               s: Any) -> VPDState:
+  """Uniform sources `[C+1]` per product and zero moments."""
+  cs = {label: n_components[leaf] for label, leaf in
+        zip(plan.labels, plan.leaves, strict=True)}
+  return VPDState(adversarial.init(key, cs, (), settings(s)))
+
+
+def settings(s: Any) -> adversarial.Settings:
+  return adversarial.Settings(lr=s.source_lr,
+                              warmup_frac=s.source_warmup_frac)
+
+
+def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
+           target: Target, plan: Plan, key: Array, hypers: Hypers | None,
+           progress: Array | None, optimizer):
+  """One VPD step (module docstring): `(params, opt_state, state,
+  metrics)`."""
+  h = s.hypers() if hypers is None else hypers
+  recon = losses.kl if s.recon == "kl" else losses.mse
+  t = jnp.asarray(0.0 if progress is None else progress, jnp.float32)
+  y, inputs = product_inputs(target, plan, x)
+  src = settings(s)
+  lr_src = adversarial.learning_rate(t, src)
+
+  # n_warmup ascents, the decomposition held fixed.
+  fixed = sg(params)
+  fixed_ci = sg(importances(s, fixed, plan, inputs)[0])
+  sources = adversarial.ascend(
+      lambda r: masked_recon(target, fixed, plan, y, x,
+                             coefficients(fixed_ci, r), recon),
+      state.sources, s.n_warmup, lr=lr_src, settings=src)
+
+  k_route, k_noise = jax.random.split(key)
+  gamma = minimality.annealed_gamma(t, s.gamma_start, s.gamma_end)
+
+  def total(params, r):
+    lower, upper = importances(s, params, plan, inputs)
+    batch = next(iter(lower.values())).shape[:-1]
+    reference = s.reference_count or math.prod(batch)
+    mini = minimality.minimality_terms(upper, gamma, reference)
+    routes = routing.subset_routing(k_route, batch, plan.labels)
+    noise = {k: jax.random.uniform(jax.random.fold_in(k_noise, j),
+                                   (*batch, g.shape[-1] + 1))
+             for j, (k, g) in enumerate(lower.items())}
+    terms = dict(
+        faithfulness=faithfulness(target.weights, params),
+        activity=mini.activity, frequency=mini.freq,
+        stochastic=masked_recon(target, params, plan, y, x,
+                                coefficients(lower, noise, routes), recon),
+        adversarial=masked_recon(target, params, plan, y, x,
+                                 coefficients(lower, r), recon))
+    coeffs = dict(faithfulness=h.faithfulness_coeff,
+                  activity=h.importance_coeff,
+                  frequency=h.frequency_coeff,
+                  stochastic=h.stochastic_coeff,
+                  adversarial=h.adversarial_coeff)
+    loss = sum(coeffs[k] * v for k, v in terms.items())
+    l0 = {f"l0/{k}": jnp.mean(jnp.sum(g > s.threshold, axis=-1))
+          for k, g in lower.items()}
+    return loss, dict(terms, loss=loss, gamma=gamma,
+                      l0=sum(l0.values()), **l0)
+
+  (loss, metrics), (g_params, g_sources) = jax.value_and_grad(
+      total, argnums=(0, 1), has_aux=True)(params, sources.sources)
+  # The last ascent from the same backward pass, on the term itself.
+  c_adv = h.adversarial_coeff
+  g_sources = jax.tree.map(
+      lambda g: jnp.where(c_adv != 0, g / jnp.where(c_adv != 0, c_adv, 1.0),
+                          g), g_sources)
+  sources = adversarial.apply_ascent(sources, g_sources, lr=lr_src,
+                                     settings=src)
+  updates, opt_state = optimizer.update(g_params, opt_state, params)
+  if hypers is not None:
+    updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
+  params = optax.apply_updates(params, updates)
+  return params, opt_state, VPDState(sources), metrics
+
+
+def evaluate_batch(s: Any, params: VPDParams, target: Target, plan: Plan,
+                   x: Array, key: Array) -> dict:
+  """One evaluation batch (float32): the subset-routed reconstruction with
+  uniform sources, the reconstruction under fresh sign-PGD sources (shared
+  by the batch, every product masked), under `ci` alone (sources 0, Δ
+  off), L0s and which subcomponents were active."""
+  recon_fn = losses.kl if s.recon == "kl" else losses.mse
+  recon = lambda a, b: recon_fn(*jax.tree.map(  # noqa: E731
+      lambda v: v.astype(jnp.float32), (a, b)))
+  y, inputs = product_inputs(target, plan, x)
+  lower, _ = importances(s, params, plan, inputs)
+  batch = next(iter(lower.values())).shape[:-1]
+  k_route, k_noise, k_pgd = jax.random.split(key, 3)
+  routes = routing.subset_routing(k_route, batch, plan.labels)
+  noise = {k: jax.random.uniform(jax.random.fold_in(k_noise, j),
+                                 (*batch, g.shape[-1] + 1))
+           for j, (k, g) in enumerate(lower.items())}
+  stoch = masked_recon(target, params, plan, y, x,
+                       coefficients(lower, noise, routes), recon)
+  start = {k: jax.random.uniform(jax.random.fold_in(k_pgd, j),
+                                 (g.shape[-1] + 1,))
+           for j, (k, g) in enumerate(lower.items())}
+  worst = adversarial.sign_pgd(
+      lambda r: masked_recon(target, params, plan, y, x,
+                             coefficients(lower, r), recon),
+      start, s.eval_pgd_steps, s.eval_pgd_step)
+  pgd = masked_recon(target, params, plan, y, x, coefficients(lower, worst),
+                     recon)
+  zeros = {k: jnp.zeros((g.shape[-1] + 1,)) for k, g in lower.items()}
+  ci_only = masked_recon(target, params, plan, y, x,
+                         coefficients(lower, zeros), recon)
+  active = {k: g > s.threshold for k, g in lower.items()}
+  l0 = {f"l0/{k}": jnp.mean(jnp.sum(a, axis=-1)) for k, a in active.items()}
+  seen = [jnp.any(active[k].reshape(-1, active[k].shape[-1]), axis=0)
+          for k in plan.labels]
+  return dict(stochastic_recon=stoch, pgd_recon=pgd, ci_masked_recon=ci_only,
+              l0=sum(l0.values()), **l0, seen=seen)
