@@ -69,6 +69,7 @@ class VPD:
     n_warmup: ascents of the sources per step before the main loss [2].
     source_lr, source_warmup_frac: their Adam's step size [0.01], reached
       linearly over that fraction of training [0.025].
+    source_b1: their Adam's first-moment decay [0.5] (β2 0.99, ε 1e-8).
     gamma_start, gamma_end: the smooth-L0 width, linear over training
       [1.0 -> 0.01].
     reference_count: a' of the frequency term [None: the examples (and
@@ -89,6 +90,7 @@ class VPD:
   n_warmup: int = 2
   source_lr: float = 0.01
   source_warmup_frac: float = 0.025
+  source_b1: float = 0.5
   gamma_start: float = 1.0
   gamma_end: float = 0.01
   reference_count: float | None = None
@@ -130,6 +132,8 @@ class VPD:
                        "nothing reconstructs the target's outputs")
     if self.n_warmup < 0 or self.eval_pgd_steps < 0:
       raise ValueError("n_warmup and eval_pgd_steps must be >= 0")
+    if not 0 <= self.source_b1 < 1:
+      raise ValueError(f"source_b1 must be in [0, 1), got {self.source_b1}")
     if not 0 <= self.source_warmup_frac <= 1:
       raise ValueError(f"source_warmup_frac must be in [0, 1], got "
                        f"{self.source_warmup_frac}")

@@ -169,7 +169,7 @@ def init_state(key: Array, plan: Plan, n_components: dict[str, int],
 
 
 def settings(s: Any) -> adversarial.Settings:
-  return adversarial.Settings(lr=s.source_lr,
+  return adversarial.Settings(lr=s.source_lr, b1=s.source_b1,
                               warmup_frac=s.source_warmup_frac)
 
 

@@ -2,6 +2,8 @@
 lowers its reconstruction terms, its persistent sources across steps and a
 checkpoint, a sweep equal to separate runs, and the analyses."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,8 @@ import pytest
 
 import apd_jax
 from apd_jax import engine
+from apd_jax.cli import config as cli_config
+from apd_jax.cli import scoreboard
 from apd_jax.methods import adversarial
 from apd_jax.methods import vpd_objective as obj
 from apd_jax.targets import tms
@@ -160,3 +164,16 @@ def test_the_ascent_raises_the_adversarial_loss(tms_target):
 
   after = adversarial.ascend(loss, state.sources, 5, lr=0.05)
   assert float(loss(after.sources)) > float(loss(state.sources.sources))
+
+
+def test_the_tms_config_builds_the_stated_method():
+  configs = str(pathlib.Path(__file__).resolve().parents[2] / "configs")
+  for arg, layers in ((None, 0), ("identity", 1)):
+    c = scoreboard.load_config(configs, "vpd_tms_5_2", arg)
+    cli_config.check(c)
+    m, training = cli_config.method_and_training(c)
+    assert isinstance(m, apd_jax.VPD) and m.n_components == 20
+    assert (m.ci_hidden, m.importance_coeff, m.frequency_coeff,
+            m.source_b1) == ((50,), 8e-4, 4e-4, 0.01)
+    assert training.steps == 20_000 and training.batch_size == 4096
+    assert c.target.n_hidden_layers == layers
