@@ -13,9 +13,8 @@ and swept with the rest. The object is the method's side of the engine
 (`methods/base.py`).
 
 Not yet here: the causal-importance transformer for models with
-positions (the MLPs read each position's vector as it is), the frequency
-term at a moving average, separate optimisers for the factors and the
-CI function and the components' gradient clipping, the faithfulness
+positions (the MLPs read each position's vector as it is), separate
+optimisers for the factors and the CI function and the components' gradient clipping, the faithfulness
 warm-up, and per-example or per-position source scopes (the sources are
 shared by the whole batch).
 """
@@ -74,6 +73,9 @@ class VPD:
       [1.0 -> 0.01].
     reference_count: a' of the frequency term [None: the examples (and
       positions) of a batch].
+    frequency_halflife: if set, the frequency term is taken at a debiased
+      moving average of the frequencies with this half-life in steps (its
+      gradient through this batch's at full scale; the average is state).
     recon: ['mse'] or 'kl' (logits).
     threshold: ci above which a subcomponent counts as active [0.1].
     eval_pgd_steps, eval_pgd_step: the evaluation's fresh sign-PGD [20,
@@ -94,6 +96,7 @@ class VPD:
   gamma_start: float = 1.0
   gamma_end: float = 0.01
   reference_count: float | None = None
+  frequency_halflife: float | None = None
   recon: str = "mse"
   threshold: float = 0.1
   eval_pgd_steps: int = 20
@@ -132,6 +135,8 @@ class VPD:
                        "nothing reconstructs the target's outputs")
     if self.n_warmup < 0 or self.eval_pgd_steps < 0:
       raise ValueError("n_warmup and eval_pgd_steps must be >= 0")
+    if self.frequency_halflife is not None:
+      check_positive(frequency_halflife=self.frequency_halflife)
     if not 0 <= self.source_b1 < 1:
       raise ValueError(f"source_b1 must be in [0, 1), got {self.source_b1}")
     if not 0 <= self.source_warmup_frac <= 1:

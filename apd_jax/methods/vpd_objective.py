@@ -19,7 +19,8 @@ with VPD's terms:
   ascents with the decomposition held fixed, then the main loss with the
   sources as leaves, then one more ascent from that same backward pass;
 - importance minimality as smooth-L0 frequencies per product
-  (`minimality`), `γ` annealed from 1 to 0.01 over training;
+  (`minimality`), `γ` annealed from 1 to 0.01 over training, the
+  frequency term optionally at a debiased moving average of them;
 - causal importances from whole input vectors (`ci_functions.layerwise`
   or `.global_`), squashed by SPD's two leaky hard sigmoids.
 
@@ -72,8 +73,10 @@ class VPDParams:
 
 class VPDState(NamedTuple):
   """VPD's state beside its parameters: the persistent sources (`[C+1]`
-  per product, shared by the batch) and their Adam moments."""
+  per product, shared by the batch) and their Adam moments; the moving
+  average of the frequencies where the frequency term uses one."""
   sources: adversarial.SourceState
+  freq_ema: minimality.FrequencyEMA | None = None
 
 
 class Hypers(NamedTuple):
@@ -165,7 +168,8 @@ def init_state(key: Array, plan: Plan, n_components: dict[str, int],
   """Uniform sources `[C+1]` per product and zero moments."""
   cs = {label: n_components[leaf] for label, leaf in
         zip(plan.labels, plan.leaves, strict=True)}
-  return VPDState(adversarial.init(key, cs, (), settings(s)))
+  ema = minimality.ema_init(cs) if s.frequency_halflife else None
+  return VPDState(adversarial.init(key, cs, (), settings(s)), ema)
 
 
 def settings(s: Any) -> adversarial.Settings:
@@ -201,13 +205,18 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
     batch = next(iter(lower.values())).shape[:-1]
     reference = s.reference_count or math.prod(batch)
     mini = minimality.minimality_terms(upper, gamma, reference)
+    freq, ema = mini.freq, state.freq_ema
+    if s.frequency_halflife:     # the frequency term at a moving average
+      freq, ema = minimality.ema_frequency_penalty(
+          mini.f, ema, reference_count=reference,
+          decay=minimality.decay_from_halflife(s.frequency_halflife))
     routes = routing.subset_routing(k_route, batch, plan.labels)
     noise = {k: jax.random.uniform(jax.random.fold_in(k_noise, j),
                                    (*batch, g.shape[-1] + 1))
              for j, (k, g) in enumerate(lower.items())}
     terms = dict(
         faithfulness=faithfulness(target.weights, params),
-        activity=mini.activity, frequency=mini.freq,
+        activity=mini.activity, frequency=freq,
         stochastic=masked_recon(target, params, plan, y, x,
                                 coefficients(lower, noise, routes), recon),
         adversarial=masked_recon(target, params, plan, y, x,
@@ -220,10 +229,10 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
     loss = sum(coeffs[k] * v for k, v in terms.items())
     l0 = {f"l0/{k}": jnp.mean(jnp.sum(g > s.threshold, axis=-1))
           for k, g in lower.items()}
-    return loss, dict(terms, loss=loss, gamma=gamma,
-                      l0=sum(l0.values()), **l0)
+    return loss, (dict(terms, loss=loss, gamma=gamma,
+                       l0=sum(l0.values()), **l0), ema)
 
-  (loss, metrics), (g_params, g_sources) = jax.value_and_grad(
+  (loss, (metrics, ema)), (g_params, g_sources) = jax.value_and_grad(
       total, argnums=(0, 1), has_aux=True)(params, sources.sources)
   # The last ascent from the same backward pass, on the term itself.
   c_adv = h.adversarial_coeff
@@ -236,7 +245,7 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
   if hypers is not None:
     updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
   params = optax.apply_updates(params, updates)
-  return params, opt_state, VPDState(sources), metrics
+  return params, opt_state, VPDState(sources, ema), metrics
 
 
 def evaluate_batch(s: Any, params: VPDParams, target: Target, plan: Plan,

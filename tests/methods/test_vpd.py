@@ -177,3 +177,32 @@ def test_the_tms_config_builds_the_stated_method():
             m.source_b1) == ((50,), 8e-4, 4e-4, 0.01)
     assert training.steps == 20_000 and training.batch_size == 4096
     assert c.target.n_hidden_layers == layers
+
+
+def test_the_frequency_average_starts_at_this_batch_and_is_state(
+    tms_target):
+  """Debiased, the average after one update is that batch's f: the first
+  step's frequency term equals the plain one; the average is carried."""
+  params, sample = tms_target
+  plain = method(frequency_coeff=1e-3)
+  averaged = plain.replace(frequency_halflife=10.0)
+  training = TRAINING.replace(steps=4)
+  target = engine.make_target(tms.apply, params, "W", log=False)
+  key = engine.run_keys(0)[1]
+  out = {}
+  for m in (plain, averaged):
+    state = engine.init_state(m, target, training, sample_fn=sample)
+    plan = m.plan(target, sample, training.batch_size, state.components)
+    step = jax.jit(engine.make_train_step(m, plan, target, sample,
+                                          training))
+    out[m] = step(state, key)
+  (_, plain_metrics), (state, metrics) = out[plain], out[averaged]
+  assert out[plain][0].method_state.freq_ema is None
+  np.testing.assert_allclose(metrics["frequency"],
+                             plain_metrics["frequency"], rtol=1e-5)
+  ema = state.method_state.freq_ema
+  assert int(ema.count) == 1
+  beta = 2.0 ** -0.1
+  assert all(float(v.max()) > 0 for v in ema.ema.values())
+  # ema = (1 − β) f, so f̂ = f ≤ 1 (a mean of values in [0, 1)).
+  assert all(float(v.max()) <= (1 - beta) + 1e-6 for v in ema.ema.values())
