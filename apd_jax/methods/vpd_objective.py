@@ -71,12 +71,20 @@ class VPDParams:
     return {n: u.shape[0] for n, u in self.U.items()}
 
 
-class VPDState(NamedTuple):
+VPDState = dict   # {'sources': SourceState[, 'freq_ema': FrequencyEMA]}
+
+
+def make_state(sources: adversarial.SourceState,
+               freq_ema: minimality.FrequencyEMA | None = None) -> VPDState:
   """VPD's state beside its parameters: the persistent sources (`[C+1]`
-  per product, shared by the batch) and their Adam moments; the moving
-  average of the frequencies where the frequency term uses one."""
-  sources: adversarial.SourceState
-  freq_ema: minimality.FrequencyEMA | None = None
+  per product, shared by the batch) with their Adam moments, and the
+  frequencies' moving average where the frequency term uses one. A dict
+  with no entry for what is not used, so that such a state is laid out,
+  and checkpointed, the same whatever options exist."""
+  state = {"sources": sources}
+  if freq_ema is not None:
+    state["freq_ema"] = freq_ema
+  return state
 
 
 class Hypers(NamedTuple):
@@ -169,7 +177,7 @@ def init_state(key: Array, plan: Plan, n_components: dict[str, int],
   cs = {label: n_components[leaf] for label, leaf in
         zip(plan.labels, plan.leaves, strict=True)}
   ema = minimality.ema_init(cs) if s.frequency_halflife else None
-  return VPDState(adversarial.init(key, cs, (), settings(s)), ema)
+  return make_state(adversarial.init(key, cs, (), settings(s)), ema)
 
 
 def settings(s: Any) -> adversarial.Settings:
@@ -195,7 +203,7 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
   sources = adversarial.ascend(
       lambda r: masked_recon(target, fixed, plan, y, x,
                              coefficients(fixed_ci, r), recon),
-      state.sources, s.n_warmup, lr=lr_src, settings=src)
+      state["sources"], s.n_warmup, lr=lr_src, settings=src)
 
   k_route, k_noise = jax.random.split(key)
   gamma = minimality.annealed_gamma(t, s.gamma_start, s.gamma_end)
@@ -205,7 +213,7 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
     batch = next(iter(lower.values())).shape[:-1]
     reference = s.reference_count or math.prod(batch)
     mini = minimality.minimality_terms(upper, gamma, reference)
-    freq, ema = mini.freq, state.freq_ema
+    freq, ema = mini.freq, state.get("freq_ema")
     if s.frequency_halflife:     # the frequency term at a moving average
       freq, ema = minimality.ema_frequency_penalty(
           mini.f, ema, reference_count=reference,
@@ -245,7 +253,7 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
   if hypers is not None:
     updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
   params = optax.apply_updates(params, updates)
-  return params, opt_state, VPDState(sources, ema), metrics
+  return params, opt_state, make_state(sources, ema), metrics
 
 
 def evaluate_batch(s: Any, params: VPDParams, target: Target, plan: Plan,
