@@ -1,10 +1,51 @@
 """Shared fixtures: small targets with known structure."""
 
 import contextlib
+import os
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import pytest
+
+# One persistent compilation cache per test session, shared by the xdist
+# workers and every subprocess the tests start (they inherit the
+# environment): the same small programs are compiled by many tests and
+# many processes, and compiling dominates most tests' time. Fresh each
+# session (deleted at the end), so timings never rest on an earlier run.
+# APD_JAX_TEST_JIT_CACHE=0 turns it off.
+CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+  if hasattr(config, "workerinput"):      # an xdist worker: set by the
+    return                                # controller, which started it
+  if ("JAX_COMPILATION_CACHE_DIR" in os.environ    # the caller's own
+      or os.environ.get("APD_JAX_TEST_JIT_CACHE") == "0"):
+    return
+  path = tempfile.mkdtemp(prefix="apd_jax_test_jit_cache_")
+  config._apd_jax_jit_cache = path
+  os.environ.update(CACHE_ENV, JAX_COMPILATION_CACHE_DIR=path)
+  # This process imported JAX already (above): it reads the environment
+  # only then.
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+  path = getattr(config, "_apd_jax_jit_cache", None)
+  if path:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def cache_env():
+  """The compilation cache's settings, for a subprocess given its own
+  environment."""
+  return {k: os.environ[k] for k in
+          ("JAX_COMPILATION_CACHE_DIR", *CACHE_ENV) if k in os.environ}
 
 
 @contextlib.contextmanager

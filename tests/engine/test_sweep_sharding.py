@@ -1,6 +1,7 @@
 """On several devices a sweep's runs are split over the mesh's data axis and
 each run's components over its component axis; results do not change."""
 
+import functools
 import json
 import pathlib
 import subprocess
@@ -9,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import cache_env
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -38,9 +40,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@functools.cache     # the one-device runs serve two tests each
 def run(n_devices, method="apd", component=0):
   env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}",
-         "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+         "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **cache_env()}
   out = subprocess.run(
       [sys.executable, "-c", SCRIPT, method, str(component)], cwd=ROOT,
       env=env, capture_output=True, text=True, timeout=300)

@@ -5,6 +5,7 @@ that compiles it from abstract arguments.
     python tests/training/test_plan_scale.py OUT.npz   # the 8-device side
 """
 
+import fcntl
 import json
 import os
 import subprocess
@@ -94,31 +95,57 @@ def eight_devices(out: str) -> None:
 
 class Worker:
   """`eight_devices` in a process of its own, started at once (the tests
-  compute the 1-device side meanwhile)."""
+  compute the 1-device side meanwhile). Run once per session: under
+  pytest-xdist the first worker to come runs it while holding `lock`,
+  which it lets go once the result is read; the others wait on the lock
+  and read the file it wrote (or, if it failed, run it again themselves)."""
 
-  def __init__(self, out):
-    self.out = out
+  def __init__(self, out, lock=None):
+    self.out, self.lock, self.proc, self.got = out, lock, None, None
+    if os.path.exists(out):
+      self.release()
+      return
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
                XLA_FLAGS="--xla_force_host_platform_device_count=8")
     self.proc = subprocess.Popen([sys.executable, __file__, str(out)],
                                  env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-    self.got = None
+
+  def release(self):
+    if self.lock is not None:
+      self.lock.close()             # lets go of the flock
+      self.lock = None
 
   def result(self):
     if self.got is None:
-      _, err = self.proc.communicate(timeout=300)
-      assert self.proc.returncode == 0, err[-3000:]
-      self.got = np.load(self.out)
+      try:
+        if self.proc is not None:
+          _, err = self.proc.communicate(timeout=300)
+          if self.proc.returncode != 0 and os.path.exists(self.out):
+            os.remove(self.out)     # a failed run leaves nothing to share
+          assert self.proc.returncode == 0, err[-3000:]
+        self.got = np.load(self.out)
+      finally:
+        self.release()
     return self.got
+
+
+def shared_dir(tmp_path_factory):
+  """A folder of this session that every xdist worker sees."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
-  w = Worker(tmp_path_factory.mktemp("eight_devices") / "out.npz")
+  shared = shared_dir(tmp_path_factory)
+  lock = open(shared / "eight_devices.lock", "a")  # noqa: SIM115
+  fcntl.flock(lock, fcntl.LOCK_EX)
+  w = Worker(shared / "eight_devices.npz", lock)
   yield w
-  if w.proc.poll() is None:
+  if w.proc is not None and w.proc.poll() is None:
     w.proc.kill()
+  w.release()
 
 
 def test_sharded_step_on_eight_devices_equals_one_device(worker):
