@@ -257,15 +257,16 @@ def init_state(method: Any, target: Target, training: Training, *,
   initial parameters and the optimiser state, drawn directly into their
   shards over `mesh` where the method's init is traceable. `sample_fn`
   gives the example shape a method may need (SPD does). A method with an
-  `init_state(key, target, params, sample_fn)` gets that state beside
-  its parameters (replicated over `mesh`)."""
+  `init_state(key, target, params, sample_fn, batch_size)` gets that
+  state beside its parameters (replicated over `mesh`)."""
   init_key = run_keys(training.seed if seed is None else seed)[0]
   opt = optimizer(method, training)
 
   def own_state(params):
     init = getattr(method, "init_state", None)
     return None if init is None else init(
-        jax.random.fold_in(init_key, 1), target, params, sample_fn)
+        jax.random.fold_in(init_key, 1), target, params, sample_fn,
+        training.batch_size)
 
   if mesh is None:
     params = method.init_params(init_key, target, sample_fn)

@@ -22,7 +22,8 @@ the optimiser: e.g. persistent adversarial sources with their own
 optimiser), kept in `TrainState.method_state`, checkpointed and swept with
 the rest:
 
-  method.init_state(key, target, params, sample_fn)   its state at step 0
+  method.init_state(key, target, params, sample_fn, batch_size)
+                                                its state at step 0
   method.update(params, opt_state, method_state, x, target, plan, key,
                 hypers, progress, optimizer)
                 -> (params, opt_state, method_state, metrics)

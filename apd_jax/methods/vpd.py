@@ -14,9 +14,8 @@ and swept with the rest. The object is the method's side of the engine
 
 Not yet here: the causal-importance transformer for models with
 positions (the MLPs read each position's vector as it is), separate
-optimisers for the factors and the CI function and the components' gradient clipping, the faithfulness
-warm-up, and per-example or per-position source scopes (the sources are
-shared by the whole batch).
+optimisers for the factors and the CI function (their learning rates), the faithfulness warm-up, and
+sources per position.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
@@ -43,6 +43,7 @@ from apd_jax.methods.spd import SPD
 
 Array = jax.Array
 CI_FNS = ("layerwise", "global")
+SOURCE_SCOPES = ("shared", "per_example")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,11 @@ class VPD:
     source_lr, source_warmup_frac: their Adam's step size [0.01], reached
       linearly over that fraction of training [0.025].
     source_b1: their Adam's first-moment decay [0.5] (β2 0.99, ε 1e-8).
+    source_scope: 'shared' [default] (one set of sources for the whole
+      batch) or 'per_example' (one set per example of the batch, by its
+      index in the batch).
+    grad_clip: if set, the factors' and the CI function's gradients are
+      each clipped to this global norm before the optimiser.
     gamma_start, gamma_end: the smooth-L0 width, linear over training
       [1.0 -> 0.01].
     reference_count: a' of the frequency term [None: the examples (and
@@ -93,6 +99,8 @@ class VPD:
   source_lr: float = 0.01
   source_warmup_frac: float = 0.025
   source_b1: float = 0.5
+  source_scope: str = "shared"
+  grad_clip: float | None = None
   gamma_start: float = 1.0
   gamma_end: float = 0.01
   reference_count: float | None = None
@@ -146,6 +154,9 @@ class VPD:
       raise ValueError(f"ci_hidden widths must be positive, got "
                        f"{self.ci_hidden}")
     check_choice("ci_fn", self.ci_fn, CI_FNS)
+    check_choice("source_scope", self.source_scope, SOURCE_SCOPES)
+    if self.grad_clip is not None:
+      check_positive(grad_clip=self.grad_clip)
     check_choice("recon", self.recon, spd_objective.RECONS)
 
   def replace(self, **values) -> VPD:
@@ -175,17 +186,24 @@ class VPD:
                                  self.components_per_leaf(target.names), self)
 
   def init_state(self, key: Array, target: Target, params: Any,
-                 sample_fn: SampleFn | None) -> objective.VPDState:
+                 sample_fn: SampleFn | None, batch_size: int
+                 ) -> objective.VPDState:
     """Persistent sources, uniform, and their zero moments."""
     plan = self.plan(target, sample_fn, 1, None)
+    lead = (batch_size,) if self.source_scope == "per_example" else ()
     return objective.init_state(key, plan, self.components_per_leaf(
-        target.names), self)
+        target.names), self, lead)
 
   def project(self, params):
     return params
 
   def gradient_transform(self):
-    return None
+    """With `grad_clip`: the factors' and the CI function's gradients each
+    clipped to that global norm."""
+    if self.grad_clip is None:
+      return None
+    clip = optax.clip_by_global_norm(self.grad_clip)
+    return optax.multi_transform({"factors": clip, "ci": clip}, _groups)
 
   def hypers(self, **values) -> objective.Hypers:
     return objective.Hypers(**{n: values.get(n, getattr(self, n))
@@ -275,6 +293,15 @@ class VPD:
   def causal_importances(self, result, x: Array) -> dict[str, Array]:
     """`{product: ci [B, C_l]}` (as `scores`)."""
     return self.scores(result, x)
+
+
+def _groups(params):
+  """Each leaf of `VPDParams` (or of a tree shaped like it): 'ci' under its
+  `ci` field, else 'factors'."""
+  def label(path, _):
+    first = path[0] if path else None
+    return "ci" if getattr(first, "name", None) == "ci" else "factors"
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def _spd(m: VPD) -> SPD:

@@ -77,8 +77,9 @@ VPDState = dict   # {'sources': SourceState[, 'freq_ema': FrequencyEMA]}
 def make_state(sources: adversarial.SourceState,
                freq_ema: minimality.FrequencyEMA | None = None) -> VPDState:
   """VPD's state beside its parameters: the persistent sources (`[C+1]`
-  per product, shared by the batch) with their Adam moments, and the
-  frequencies' moving average where the frequency term uses one. A dict
+  per product shared by the batch, or `[B, C+1]` one set per example)
+  with their Adam moments, and the frequencies' moving average where the
+  frequency term uses one. A dict
   with no entry for what is not used, so that such a state is laid out,
   and checkpointed, the same whatever options exist."""
   state = {"sources": sources}
@@ -133,11 +134,14 @@ def _components(params: VPDParams, plan: Plan) -> dict[str, int]:
 
 def coefficients(ci: dict[str, Array], sources: dict[str, Array],
                  routes: dict[str, Array] | None = None) -> dict[str, Array]:
-  """Per product, its `C + 1` coefficients `[m, m_Δ]` from `ci` and the
-  sources (broadcast to the batch); with `routes`, 1 where not routed."""
+  """Per product, its `C + 1` coefficients `[m, m_Δ]` from `ci [B, ...,
+  C]` and the sources (`[C+1]` shared, or `[B, C+1]` per example,
+  broadcast to the batch); with `routes`, 1 where not routed."""
   masks, deltas = {}, {}
   for k, g in ci.items():
-    r = jnp.broadcast_to(sources[k], (*g.shape[:-1], g.shape[-1] + 1))
+    r = sources[k]
+    r = r.reshape(r.shape[:-1] + (1,) * (g.ndim - r.ndim) + r.shape[-1:])
+    r = jnp.broadcast_to(r, (*g.shape[:-1], g.shape[-1] + 1))
     masks[k], deltas[k] = routing.masks_from_sources(g, r)
   if routes is not None:
     masks, deltas = routing.routed_coefficients(routes, masks, deltas)
@@ -172,12 +176,13 @@ def init_params(key: Array, target: Target, plan: Plan,
 
 
 def init_state(key: Array, plan: Plan, n_components: dict[str, int],
-               s: Any) -> VPDState:
-  """Uniform sources `[C+1]` per product and zero moments."""
+               s: Any, lead: tuple[int, ...] = ()) -> VPDState:
+  """Uniform sources `[*lead, C+1]` per product (`lead`: `()` shared by
+  the batch, `(B,)` one set per example) and zero moments."""
   cs = {label: n_components[leaf] for label, leaf in
         zip(plan.labels, plan.leaves, strict=True)}
   ema = minimality.ema_init(cs) if s.frequency_halflife else None
-  return make_state(adversarial.init(key, cs, (), settings(s)), ema)
+  return make_state(adversarial.init(key, cs, lead, settings(s)), ema)
 
 
 def settings(s: Any) -> adversarial.Settings:

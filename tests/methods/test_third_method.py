@@ -233,8 +233,8 @@ class Tracked(Faithful):
   `1 / (1 + n / 10)`, so the trained factors depend on the state too."""
   NAME: ClassVar[str] = "tracked"
 
-  def init_state(self, key, target, params, sample_fn):
-    del key, target, params, sample_fn
+  def init_state(self, key, target, params, sample_fn, batch_size):
+    del key, target, params, sample_fn, batch_size
     return dict(n=jnp.zeros((), jnp.int32), ema=jnp.zeros(()))
 
   def update(self, params, opt_state, state, x, target, plan, key, hypers,

@@ -153,7 +153,7 @@ def test_the_ascent_raises_the_adversarial_loss(tms_target):
   target = engine.make_target(tms.apply, params, "W", log=False)
   comps = m.init_params(jax.random.PRNGKey(0), target, sample)
   plan = m.plan(target, sample, 64, comps)
-  state = m.init_state(jax.random.PRNGKey(1), target, comps, sample)
+  state = m.init_state(jax.random.PRNGKey(1), target, comps, sample, 64)
   x = sample(jax.random.PRNGKey(2), 64)
   y, inputs = obj.product_inputs(target, plan, x)
   ci = obj.importances(m, comps, plan, inputs)[0]
@@ -174,7 +174,8 @@ def test_the_tms_config_builds_the_stated_method():
     m, training = cli_config.method_and_training(c)
     assert isinstance(m, apd_jax.VPD) and m.n_components == 20
     assert (m.ci_hidden, m.importance_coeff, m.frequency_coeff,
-            m.source_b1) == ((50,), 8e-4, 4e-4, 0.01)
+            m.source_b1, m.source_scope, m.grad_clip) == (
+                (50,), 8e-4, 4e-4, 0.01, "per_example", 1.0)
     assert training.steps == 20_000 and training.batch_size == 4096
     assert c.target.n_hidden_layers == layers
 
@@ -206,3 +207,39 @@ def test_the_frequency_average_starts_at_this_batch_and_is_state(
   assert all(float(v.max()) > 0 for v in ema.ema.values())
   # ema = (1 − β) f, so f̂ = f ≤ 1 (a mean of values in [0, 1)).
   assert all(float(v.max()) <= (1 - beta) + 1e-6 for v in ema.ema.values())
+
+
+def test_per_example_sources_and_clipped_gradients(tms_target):
+  """One set of sources per example of the batch, each moved by its own
+  example's gradient; gradients clipped per group before Adam."""
+  params, sample = tms_target
+  m = method(source_scope="per_example", source_warmup_frac=0.0,
+             grad_clip=1e-3)
+  training = TRAINING.replace(steps=6, batch_size=32)
+  target = engine.make_target(tms.apply, params, "W", log=False)
+  state = engine.init_state(m, target, training, sample_fn=sample)
+  r0 = state.method_state["sources"].sources
+  assert all(r.shape == (32, 11) for r in r0.values())
+  plan = m.plan(target, sample, 32, state.components)
+  step = jax.jit(engine.make_train_step(m, plan, target, sample, training))
+  key = engine.run_keys(0)[1]
+  for _ in range(6):
+    state, _ = step(state, key)
+  r6 = state.method_state["sources"].sources
+  # Examples whose input is all zero (TMS features are sparse) give their
+  # sources no gradient: those rows stay, the others move.
+  still = [np.all(np.asarray(a) == np.asarray(b), axis=-1)
+           for a, b in zip(jax.tree.leaves(r6), jax.tree.leaves(r0))]
+  assert any(s.any() for s in still) and any((~s).any() for s in still)
+  # Clipping: one group's clipped gradient has a global norm of at most 1e-3.
+  grads = obj.VPDParams(
+      U={"['W']": jnp.full((10, 2, 1), 5.0)},
+      V={"['W']": jnp.zeros((10, 1, 5))},
+      ci=jax.tree.map(lambda a: jnp.full_like(a, 2.0),
+                      state.components.ci))
+  clip = m.gradient_transform()
+  out, _ = clip.update(grads, clip.init(state.components), state.components)
+  for group in ((out.U, out.V), out.ci):
+    norm = optax.tree.norm(group)
+    np.testing.assert_allclose(norm, 1e-3, rtol=1e-5)
+  assert method().gradient_transform() is None
