@@ -14,8 +14,8 @@ and swept with the rest. The object is the method's side of the engine
 
 Not yet here: the causal-importance transformer for models with
 positions (the MLPs read each position's vector as it is), separate
-optimisers for the factors and the CI function (their learning rates), the faithfulness warm-up, and
-sources per position.
+learning rates for the factors and the CI function, the faithfulness
+warm-up, and sources per position.
 """
 
 from __future__ import annotations

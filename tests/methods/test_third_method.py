@@ -223,7 +223,7 @@ def test_command_line_job_and_sweep(registered, tmp_path):
   assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
 
 
-# -- a method with state of its own --------------------------------------------
+# -- a method with state of its own -------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
