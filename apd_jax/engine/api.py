@@ -272,9 +272,10 @@ def init_state(method: Any, target: Target, training: Training, *,
     params = method.init_params(init_key, target, sample_fn)
     return TrainState.create(params, opt, own_state(params))
   if method.init_traceable:
-    params = jax.jit(lambda k: method.init_params(k, target, sample_fn),
-                     out_shardings=sharding.leading_component(mesh))(
-                         sharding.put(init_key, sharding.replicated(mesh)))
+    init = lambda k: method.init_params(k, target, sample_fn)  # noqa: E731
+    shardings = sharding.components(mesh, jax.eval_shape(init, init_key))
+    params = jax.jit(init, out_shardings=shardings)(
+        sharding.put(init_key, sharding.replicated(mesh)))
   else:  # concrete on the host, then split
     params = method.init_params(init_key, target, sample_fn)
     params = sharding.put(params, sharding.components(mesh, params))

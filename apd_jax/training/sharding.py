@@ -78,14 +78,22 @@ def batch(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA))
 
 
-def leading_component(mesh: Mesh) -> NamedSharding:
-  """Leading (C) axis over `component`."""
-  return NamedSharding(mesh, PartitionSpec(COMPONENT))
+def components(mesh: Mesh, comps: Any, runs: bool = False) -> Any:
+  """The sharding of each leaf of the method's parameters `comps` (arrays
+  or abstract): its leading (C) axis over `component`, after the runs axis
+  (over `data`) with `runs`. A leaf whose leading axis the component axis
+  does not divide (not indexed by component, e.g. a hidden layer of a CI
+  function that reads whole activations) is replicated over it."""
+  lead = (DATA,) if runs else ()
 
+  def one(a):
+    shape = np.shape(a)
+    if len(shape) > len(lead) and not shape[len(lead)] % mesh.shape[
+        COMPONENT]:
+      return NamedSharding(mesh, PartitionSpec(*lead, COMPONENT))
+    return NamedSharding(mesh, PartitionSpec(*lead))
 
-def components(mesh: Mesh, comps: Any) -> Any:
-  """The sharding of each factor of `comps` (C axis over `component`)."""
-  return jax.tree.map(lambda _: leading_component(mesh), comps)
+  return jax.tree.map(one, comps)
 
 
 def train_state(mesh: Mesh, state: Any,
@@ -95,10 +103,7 @@ def train_state(mesh: Mesh, state: Any,
   optimizer's per-parameter moments split over C, the rest replicated. With
   `runs` (a sweep's stacked states) every array has a leading runs axis,
   split over `data`."""
-  lead = (DATA,) if runs else ()
-  comp = jax.tree.map(
-      lambda _: NamedSharding(mesh, PartitionSpec(*lead, COMPONENT)),
-      state.components)
+  comp = components(mesh, state.components, runs)
   rest = batch(mesh) if runs else replicated(mesh)
   opt = optax.tree_map_params(
       optimizer, lambda _, s: s, state.opt_state, comp,

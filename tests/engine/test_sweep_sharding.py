@@ -22,9 +22,11 @@ SCRIPT = textwrap.dedent("""
     from apd_jax.training import sharding
     method_name, component = sys.argv[1], int(sys.argv[2])
     params = tms.init(jax.random.PRNGKey(0), n_features=5, n_hidden=2)
-    method = (apd_jax.APD(n_components=6, topk=0.5, rank=2)
-              if method_name == "apd" else
-              apd_jax.SPD(n_components=6, importance_coeff=3e-3))
+    method = dict(
+        apd=lambda: apd_jax.APD(n_components=6, topk=0.5, rank=2),
+        spd=lambda: apd_jax.SPD(n_components=6, importance_coeff=3e-3),
+        vpd=lambda: apd_jax.VPD(n_components=6, importance_coeff=1e-3,
+                                source_warmup_frac=0.0))[method_name]()
     mesh = (None if component == 0 else
             sharding.make_mesh(component=component))
     r = sweep.decompose_sweep(
@@ -63,7 +65,7 @@ def test_sharded_sweep_equals_one_device():
   assert_same(two, one)
 
 
-@pytest.mark.parametrize("method", ["apd", "spd"])
+@pytest.mark.parametrize("method", ["apd", "spd", "vpd"])
 def test_runs_and_components_sharded_equal_one_device(method):
   # 2 × 2 mesh: 3 runs (padded to 4) over the data axis, C = 6 over 2.
   one, four = run(1, method), run(4, method, component=2)
