@@ -8,11 +8,12 @@ Decomposition in JAX.
                                method=method, training=training)
 
 The method object says what is optimised (`APD`, `SPD(n_components=20,
-importance_coeff=3e-3)` or `VPD(n_components=20)`), `Training` how. The building blocks that
-`decompose` and `decompose_sweep` are made of (`make_target`, `init_state`,
-`make_train_step`, `fit`, `evaluate`, ...) are in `apd_jax.engine`; the
-methods and their protocol in `apd_jax.methods` (`methods.register` adds
-one). Importing apd_jax changes nothing in JAX.
+importance_coeff=3e-3)` or `VPD(n_components=20)`), `Training` how. The
+building blocks that `decompose` and `decompose_sweep` are made of
+(`make_target`, `init_state`, `make_train_step`, `fit`, `evaluate`, ...)
+are in `apd_jax.engine`; the methods and their protocol in
+`apd_jax.methods` (`methods.register` adds one). Importing apd_jax changes
+nothing in JAX.
 """
 
 from apd_jax import engine

@@ -107,8 +107,8 @@ def define_flags() -> None:
 
 def method_for(config: TransformerConfig) -> Any:
   """SPD with C = 4 · d_model per matrix and KL on the logits."""
-  return methods.get("spd")(n_components=4 * config.d_model, importance_coeff=1e-4,
-             recon="kl")
+  return methods.get("spd")(n_components=4 * config.d_model,
+                            importance_coeff=1e-4, recon="kl")
 
 
 def sampler(config: TransformerConfig):

@@ -159,7 +159,8 @@ def _flatten(target: Target):
 
 def _unflatten(static: tuple, children: tuple) -> Target:
   target = object.__new__(Target)   # no checks: leaves may be tracers
-  for name, value in zip(("params",) + _STATIC, children + static):
+  for name, value in zip(("params",) + _STATIC, children + static,
+                         strict=True):
     object.__setattr__(target, name, value)
   return target
 

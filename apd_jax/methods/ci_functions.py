@@ -156,7 +156,8 @@ def init_mlp(key: Array, widths: tuple[int, ...]
   dict so that it saves and loads as it is): weights Kaiming-normal (gain
   √2 into a GELU, 1 into the output), zero biases."""
   layers = {}
-  for j, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+  for j, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:],
+                                        strict=True)):
     gain = 2.0 if j < len(widths) - 2 else 1.0
     w = jax.random.normal(jax.random.fold_in(key, j), (d_in, d_out))
     layers[str(j)] = dict(w=w * (gain / d_in) ** 0.5, b=jnp.zeros((d_out,)))

@@ -36,8 +36,78 @@ from apd_jax.methods.base import check_positive
 Array = jax.Array
 
 
+class PerProduct:
+  """What SPD and VPD answer alike: a group of components per factored
+  product (its label), scored by the method's `scores` (causal
+  importances, active above its `threshold`), masked product by product.
+  Mixed into `SPD` and `vpd.VPD`."""
+
+  # -- what analyses and export ask (`base.Method`) ---------------------------
+
+  def groups(self, result) -> dict[str, tuple[str, ...]]:
+    """A group per factored product (its label), of one leaf each."""
+    plan = result.plan
+    return {k: (leaf,) for k, leaf in zip(plan.labels, plan.leaves,
+                                          strict=True)}
+
+  def masks(self, result, x, batch: bool = False) -> dict[str, Array]:
+    """The masks of the importance-masked pass: the importances themselves
+    (per example; `batch` changes nothing)."""
+    del batch
+    return self.scores(result, x)
+
+  def active(self, result, x, batch: bool = False) -> dict[str, Array]:
+    """`{product: importance > threshold}` (per example)."""
+    del batch
+    return {k: g > self.threshold for k, g in self.scores(result, x).items()}
+
+  def masked_apply(self, result, mask, x) -> Any:
+    """The target's output with product k computed as
+    `Σ_c mask[k]_bc (a u_c) v_cᵀ` (a product left out of the dict `mask`
+    keeps the target's weights)."""
+    plan = result.plan
+    if not isinstance(mask, dict) or set(mask) - set(plan.labels):
+      raise ValueError(f"a mask of {type(self).__name__} is a dict over the "
+                       f"products {list(plan.labels)}")
+    coefs = tuple(mask.get(k) for k in plan.labels)
+    return _masked_apply(result.target, plan, result.components, coefs, x)
+
+  # -- its own analyses, as `result.<name>(x)` (EXTRAS) --------------------
+
+  def causal_importances(self, result, x: Array) -> dict[str, Array]:
+    """`{product: importances [B, (T,) C_l]}`, each subcomponent's causal
+    importance on the batch `x`, per factored product of the target (keyed
+    by the leaf's name, `name#j` for the j-th use of a leaf used more than
+    once)."""
+    return self.scores(result, x)
+
+  # -- shared by the evaluations ----------------------------------------------
+
+  def evaluate_batches(self, result, batch_fn, sample_fn: SampleFn,
+                       key: Array, batch_size: int, n_batches: int
+                       ) -> dict[str, Any]:
+    """The means over `n_batches` fresh batches of `batch_fn(x, key)`'s
+    metrics, and the alive subcomponents per product and in all (active on
+    some example: `batch_fn`'s `seen`, one bool array `[C_l]` per
+    product)."""
+    rows, alive = [], None
+    for i in range(n_batches):
+      k = jax.random.fold_in(key, i)
+      m = batch_fn(sample_fn(k, batch_size), k)
+      rows.append(m)
+      seen = m.pop("seen")
+      alive = seen if alive is None else [a | s for a, s in
+                                        zip(alive, seen, strict=True)]
+    out = {k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]}
+    for label, a in zip(result.plan.labels, alive, strict=True):
+      out[f"alive/{label}"] = int(np.sum(a))
+    out["alive"] = int(sum(np.sum(a) for a in alive))
+    out["threshold"] = self.threshold
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
-class SPD:
+class SPD(PerProduct):
   """The SPD objective and its options (SPD paper, §2).
 
   .. math::  L = c_f \\|θ^* − Σ_c u_c v_cᵀ\\|^2 / N
@@ -208,73 +278,21 @@ class SPD:
     summed (`G > threshold`); alive subcomponents (active on some example
     of the `n_batches` batches). All computed in float32 (or wider),
     whatever the target's dtype."""
-    plan = result.plan
-    faith = float(losses.faithfulness(
+    out = self.evaluate_batches(
+        result, lambda x, k: _evaluate_batch(
+            self, result.plan, result.target, result.components, x, k),
+        sample_fn, key, batch_size, n_batches)
+    out["faithfulness"] = float(losses.faithfulness(
         upcast(result.target.weights, jnp.float32),
         comp_lib.summed_from_factors(result.components)))
-    rows, alive = [], None
-    for i in range(n_batches):
-      k = jax.random.fold_in(key, i)
-      x = sample_fn(k, batch_size)
-      m = _evaluate_batch(self, plan, result.target, result.components, x,
-                          k)
-      rows.append(m)
-      seen = m.pop("seen")
-      alive = seen if alive is None else [a | s for a, s in
-                                        zip(alive, seen, strict=True)]
-    out = {k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]}
-    out["faithfulness"] = faith
-    for label, a in zip(plan.labels, alive, strict=True):
-      out[f"alive/{label}"] = int(np.sum(a))
-    out["alive"] = int(sum(np.sum(a) for a in alive))
-    out["threshold"] = self.threshold
     return out
 
-
-  # -- what analyses and export ask (`base.Method`) ---------------------------
-
-  def groups(self, result) -> dict[str, tuple[str, ...]]:
-    """A group per factored product (its label), of one leaf each."""
-    plan = result.plan
-    return {k: (leaf,) for k, leaf in zip(plan.labels, plan.leaves,
-                                          strict=True)}
+  # -- its own answers for the analyses (the rest: `PerProduct`) -------------
 
   def scores(self, result, x) -> dict[str, Array]:
     """`{product: G [B, (T,) C_l]}`, the causal importances on `x`."""
     return _causal_importances(result.target, result.plan,
                                result.components, x)
-
-  def masks(self, result, x, batch: bool = False) -> dict[str, Array]:
-    """The masks of the `G`-masked pass: `G` itself (per example; `batch`
-    changes nothing)."""
-    del batch
-    return self.scores(result, x)
-
-  def active(self, result, x, batch: bool = False) -> dict[str, Array]:
-    """`{product: G > threshold}` (per example)."""
-    del batch
-    return {k: g > self.threshold for k, g in self.scores(result, x).items()}
-
-  def masked_apply(self, result, mask, x) -> Any:
-    """The target's output with product k computed as
-    `Σ_c mask[k]_bc (a u_c) v_cᵀ` (a product left out of the dict `mask`
-    keeps the target's weights)."""
-    plan = result.plan
-    if not isinstance(mask, dict) or set(mask) - set(plan.labels):
-      raise ValueError(f"an SPD mask is a dict over the products "
-                       f"{list(plan.labels)}")
-    coefs = tuple(mask.get(k) for k in plan.labels)
-    return _masked_apply(result.target, plan, result.components, coefs, x)
-
-  # -- its own analyses, as `result.<name>(x)` (EXTRAS) --------------------
-
-  def causal_importances(self, result, x: Array) -> dict[str, Array]:
-    """`{product: G [B, C_l]}`, each subcomponent's causal importance on
-    the batch `x`, per factored product of the target (keyed by the
-    leaf's name, `name#j` for the j-th use of a leaf used more than
-    once)."""
-    return self.scores(result, x)
-
 
 @functools.partial(jax.jit, static_argnums=1)
 def _causal_importances(target, plan, params, x):

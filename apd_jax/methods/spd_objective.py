@@ -41,14 +41,9 @@ LEAK = 0.01       # slope of the hard sigmoids' leaky sides
 EPS = 1e-12       # added to G before the power of L_imp
 
 
-@flax.struct.dataclass
-class SPDParams:
-  """What SPD trains: rank-one factors per decomposed leaf and, per
-  occurrence, the causal-importance MLPs `1 → d → 1` of its subcomponents
-  (`w1, b1, w2: [C_l, d]`, `b2: [C_l]`)."""
-  U: dict[str, Array]                  # leaf -> [C_l, i, 1]
-  V: dict[str, Array]                  # leaf -> [C_l, 1, o]
-  gates: dict[str, dict[str, Array]]   # occurrence label -> MLP weights
+class Factors:
+  """The rank-one factors' views shared by SPD's and VPD's parameters
+  (`U: {leaf: [C_l, i, 1]}`)."""
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -57,6 +52,16 @@ class SPDParams:
   @property
   def n_components(self) -> dict[str, int]:
     return {n: u.shape[0] for n, u in self.U.items()}
+
+
+@flax.struct.dataclass
+class SPDParams(Factors):
+  """What SPD trains: rank-one factors per decomposed leaf and, per
+  occurrence, the causal-importance MLPs `1 → d → 1` of its subcomponents
+  (`w1, b1, w2: [C_l, d]`, `b2: [C_l]`)."""
+  U: dict[str, Array]                  # leaf -> [C_l, i, 1]
+  V: dict[str, Array]                  # leaf -> [C_l, 1, o]
+  gates: dict[str, dict[str, Array]]   # occurrence label -> MLP weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +209,14 @@ def causal_importances(params: SPDParams, target: Target, plan: Plan,
   runs as a batch of one, `x_b[None]`; that axis of size 1 is dropped.)"""
   inputs = target_pass(target, x)[1]
   G, _ = importances(params, plan, inputs)
-  return {label: g[:, 0] if g.ndim > 2 and g.shape[1] == 1 else g
-          for label, g in zip(plan.labels, G, strict=True)}
+  return {label: per_example(g) for label, g in zip(plan.labels, G,
+                                                    strict=True)}
+
+
+def per_example(g: Array) -> Array:
+  """`g [B, 1, ..., C]` computed by running each example as a batch of one
+  as `[B, ..., C]` (that axis of size 1 dropped)."""
+  return g[:, 0] if g.ndim > 2 and g.shape[1] == 1 else g
 
 
 # -- masked passes -------------------------------------------------------------

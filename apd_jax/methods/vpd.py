@@ -28,7 +28,6 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from apd_jax.core.target import SampleFn
@@ -40,6 +39,7 @@ from apd_jax.methods import vpd_objective as objective
 from apd_jax.methods.base import check_choice
 from apd_jax.methods.base import check_positive
 from apd_jax.methods.spd import SPD
+from apd_jax.methods.spd import PerProduct
 
 Array = jax.Array
 CI_FNS = ("layerwise", "global")
@@ -47,7 +47,7 @@ SOURCE_SCOPES = ("shared", "per_example")
 
 
 @dataclasses.dataclass(frozen=True)
-class VPD:
+class VPD(PerProduct):
   """The VPD objective and its options (defaults: the VPD paper's language
   model recipe where it gives them).
 
@@ -241,58 +241,20 @@ class VPD:
     """Normalised faithfulness; reconstruction with subset routing and
     uniform sources, with fresh sign-PGD sources, and with `ci` alone; L0
     per product and summed; alive subcomponents. Float32."""
-    plan = result.plan
-    rows, alive = [], None
-    for i in range(n_batches):
-      k = jax.random.fold_in(key, i)
-      m = _evaluate_batch(self, plan, result.target, result.components,
-                          sample_fn(k, batch_size), k)
-      rows.append(m)
-      seen = m.pop("seen")
-      alive = seen if alive is None else [a | s for a, s in
-                                        zip(alive, seen, strict=True)]
-    out = {k: float(np.mean([float(r[k]) for r in rows])) for k in rows[0]}
+    out = self.evaluate_batches(
+        result, lambda x, k: _evaluate_batch(
+            self, result.plan, result.target, result.components, x, k),
+        sample_fn, key, batch_size, n_batches)
     out["faithfulness"] = float(objective.faithfulness(
         upcast(result.target.weights, jnp.float32), result.components))
-    for label, a in zip(plan.labels, alive, strict=True):
-      out[f"alive/{label}"] = int(np.sum(a))
-    out["alive"] = int(sum(np.sum(a) for a in alive))
-    out["threshold"] = self.threshold
     return out
 
-  # -- what analyses and export ask (`base.Method`) ---------------------------
-
-  def groups(self, result) -> dict[str, tuple[str, ...]]:
-    """A group per factored product (its label), of one leaf each."""
-    plan = result.plan
-    return {k: (leaf,) for k, leaf in zip(plan.labels, plan.leaves,
-                                          strict=True)}
+  # -- its own answers for the analyses (the rest: `PerProduct`) -------------
 
   def scores(self, result, x) -> dict[str, Array]:
     """`{product: ci [B, (T,) C_l]}`, the lower-leaky causal importances."""
     return _causal_importances(self, result.plan, result.target,
                                result.components, x)
-
-  def masks(self, result, x, batch: bool = False) -> dict[str, Array]:
-    del batch
-    return self.scores(result, x)
-
-  def active(self, result, x, batch: bool = False) -> dict[str, Array]:
-    del batch
-    return {k: g > self.threshold for k, g in self.scores(result, x).items()}
-
-  def masked_apply(self, result, mask, x) -> Array:
-    """`f(x)` with product k computed as `Σ_c mask[k]_bc (a u_c) v_cᵀ`
-    (no Δ), or at the target's weights where `mask` has no entry for k."""
-    plan = result.plan
-    coefs = [None if mask.get(k) is None else jnp.asarray(mask[k])
-             for k in plan.labels]
-    return spd_objective.masked_forward(result.target, result.components,
-                                        plan, coefs, x)[0]
-
-  def causal_importances(self, result, x: Array) -> dict[str, Array]:
-    """`{product: ci [B, C_l]}` (as `scores`)."""
-    return self.scores(result, x)
 
 
 def _groups(params):
@@ -313,9 +275,7 @@ def _spd(m: VPD) -> SPD:
 def _causal_importances(s, plan, target, params, x):
   _, inputs = objective.product_inputs(target, plan, x)
   lower, _ = objective.importances(s, params, plan, inputs)
-  # each example runs as a batch of one: that axis of size 1 is dropped
-  return {k: g[:, 0] if g.ndim > 2 and g.shape[1] == 1 else g
-          for k, g in lower.items()}
+  return {k: spd_objective.per_example(g) for k, g in lower.items()}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -55,20 +55,12 @@ sg = jax.lax.stop_gradient
 
 
 @flax.struct.dataclass
-class VPDParams:
+class VPDParams(spd.Factors):
   """What VPD trains: rank-one factors per decomposed leaf and the
   causal-importance function's parameters (`ci_functions`)."""
   U: dict[str, Array]                  # leaf -> [C_l, i, 1]
   V: dict[str, Array]                  # leaf -> [C_l, 1, o]
   ci: dict[str, Any]                   # the CI function's layers
-
-  @property
-  def names(self) -> tuple[str, ...]:
-    return tuple(self.U)
-
-  @property
-  def n_components(self) -> dict[str, int]:
-    return {n: u.shape[0] for n, u in self.U.items()}
 
 
 VPDState = dict   # {'sources': SourceState[, 'freq_ema': FrequencyEMA]}
