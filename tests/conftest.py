@@ -1,4 +1,4 @@
-"""Shared fixtures: small targets with known structure."""
+"""Shared fixtures (small targets with known structure) and checks."""
 
 import contextlib
 import os
@@ -6,8 +6,14 @@ import shutil
 import tempfile
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 import pytest
+
+import apd_jax
+from apd_jax import engine
+from apd_jax.training import checkpoint as ckpt_lib
 
 # One persistent compilation cache per test session, shared by the xdist
 # workers and every subprocess the tests start (they inherit the
@@ -102,3 +108,54 @@ def apd_and_plan(n_components=64, **options):
   method = APD(n_components=n_components,
                **{k: v for k, v in options.items() if k not in names})
   return method, plan
+
+
+def assert_gradients_match_finite_differences(f, *args, eps=1e-6):
+  """`jax.grad(f)` in every argument equals central differences entry by
+  entry, to 1e-6 (call inside `x64()` with float64 arguments)."""
+  grads = jax.grad(f, argnums=tuple(range(len(args))))(*args)
+  flat, unravel = jax.flatten_util.ravel_pytree(args)
+  g_flat = jax.flatten_util.ravel_pytree(grads)[0]
+  for i in range(flat.size):
+    e = jnp.zeros_like(flat).at[i].set(eps)
+    fd = (f(*unravel(flat + e)) - f(*unravel(flat - e))) / (2 * eps)
+    np.testing.assert_allclose(g_flat[i], fd, rtol=1e-6, atol=1e-8)
+
+
+def run_stopped_and_resumed(state0, step, key, directory, *, steps=8,
+                            stop=4, log_every=2):
+  """`(whole, restored, history, resumed)`: the run of `steps` from
+  `state0`; the one stopped at `stop` with a checkpoint in `directory`, the
+  state and history restored from it, and that state run on to `steps`
+  (the loop donates its state: each run starts from a copy)."""
+  fresh = lambda: jax.tree.map(jnp.copy, state0)  # noqa: E731
+  whole, _ = engine.fit(fresh(), step, key, steps=steps,
+                        log_every=log_every, progress=False)
+  ckpt = ckpt_lib.Checkpoints(str(directory), every=log_every)
+  engine.fit(fresh(), step, key, steps=stop, log_every=log_every,
+             checkpoints=ckpt, progress=False)
+  restored, history = ckpt.restore(fresh())
+  resumed, _ = engine.fit(jax.tree.map(jnp.copy, restored), step, key,
+                          steps=steps, log_every=log_every, history=history,
+                          progress=False)
+  ckpt.close()
+  return whole, restored, history, resumed
+
+
+def assert_trees_close(a, b, **tolerance):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, **tolerance)
+
+
+def assert_seed_sweep_equals_runs(apply_fn, params, sample, method,
+                                  training, **tolerance):
+  """A sweep over seeds 0 and 1: each run's components are those of its
+  own `decompose`."""
+  swept = apd_jax.decompose_sweep(apply_fn, params, sample, include="W",
+                                  method=method, training=training,
+                                  sweep={"seed": (0, 1)})
+  for seed, d in zip((0, 1), swept.decompositions, strict=True):
+    one = apd_jax.decompose(apply_fn, params, sample, include="W",
+                            method=method,
+                            training=training.replace(seed=seed))
+    assert_trees_close(d.components, one.components, **tolerance)

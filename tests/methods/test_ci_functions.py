@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_gradients_match_finite_differences
+from conftest import x64
 
 from apd_jax.methods import ci_functions as ci
 
@@ -56,21 +58,10 @@ def test_blocked_gradients_equal_autodiff(shape, monkeypatch):
 
 
 def test_gradients_match_finite_differences():
-  jax.config.update("jax_enable_x64", True)
-  try:
+  with x64():
     mlp = jax.tree.map(lambda a: a.astype(jnp.float64), _mlp(2, 3))
     h = jax.random.normal(jax.random.PRNGKey(3), (4, 2), jnp.float64)
-    f = _loss(ci.scalar_mlp)
-    grads = jax.grad(f, argnums=(0, 1))(mlp, h)
-    eps = 1e-6
-    flat, unravel = jax.flatten_util.ravel_pytree((mlp, h))
-    g_flat = jax.flatten_util.ravel_pytree(grads)[0]
-    for i in range(flat.size):
-      e = jnp.zeros_like(flat).at[i].set(eps)
-      fd = (f(*unravel(flat + e)) - f(*unravel(flat - e))) / (2 * eps)
-      np.testing.assert_allclose(g_flat[i], fd, rtol=1e-6, atol=1e-8)
-  finally:
-    jax.config.update("jax_enable_x64", False)
+    assert_gradients_match_finite_differences(_loss(ci.scalar_mlp), mlp, h)
 
 
 def test_block_rows():
@@ -140,8 +131,7 @@ def test_layerwise_and_global_shapes_and_values():
 
 @pytest.mark.parametrize("kind", ["layerwise", "global"])
 def test_whole_activation_gradients_match_finite_differences(kind):
-  jax.config.update("jax_enable_x64", True)
-  try:
+  with x64():
     key = jax.random.PRNGKey(1)
     if kind == "layerwise":
       params = ci.init_layerwise(key, D_INS, CS, hidden=(4,))
@@ -156,13 +146,4 @@ def test_whole_activation_gradients_match_finite_differences(kind):
     def f(p, x):
       return sum(jnp.sum(jnp.sin(2 * z)) for z in fn(p, x).values())
 
-    grads = jax.grad(f, argnums=(0, 1))(params, x)
-    flat, unravel = jax.flatten_util.ravel_pytree((params, x))
-    g_flat = jax.flatten_util.ravel_pytree(grads)[0]
-    eps = 1e-6
-    for i in range(flat.size):
-      e = jnp.zeros_like(flat).at[i].set(eps)
-      fd = (f(*unravel(flat + e)) - f(*unravel(flat - e))) / (2 * eps)
-      np.testing.assert_allclose(g_flat[i], fd, rtol=1e-6, atol=1e-8)
-  finally:
-    jax.config.update("jax_enable_x64", False)
+    assert_gradients_match_finite_differences(f, params, x)

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import assert_seed_sweep_equals_runs
+from conftest import assert_trees_close
+from conftest import run_stopped_and_resumed
 
 import apd_jax
 from apd_jax import engine
@@ -28,7 +31,6 @@ from apd_jax.cli import sweep_experiment
 from apd_jax.core import components as comp_lib
 from apd_jax.core import losses
 from apd_jax.targets import tms
-from apd_jax.training import checkpoint as ckpt_lib
 
 
 class FaithfulHypers(NamedTuple):
@@ -174,17 +176,9 @@ def test_decompose_summary_top_inputs_save_and_load(tms_target, registered,
 
 def test_sweep_of_two_runs_equals_two_runs(tms_target):
   params, sample = tms_target
-  method = Faithful(n_components=3)
-  swept = apd_jax.decompose_sweep(
-      tms.apply, params, sample, include="W", method=method,
-      training=TRAINING, sweep={"seed": (0, 1)})
-  for seed, d in zip((0, 1), swept.decompositions, strict=True):
-    one = apd_jax.decompose(tms.apply, params, sample, include="W",
-                            method=method,
-                            training=TRAINING.replace(seed=seed))
-    np.testing.assert_allclose(d.components.U["['W']"],
-                               one.components.U["['W']"], rtol=1e-5,
-                               atol=1e-6)
+  assert_seed_sweep_equals_runs(tms.apply, params, sample,
+                                Faithful(n_components=3), TRAINING,
+                                rtol=1e-5, atol=1e-6)
 
 
 def test_building_blocks_train_it(tms_target):
@@ -270,33 +264,15 @@ def test_a_methods_own_state_is_updated_checkpointed_and_swept(
   # Stopped at step 4 and resumed from the checkpoint: the run that was
   # not interrupted, its state included.
   step = engine.make_train_step(method, None, target, sample, TRAINING)
-  fresh = lambda: jax.tree.map(jnp.copy, state0)  # noqa: E731 (donated)
-  whole, _ = engine.fit(fresh(), step, key, steps=8, log_every=2,
-                        progress=False)
-  ckpt = ckpt_lib.Checkpoints(str(tmp_path / "c"), every=2)
-  engine.fit(fresh(), step, key, steps=4, log_every=2, checkpoints=ckpt,
-             progress=False)
-  back, history = ckpt.restore(fresh())
+  whole, back, history, resumed = run_stopped_and_resumed(
+      state0, step, key, tmp_path / "c")
   assert int(back.method_state["n"]) == 4 and len(history) == 2
-  resumed, _ = engine.fit(back, step, key, steps=8, log_every=2,
-                          history=history, progress=False)
-  ckpt.close()
-  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole),
-                  strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-6)
+  assert_trees_close(resumed, whole, rtol=1e-6)
 
   # A sweep of two seeds: each run's factors as its own run gives them.
-  training = TRAINING.replace(steps=40, log_every=20)
-  swept = apd_jax.decompose_sweep(
-      tms.apply, params, sample, include="W", method=method,
-      training=training, sweep={"seed": (0, 1)})
-  for seed, d in zip((0, 1), swept.decompositions, strict=True):
-    one = apd_jax.decompose(tms.apply, params, sample, include="W",
-                            method=method,
-                            training=training.replace(seed=seed))
-    np.testing.assert_allclose(d.components.U["['W']"],
-                               one.components.U["['W']"], rtol=1e-5,
-                               atol=1e-6)
+  assert_seed_sweep_equals_runs(
+      tms.apply, params, sample, method,
+      TRAINING.replace(steps=40, log_every=20), rtol=1e-5, atol=1e-6)
 
 
 def test_a_method_without_state_keeps_the_old_layout():

@@ -9,6 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import assert_seed_sweep_equals_runs
+from conftest import assert_trees_close
+from conftest import run_stopped_and_resumed
 
 import apd_jax
 from apd_jax import engine
@@ -17,7 +20,6 @@ from apd_jax.cli import scoreboard
 from apd_jax.methods import adversarial
 from apd_jax.methods import vpd_objective as obj
 from apd_jax.targets import tms
-from apd_jax.training import checkpoint as ckpt_lib
 
 TRAINING = apd_jax.Training(steps=300, batch_size=256, lr=1e-3,
                             progress=False, log_every=100, eval_batches=1)
@@ -107,43 +109,29 @@ def test_sources_persist_ascend_and_resume(tms_target, tmp_path):
                   strict=True):
     np.testing.assert_array_equal(a, b)
 
-  fresh = lambda: jax.tree.map(jnp.copy, state0)  # noqa: E731 (donated)
-  whole, _ = engine.fit(fresh(), step, key, steps=8, log_every=2,
-                        progress=False)
+  whole, _, _, resumed = run_stopped_and_resumed(state0, step, key,
+                                                 tmp_path / "c")
   src = whole.method_state["sources"]
   # Two ascents a step (one warm-up, one from the main backward), through
   # Adam, kept in [0, 1].
   assert int(optax.tree_utils.tree_get(src.opt_state, "count")) == 16
   moved = [float(jnp.abs(a - b).max()) for a, b in zip(
-      jax.tree.leaves(src.sources), jax.tree.leaves(src0.sources))]
+      jax.tree.leaves(src.sources), jax.tree.leaves(src0.sources),
+      strict=True)]
   assert min(moved) > 0
   assert all(0 <= float(r.min()) and float(r.max()) <= 1
              for r in jax.tree.leaves(src.sources))
-  ckpt = ckpt_lib.Checkpoints(str(tmp_path / "c"), every=2)
-  engine.fit(fresh(), step, key, steps=4, log_every=2, checkpoints=ckpt,
-             progress=False)
-  back, history = ckpt.restore(fresh())
-  resumed, _ = engine.fit(back, step, key, steps=8, log_every=2,
-                          history=history, progress=False)
-  ckpt.close()
-  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole),
-                  strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # Stopped at step 4 and resumed from its checkpoint: the uninterrupted
+  # run, sources and moments included.
+  assert_trees_close(resumed, whole, rtol=1e-5, atol=1e-7)
 
 
 def test_sweep_of_two_seeds_equals_two_runs(tms_target):
   params, sample = tms_target
-  m = method(ci_fn="global")
-  training = TRAINING.replace(steps=20, log_every=10)
-  swept = apd_jax.decompose_sweep(tms.apply, params, sample, include="W",
-                                  method=m, training=training,
-                                  sweep={"seed": (0, 1)})
-  for seed, d in zip((0, 1), swept.decompositions, strict=True):
-    one = apd_jax.decompose(tms.apply, params, sample, include="W", method=m,
-                            training=training.replace(seed=seed))
-    for a, b in zip(jax.tree.leaves(d.components),
-                    jax.tree.leaves(one.components), strict=True):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert_seed_sweep_equals_runs(tms.apply, params, sample,
+                                method(ci_fn="global"),
+                                TRAINING.replace(steps=20, log_every=10),
+                                rtol=1e-4, atol=1e-6)
 
 
 def test_the_ascent_raises_the_adversarial_loss(tms_target):
@@ -229,7 +217,8 @@ def test_per_example_sources_and_clipped_gradients(tms_target):
   # Examples whose input is all zero (TMS features are sparse) give their
   # sources no gradient: those rows stay, the others move.
   still = [np.all(np.asarray(a) == np.asarray(b), axis=-1)
-           for a, b in zip(jax.tree.leaves(r6), jax.tree.leaves(r0))]
+           for a, b in zip(jax.tree.leaves(r6), jax.tree.leaves(r0),
+                           strict=True)]
   assert any(s.any() for s in still) and any((~s).any() for s in still)
   # Clipping: one group's clipped gradient has a global norm of at most 1e-3.
   grads = obj.VPDParams(
