@@ -106,7 +106,7 @@ def default_config(method: str = "apd") -> ml_collections.ConfigDict:
   c.target = ml_collections.ConfigDict(dict(
       name="tms",              # a module of apd_jax/targets
       path="",                 # load params from this msgpack file if set
-      n_features=5, n_hidden=2, n_hidden_layers=0,
+      n_features=5, n_hidden=2, n_hidden_layers=0, untied=False,
       feature_probability=0.05,
       steps=5000, batch_size=1024, lr=5e-3, weight_decay=0.01))
   c.mesh = ml_collections.ConfigDict(dict(

@@ -85,24 +85,32 @@ TMS_APD_RULE = "MMCS ≥ 0.99 and ML2R ≥ 0.8"
 FAMILIES = (
     ("", "apd", (TMS_APD_RULE, _tms_apd), "features_recovered"),
     ("spd_", "spd", (TMS_RULE, _tms), "features_with_own_subcomponent"),
+    ("vpd_", "vpd", (TMS_RULE, _tms), "features_with_own_subcomponent"),
 )
+# The configs a family has where it lacks some (VPD: the toys its authors
+# ran it on).
+ONLY = {"vpd": ("tms_5_2", "tms_40_10", "resid_mlp_1")}
 
 
 def _entries() -> tuple[Entry, ...]:
   out = []
   for prefix, method, tms_rule, own in FAMILIES:
+    mine = []
     for m in ("tms_5_2", "tms_40_10"):
       for arg in (None, "identity"):
-        out.append(Entry(prefix + m + (":" + arg if arg else ""), method,
-                         prefix + m, arg, *tms_rule, ("mmcs", "ml2r")))
+        mine.append(Entry(prefix + m + (":" + arg if arg else ""), method,
+                          prefix + m, arg, *tms_rule, ("mmcs", "ml2r")))
     for layers, n in ((1, 100), (2, 95), (3, 95)):
-      out.append(Entry(f"{prefix}resid_mlp_{layers}", method,
-                       f"{prefix}resid_mlp_{layers}", None,
-                       f"{own} ≥ {n} of 100", _features(own, n), (own,)))
-    out.append(Entry(f"{prefix}gated_functions", method,
-                     f"{prefix}gated_functions", None,
-                     "every function's recovery ≥ 0.9", _functions,
-                     ("min_function_recovery",)))
+      mine.append(Entry(f"{prefix}resid_mlp_{layers}", method,
+                        f"{prefix}resid_mlp_{layers}", None,
+                        f"{own} ≥ {n} of 100", _features(own, n), (own,)))
+    mine.append(Entry(f"{prefix}gated_functions", method,
+                      f"{prefix}gated_functions", None,
+                      "every function's recovery ≥ 0.9", _functions,
+                      ("min_function_recovery",)))
+    has = ONLY.get(method)
+    out += [e for e in mine
+            if has is None or e.module.removeprefix(prefix) in has]
   return tuple(out)
 
 

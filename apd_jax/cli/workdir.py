@@ -118,7 +118,8 @@ def _rates(flat: dict, n: int) -> np.ndarray:
   relative to `lr`."""
   frac, _ = _warmup(flat)
   rate = optim.schedule(1.0, flat["steps"], warmup_frac=frac,
-                        kind=flat["lr_schedule"])
+                        kind=flat["lr_schedule"],
+                        final_frac=flat.get("lr_final_frac", 0.0))
   return np.asarray(rate(np.arange(n)))
 
 

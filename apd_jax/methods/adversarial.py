@@ -98,16 +98,20 @@ def scope_shape(scope: str, batch_shape: Sequence[int],
 
 
 def init_sources(key: Array, n_components: Mapping[str, int],
-                 lead_shape: Sequence[int] = ()) -> dict[str, Array]:
-  """`{name: r ~ U[0, 1]^[*lead_shape, C+1]}`, independent per matrix."""
+                 lead_shape: Sequence[int] | Mapping[str, Sequence[int]] = ()
+                 ) -> dict[str, Array]:
+  """`{name: r ~ U[0, 1]^[*lead, C+1]}`, independent per matrix; `lead`
+  is `lead_shape`, or `lead_shape[name]` where it maps names to shapes."""
   keys = jax.random.split(key, len(n_components))
-  return {name: jax.random.uniform(k, (*lead_shape, c + 1))
+  lead = (lead_shape if isinstance(lead_shape, Mapping)
+          else dict.fromkeys(n_components, tuple(lead_shape)))
+  return {name: jax.random.uniform(k, (*lead[name], c + 1))
           for k, (name, c) in zip(keys, n_components.items(), strict=True)}
 
 
 def init(key: Array, n_components: Mapping[str, int],
-         lead_shape: Sequence[int] = (), settings: Settings = DEFAULTS
-         ) -> SourceState:
+         lead_shape: Sequence[int] | Mapping[str, Sequence[int]] = (),
+         settings: Settings = DEFAULTS) -> SourceState:
   """Uniform sources (`init_sources`) and zero moments."""
   sources = init_sources(key, n_components, lead_shape)
   return SourceState(sources, optimizer(settings).init(sources))

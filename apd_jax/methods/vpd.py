@@ -12,10 +12,8 @@ beside its parameters (`TrainState.method_state`): checkpointed, resumed
 and swept with the rest. The object is the method's side of the engine
 (`methods/base.py`).
 
-Not yet here: the causal-importance transformer for models with
-positions (the MLPs read each position's vector as it is), separate
-learning rates for the factors and the CI function, the faithfulness
-warm-up, and sources per position.
+Not yet here: factors of their own for each use of a leaf used twice (the
+VPD authors decompose TMS's `W` and `Wᵀ` apart).
 """
 
 from __future__ import annotations
@@ -34,6 +32,8 @@ from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.core.target import check as check_target
 from apd_jax.core.target import upcast
+from apd_jax.methods import adversarial
+from apd_jax.methods import ci_transformer
 from apd_jax.methods import spd_objective
 from apd_jax.methods import vpd_objective as objective
 from apd_jax.methods.base import check_choice
@@ -42,8 +42,16 @@ from apd_jax.methods.spd import SPD
 from apd_jax.methods.spd import PerProduct
 
 Array = jax.Array
-CI_FNS = ("layerwise", "global")
+CI_FNS = ("layerwise", "global", "transformer")
 SOURCE_SCOPES = ("shared", "per_example")
+# The VPD authors' options shared by their toy decompositions (TMS, the
+# residual MLPs), `config.method.update(TOY_RECIPE)`; with Adam on a cosine
+# to 0.1x, no warm-up (`Training`).
+TOY_RECIPE = dict(merged=True, stochastic_coeff=0.5, adversarial_coeff=0.5,
+                  faithfulness_coeff=1.0, faithfulness_warmup_steps=200,
+                  faithfulness_warmup_lr=0.01, source_b1=0.01,
+                  source_scope="per_example", reference_count=32768.0,
+                  grad_clip=1.0, ci_grad_clip=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +71,25 @@ class VPD(PerProduct):
     frequency_coeff: c_freq [1e-6].
     stochastic_coeff: c_stoch [0.5], subset-routed uniform sources.
     adversarial_coeff: c_adv [0.5], persistent adversarial sources.
-    ci_fn: 'layerwise' [default] (an MLP per product on its input) or
-      'global' (one MLP on every product's input).
-    ci_hidden: the CI MLPs' hidden widths [(16,)].
+    merged: [False] the two reconstruction terms as one forward, each
+      example adversarial with probability c_adv / (c_stoch + c_adv), else
+      stochastic, weighted c_stoch + c_adv (the authors' toy recipe: the
+      same terms in expectation, one forward fewer).
+    ci_fn: 'layerwise' [default] (an MLP per product on its input),
+      'global' (one MLP on every product's input) or 'transformer' (for
+      inputs `[T, i]` with a position axis: bidirectional transformers
+      over the positions, one per chunk of products; `ci_transformer`).
+    ci_hidden: the CI MLPs' hidden widths, the transformer's MLP's for
+      'transformer' [(16,)].
+    ci_d_model, ci_blocks, ci_heads, ci_chunks: the transformer's width
+      [64], blocks [2], attention heads [4], and how many independent
+      transformers the products are split into [1: one over all].
+    ci_lr_scale: the CI function's learning rate as a multiple of the
+      factors' (`Training.lr`, on the same schedule) [1.0]; the LM
+      recipe's is 1/3 (5e-5 against 1.5e-4).
+    faithfulness_warmup_steps, faithfulness_warmup_lr: before training,
+      the factors take this many Adam steps at this rate on the
+      faithfulness alone [400, 1e-3]; 0 steps: none.
     n_warmup: ascents of the sources per step before the main loss [2].
     source_lr, source_warmup_frac: their Adam's step size [0.01], reached
       linearly over that fraction of training [0.025].
@@ -73,8 +97,12 @@ class VPD(PerProduct):
     source_scope: 'shared' [default] (one set of sources for the whole
       batch) or 'per_example' (one set per example of the batch, by its
       index in the batch).
-    grad_clip: if set, the factors' and the CI function's gradients are
-      each clipped to this global norm before the optimiser.
+    source_per_position: for inputs with positions, one set of sources per
+      position [True] (`[T, C+1]` shared, `[B, T, C+1]` per example), or
+      one for every position (False).
+    grad_clip: if set, the factors' gradient is clipped to this global
+      norm before the optimiser [None].
+    ci_grad_clip: the same for the CI function's gradient [None].
     gamma_start, gamma_end: the smooth-L0 width, linear over training
       [1.0 -> 0.01].
     reference_count: a' of the frequency term [None: the examples (and
@@ -93,14 +121,24 @@ class VPD(PerProduct):
   frequency_coeff: float = 1e-6
   stochastic_coeff: float = 0.5
   adversarial_coeff: float = 0.5
+  merged: bool = False
   ci_fn: str = "layerwise"
   ci_hidden: tuple[int, ...] = (16,)
+  ci_d_model: int = 64
+  ci_blocks: int = 2
+  ci_heads: int = 4
+  ci_chunks: int = 1
+  ci_lr_scale: float = 1.0
+  faithfulness_warmup_steps: int = 400
+  faithfulness_warmup_lr: float = 1e-3
   n_warmup: int = 2
   source_lr: float = 0.01
   source_warmup_frac: float = 0.025
   source_b1: float = 0.5
   source_scope: str = "shared"
+  source_per_position: bool = True
   grad_clip: float | None = None
+  ci_grad_clip: float | None = None
   gamma_start: float = 1.0
   gamma_end: float = 0.01
   reference_count: float | None = None
@@ -134,7 +172,20 @@ class VPD(PerProduct):
                                                  self.ci_hidden))
     check_positive(threshold=self.threshold, source_lr=self.source_lr,
                    gamma_start=self.gamma_start, gamma_end=self.gamma_end,
-                   eval_pgd_step=self.eval_pgd_step)
+                   eval_pgd_step=self.eval_pgd_step,
+                   ci_d_model=self.ci_d_model, ci_blocks=self.ci_blocks,
+                   ci_heads=self.ci_heads, ci_chunks=self.ci_chunks,
+                   ci_lr_scale=self.ci_lr_scale,
+                   faithfulness_warmup_lr=self.faithfulness_warmup_lr)
+    if self.faithfulness_warmup_steps < 0:
+      raise ValueError(f"faithfulness_warmup_steps must be >= 0, got "
+                       f"{self.faithfulness_warmup_steps}")
+    if self.ci_fn == "transformer" and (
+        self.ci_d_model % self.ci_heads or (self.ci_d_model // self.ci_heads)
+        % 2):
+      raise ValueError(f"ci_d_model ({self.ci_d_model}) must be a multiple "
+                       f"of ci_heads ({self.ci_heads}) with an even head "
+                       f"width (rotary embeddings rotate pairs)")
     for name in self.SWEEPABLE:
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -155,8 +206,9 @@ class VPD(PerProduct):
                        f"{self.ci_hidden}")
     check_choice("ci_fn", self.ci_fn, CI_FNS)
     check_choice("source_scope", self.source_scope, SOURCE_SCOPES)
-    if self.grad_clip is not None:
-      check_positive(grad_clip=self.grad_clip)
+    for name in ("grad_clip", "ci_grad_clip"):
+      if getattr(self, name) is not None:
+        check_positive(**{name: getattr(self, name)})
     check_choice("recon", self.recon, spd_objective.RECONS)
 
   def replace(self, **values) -> VPD:
@@ -174,7 +226,18 @@ class VPD(PerProduct):
     (abstractly), and every decomposed leaf used in products."""
     self.components_per_leaf(target.names)
     check_target(target, sample_fn, batch_size)
-    self.plan(target, sample_fn, batch_size, None)
+    plan = self.plan(target, sample_fn, batch_size, None)
+    if self.ci_fn == "transformer":
+      shapes = _input_shapes(target, plan, sample_fn, batch_size)
+      lengths = {k: v[2:-1] for k, v in shapes.items()}
+      if any(len(t) != 1 for t in lengths.values()) or len(
+          set(lengths.values())) > 1:
+        raise ValueError(
+            f"ci_fn='transformer' reads inputs [B, T, i] with one position "
+            f"axis of one length; the products' inputs per example are "
+            f"{ {k: v[2:] for k, v in shapes.items()} }: use 'layerwise' "
+            f"or 'global'")
+      ci_transformer.chunks(plan.labels, self.ci_chunks)
 
   def init_params(self, key: Array, target: Target,
                   sample_fn: SampleFn | None = None) -> objective.VPDParams:
@@ -190,20 +253,27 @@ class VPD(PerProduct):
                  ) -> objective.VPDState:
     """Persistent sources, uniform, and their zero moments."""
     plan = self.plan(target, sample_fn, 1, None)
-    lead = (batch_size,) if self.source_scope == "per_example" else ()
+    shapes = _input_shapes(target, plan, sample_fn, batch_size)
+    # An input is [B, 1, *positions, i] (each example a batch of one).
+    leads = {k: adversarial.scope_shape(self.source_scope, v[:1] + v[2:-1],
+                                        self.source_per_position)
+             for k, v in shapes.items()}
     return objective.init_state(key, plan, self.components_per_leaf(
-        target.names), self, lead)
+        target.names), self, leads)
 
   def project(self, params):
     return params
 
   def gradient_transform(self):
-    """With `grad_clip`: the factors' and the CI function's gradients each
-    clipped to that global norm."""
-    if self.grad_clip is None:
+    """With `grad_clip` (`ci_grad_clip`): the factors' (the CI function's)
+    gradient clipped to that global norm."""
+    if self.grad_clip is None and self.ci_grad_clip is None:
       return None
-    clip = optax.clip_by_global_norm(self.grad_clip)
-    return optax.multi_transform({"factors": clip, "ci": clip}, _groups)
+    clip = {name: optax.identity() if c is None else
+            optax.clip_by_global_norm(c)
+            for name, c in (("factors", self.grad_clip),
+                            ("ci", self.ci_grad_clip))}
+    return optax.multi_transform(clip, _groups)
 
   def hypers(self, **values) -> objective.Hypers:
     return objective.Hypers(**{n: values.get(n, getattr(self, n))
@@ -264,6 +334,17 @@ def _groups(params):
     first = path[0] if path else None
     return "ci" if getattr(first, "name", None) == "ci" else "factors"
   return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _input_shapes(target: Target, plan, sample_fn: SampleFn,
+                  batch_size: int) -> dict[str, tuple[int, ...]]:
+  """`{product: shape of its input [B, 1, ..., i]}` for a batch,
+  abstractly (each example runs as a batch of one)."""
+  def inputs(key):
+    return objective.product_inputs(target, plan,
+                                    sample_fn(key, batch_size))[1]
+  out = jax.eval_shape(inputs, jax.random.PRNGKey(0))
+  return {k: tuple(v.shape) for k, v in out.items()}
 
 
 def _spd(m: VPD) -> SPD:

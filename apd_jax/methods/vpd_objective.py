@@ -18,11 +18,20 @@ with VPD's terms:
   in the method's state with their own Adam (`adversarial`): `n_warmup`
   ascents with the decomposition held fixed, then the main loss with the
   sources as leaves, then one more ascent from that same backward pass;
+- or, `merged`, the two in one forward (the VPD authors' toy recipe):
+  each example is adversarial (persistent sources, every product masked)
+  with probability `c_adv / (c_stoch + c_adv)`, else stochastic, and the
+  term `L_merged` is weighted `c_stoch + c_adv` (in expectation the two
+  terms, at half the forwards);
 - importance minimality as smooth-L0 frequencies per product
   (`minimality`), `γ` annealed from 1 to 0.01 over training, the
   frequency term optionally at a debiased moving average of them;
 - causal importances from whole input vectors (`ci_functions.layerwise`
-  or `.global_`), squashed by SPD's two leaky hard sigmoids.
+  or `.global_`, or for inputs with positions `ci_transformer`), squashed
+  by SPD's two leaky hard sigmoids;
+- the factors start from SPD's initialisation fitted to the weights by a
+  few hundred Adam steps on the faithfulness alone; the CI function's
+  learning rate is a multiple of the factors'.
 
 Products are SPD's occurrences (`spd_objective.Plan`): a leaf used twice
 (TMS's `W` and `Wᵀ`) shares its factors, each use has its own importances
@@ -45,6 +54,7 @@ from apd_jax.core import losses
 from apd_jax.core.target import Target
 from apd_jax.methods import adversarial
 from apd_jax.methods import ci_functions
+from apd_jax.methods import ci_transformer
 from apd_jax.methods import minimality
 from apd_jax.methods import routing
 from apd_jax.methods import spd_objective as spd
@@ -112,6 +122,9 @@ def importances(s: Any, params: VPDParams, plan: Plan, inputs: dict
   importances (masks) and the upper-leaky ones (minimality)."""
   if s.ci_fn == "global":
     z = ci_functions.global_(params.ci, inputs, _components(params, plan))
+  elif s.ci_fn == "transformer":
+    z = ci_transformer.apply(params.ci, inputs, _components(params, plan),
+                             s.ci_heads)
   else:
     z = ci_functions.layerwise(params.ci, inputs)
   return ({k: spd.lower_leaky_hard_sigmoid(v) for k, v in z.items()},
@@ -125,15 +138,16 @@ def _components(params: VPDParams, plan: Plan) -> dict[str, int]:
 
 
 def coefficients(ci: dict[str, Array], sources: dict[str, Array],
-                 routes: dict[str, Array] | None = None) -> dict[str, Array]:
-  """Per product, its `C + 1` coefficients `[m, m_Δ]` from `ci [B, ...,
-  C]` and the sources (`[C+1]` shared, or `[B, C+1]` per example,
-  broadcast to the batch); with `routes`, 1 where not routed."""
+                 routes: dict[str, Array] | None = None,
+                 per_example: bool = False) -> dict[str, Array]:
+  """Per product, its `C + 1` coefficients `[m, m_Δ]` from `ci [B, 1, ...,
+  C]` and the sources (their scope's shape, `adversarial.scope_shape`:
+  shared ones broadcast from the right, `per_example` ones `[B, ..., C+1]`
+  along the examples); with `routes`, 1 where not routed."""
   masks, deltas = {}, {}
   for k, g in ci.items():
-    r = sources[k]
-    r = r.reshape(r.shape[:-1] + (1,) * (g.ndim - r.ndim) + r.shape[-1:])
-    r = jnp.broadcast_to(r, (*g.shape[:-1], g.shape[-1] + 1))
+    r = sources[k][:, None] if per_example else sources[k]
+    r = adversarial.expand(r, g.shape[:-1])
     masks[k], deltas[k] = routing.masks_from_sources(g, r)
   if routes is not None:
     masks, deltas = routing.routed_coefficients(routes, masks, deltas)
@@ -151,7 +165,9 @@ def masked_recon(target: Target, params: VPDParams, plan: Plan, y: Any,
 
 def init_params(key: Array, target: Target, plan: Plan,
                 n_components: dict[str, int], s: Any) -> VPDParams:
-  """SPD's factor initialisation; the CI function's by `ci_functions`."""
+  """SPD's factor initialisation, fitted to the weights for
+  `s.faithfulness_warmup_steps` (`warm_up`); the CI function's by
+  `ci_functions` or `ci_transformer`."""
   base = spd.init_params(key, target, plan, n_components, 1)
   d_ins = {}
   for label, leaf, t in zip(plan.labels, plan.leaves, plan.transposed,
@@ -161,20 +177,51 @@ def init_params(key: Array, target: Target, plan: Plan,
   cs = {label: n_components[leaf] for label, leaf in
         zip(plan.labels, plan.leaves, strict=True)}
   ci_key = jax.random.fold_in(key, 7)
-  init = (ci_functions.init_global if s.ci_fn == "global"
-          else ci_functions.init_layerwise)
-  return VPDParams(U=base.U, V=base.V,
-                   ci=init(ci_key, d_ins, cs, tuple(s.ci_hidden)))
+  if s.ci_fn == "transformer":
+    ci = ci_transformer.init(ci_key, d_ins, cs, n_chunks=s.ci_chunks,
+                             d_model=s.ci_d_model, n_blocks=s.ci_blocks,
+                             n_heads=s.ci_heads, hidden=tuple(s.ci_hidden))
+  else:
+    init = (ci_functions.init_global if s.ci_fn == "global"
+            else ci_functions.init_layerwise)
+    ci = init(ci_key, d_ins, cs, tuple(s.ci_hidden))
+  params = VPDParams(U=base.U, V=base.V, ci=ci)
+  return warm_up(params, target.weights, s.faithfulness_warmup_steps,
+                 s.faithfulness_warmup_lr)
+
+
+def warm_up(params: VPDParams, weights: dict[str, Array], steps: int,
+            lr: float) -> VPDParams:
+  """The factors after `steps` Adam steps at rate `lr` on `faithfulness`
+  alone (the CI function untouched)."""
+  if not steps:
+    return params
+  opt = optax.adam(lr)
+  weights = jax.tree.map(lambda w: w.astype(jnp.float32), weights)
+
+  def step(carry, _):
+    uv, opt_state = carry
+    grads = jax.grad(lambda uv: faithfulness(
+        weights, params.replace(U=uv[0], V=uv[1])))(uv)
+    updates, opt_state = opt.update(grads, opt_state, uv)
+    return (optax.apply_updates(uv, updates), opt_state), None
+
+  uv = (params.U, params.V)
+  (uv, _), _ = jax.lax.scan(step, (uv, opt.init(uv)), None, length=steps)
+  return params.replace(U=uv[0], V=uv[1])
 
 
 def init_state(key: Array, plan: Plan, n_components: dict[str, int],
-               s: Any, lead: tuple[int, ...] = ()) -> VPDState:
-  """Uniform sources `[*lead, C+1]` per product (`lead`: `()` shared by
-  the batch, `(B,)` one set per example) and zero moments."""
+               s: Any, leads: dict[str, tuple[int, ...]] | None = None
+               ) -> VPDState:
+  """Uniform sources `[*lead, C+1]` per product (`leads[product]`, its
+  scope's shape, `adversarial.scope_shape`; default `()`, one set shared by
+  the batch) and zero moments."""
   cs = {label: n_components[leaf] for label, leaf in
         zip(plan.labels, plan.leaves, strict=True)}
+  leads = {k: tuple((leads or {}).get(k, ())) for k in cs}
   ema = minimality.ema_init(cs) if s.frequency_halflife else None
-  return make_state(adversarial.init(key, cs, lead, settings(s)), ema)
+  return make_state(adversarial.init(key, cs, leads, settings(s)), ema)
 
 
 def settings(s: Any) -> adversarial.Settings:
@@ -193,16 +240,21 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
   y, inputs = product_inputs(target, plan, x)
   src = settings(s)
   lr_src = adversarial.learning_rate(t, src)
+  each = s.source_scope == "per_example"
 
   # n_warmup ascents, the decomposition held fixed.
   fixed = sg(params)
   fixed_ci = sg(importances(s, fixed, plan, inputs)[0])
   sources = adversarial.ascend(
       lambda r: masked_recon(target, fixed, plan, y, x,
-                             coefficients(fixed_ci, r), recon),
+                             coefficients(fixed_ci, r, per_example=each),
+                             recon),
       state["sources"], s.n_warmup, lr=lr_src, settings=src)
 
   k_route, k_noise = jax.random.split(key)
+  k_pick = jax.random.fold_in(key, 3)
+  c_recon = h.stochastic_coeff + h.adversarial_coeff
+  p_adv = h.adversarial_coeff / jnp.where(c_recon > 0, c_recon, 1.0)
   gamma = minimality.annealed_gamma(t, s.gamma_start, s.gamma_end)
 
   def total(params, r):
@@ -219,18 +271,26 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
     noise = {k: jax.random.uniform(jax.random.fold_in(k_noise, j),
                                    (*batch, g.shape[-1] + 1))
              for j, (k, g) in enumerate(lower.items())}
-    terms = dict(
-        faithfulness=faithfulness(target.weights, params),
-        activity=mini.activity, frequency=freq,
-        stochastic=masked_recon(target, params, plan, y, x,
-                                coefficients(lower, noise, routes), recon),
-        adversarial=masked_recon(target, params, plan, y, x,
-                                 coefficients(lower, r), recon))
+    stoch = coefficients(lower, noise, routes)
+    adv = coefficients(lower, r, per_example=each)
     coeffs = dict(faithfulness=h.faithfulness_coeff,
                   activity=h.importance_coeff,
-                  frequency=h.frequency_coeff,
-                  stochastic=h.stochastic_coeff,
-                  adversarial=h.adversarial_coeff)
+                  frequency=h.frequency_coeff)
+    terms = dict(faithfulness=faithfulness(target.weights, params),
+                 activity=mini.activity, frequency=freq)
+    if s.merged:     # one forward, each example adversarial or stochastic
+      pick = jax.random.bernoulli(k_pick, p_adv, batch[:1])
+      coefs = {k: jnp.where(pick.reshape(-1, *(1,) * (c.ndim - 1)), adv[k], c)
+               for k, c in stoch.items()}
+      terms["merged"] = masked_recon(target, params, plan, y, x, coefs, recon)
+      coeffs["merged"] = c_recon
+    else:
+      terms["stochastic"] = masked_recon(target, params, plan, y, x, stoch,
+                                         recon)
+      terms["adversarial"] = masked_recon(target, params, plan, y, x, adv,
+                                          recon)
+      coeffs.update(stochastic=h.stochastic_coeff,
+                    adversarial=h.adversarial_coeff)
     loss = sum(coeffs[k] * v for k, v in terms.items())
     l0 = {f"l0/{k}": jnp.mean(jnp.sum(g > s.threshold, axis=-1))
           for k, g in lower.items()}
@@ -240,13 +300,16 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
   (loss, (metrics, ema)), (g_params, g_sources) = jax.value_and_grad(
       total, argnums=(0, 1), has_aux=True)(params, sources.sources)
   # The last ascent from the same backward pass, on the term itself.
-  c_adv = h.adversarial_coeff
+  c_adv = c_recon if s.merged else h.adversarial_coeff
   g_sources = jax.tree.map(
       lambda g: jnp.where(c_adv != 0, g / jnp.where(c_adv != 0, c_adv, 1.0),
                           g), g_sources)
   sources = adversarial.apply_ascent(sources, g_sources, lr=lr_src,
                                      settings=src)
   updates, opt_state = optimizer.update(g_params, opt_state, params)
+  if s.ci_lr_scale != 1:
+    updates = updates.replace(ci=jax.tree.map(lambda u: s.ci_lr_scale * u,
+                                              updates.ci))
   if hypers is not None:
     updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)
   params = optax.apply_updates(params, updates)

@@ -12,13 +12,15 @@ SCHEDULES = ("constant", "cosine")
 
 
 def schedule(lr: float, steps: int, *, warmup_frac: float = 0.0,
-             kind: str = "constant") -> optax.Schedule:
+             kind: str = "constant", final_frac: float = 0.0
+             ) -> optax.Schedule:
   """Linear warm-up from 0 over `w = warmup_frac·steps`, then constant or
-  cosine decay to 0 at the last step.
+  cosine decay to `final_frac · lr` at the last step.
 
   The cosine is the reference's quarter wave,
 
-  .. math::  lr(t) = lr · \\cos(\\tfrac{π}{2} · \\tfrac{t - w}{steps - w - 1}),
+  .. math::  lr(t) = lr · (f + (1 - f) \\cos(\\tfrac{π}{2} ·
+             \\tfrac{t - w}{steps - w - 1})),
 
   which keeps the rate higher for longer than a half-wave cosine.
   """
@@ -28,7 +30,8 @@ def schedule(lr: float, steps: int, *, warmup_frac: float = 0.0,
   if kind == "cosine":
     span = max(steps - warmup - 1, 1)
     def main(t):
-      return lr * jnp.cos(0.5 * jnp.pi * jnp.minimum(t / span, 1.0))
+      wave = jnp.cos(0.5 * jnp.pi * jnp.minimum(t / span, 1.0))
+      return lr * (final_frac + (1.0 - final_frac) * wave)
   else:
     main = optax.constant_schedule(lr)
   if warmup == 0:

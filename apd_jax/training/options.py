@@ -34,8 +34,10 @@ class Training:
       functions).
     lr: peak learning rate [1e-3]. Paper: 3e-2 (TMS 5-2), 1e-3 (40-10,
       residual MLPs), 3e-3 (gated).
-    lr_schedule: ['constant'] or 'cosine' (a quarter wave to 0 at the last
-      step; the reference's).
+    lr_schedule: ['constant'] or 'cosine' (a quarter wave to
+      `lr_final_frac · lr` at the last step; the reference's).
+    lr_final_frac: where the cosine ends, as a fraction of `lr` [0.0]
+      (VPD's recipe: 0.1).
     warmup_frac: linear warm-up from 0 over this fraction of the steps, in
       [0, 1); None [default]: the method's `WARMUP_FRAC` (APD 0.05, chosen
       from seeds: README "Defaults"; SPD 0, its paper's). APD paper: 0.05
@@ -78,6 +80,7 @@ class Training:
   batch_size: int = 2048
   lr: float = 1e-3
   lr_schedule: str = "constant"
+  lr_final_frac: float = 0.0
   warmup_frac: float | None = None
   seed: int = 0
   optimizer: Callable[[Any], optax.GradientTransformation] | None = None
@@ -102,6 +105,9 @@ class Training:
                    print_every=self.print_every,
                    keep_checkpoints=self.keep_checkpoints)
     check_choice("lr_schedule", self.lr_schedule, optim.SCHEDULES)
+    if not 0 <= self.lr_final_frac <= 1:
+      raise ValueError(f"lr_final_frac must be in [0, 1], got "
+                       f"{self.lr_final_frac}")
     if self.warmup_frac is not None and not 0 <= self.warmup_frac < 1:
       raise ValueError(f"warmup_frac must be in [0, 1), got "
                        f"{self.warmup_frac}")
@@ -125,7 +131,8 @@ class Training:
     `warmup_frac` of None."""
     warmup = default_warmup if self.warmup_frac is None else self.warmup_frac
     rate = optim.schedule(self.lr, self.steps, warmup_frac=warmup,
-                          kind=self.lr_schedule)
+                          kind=self.lr_schedule,
+                          final_frac=self.lr_final_frac)
     opt = (self.optimizer or optax.adam)(rate)
     return opt if before is None else optax.chain(before, opt)
 

@@ -114,3 +114,20 @@ def test_apd_per_position_on_a_tiny_transformer(tmp_path):
   lines = (tmp_path / "top_contexts.txt").read_text().splitlines()
   assert any(line.startswith("  attribution ") for line in lines)
   assert summary["heldout_components_described"] > 0
+
+
+def test_vpd_on_every_matrix_of_a_tiny_transformer(tmp_path):
+  """VPD with its CI transformer over the positions and one set of
+  sources per position, through the command line's run and report."""
+  c = load("vpd_lm", "tiny")
+  summary = experiment.train_and_evaluate(c, str(tmp_path))
+  for key in ("pgd_recon", "stochastic_recon", "ci_masked_recon",
+              "heldout_nats_per_byte_masked", "heldout_nats_per_byte_active"):
+    assert np.isfinite(summary[key]), key
+  assert summary["components"]["n_examples"] == 1 * 8 * 16
+  log = [json.loads(line) for line in
+         (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert log[-1]["loss"] < log[0]["loss"]
+  again = export.load(str(tmp_path / "decomposition"))
+  ci = again.causal_importances(np.zeros((2, 16), np.int32))
+  assert {v.shape for v in ci.values()} == {(2, 16, 8)}

@@ -94,7 +94,7 @@ def test_unknown_entry_is_refused(tmp_path):
 
 def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
                                                            monkeypatch):
-  names = ["tms_5_2", "spd_gated_functions"]
+  names = ["tms_5_2", "spd_gated_functions", "vpd_tms_5_2:identity"]
   run = subprocess.run(
       [sys.executable, "scripts/scoreboard.py", f"--workdir={tmp_path}",
        "--quick", "--seeds=2", "--only=" + ",".join(names)],
@@ -104,19 +104,20 @@ def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
   assert board["quick"] and [r["entry"] for r in board["entries"]] == names
   for row, name in zip(board["entries"], names, strict=True):
     entry = scoreboard.BY_NAME[name]
-    runs = [json.loads((tmp_path / name / "runs" / f"run_{i:03d}" /
+    folder = tmp_path / name.replace(":", "_")
+    runs = [json.loads((folder / "runs" / f"run_{i:03d}" /
                         "summary.json").read_text()) for i in range(2)]
     assert [r["steps"] for r in runs] == [20, 20]
     assert row["succeeded"] == sum(entry.success(r) for r in runs)
     assert row["diagnostics"] == [r["diagnostics"] for r in runs]
     # Seed n's decomposition sits on seed n's own target.
-    assert (tmp_path / name / "targets" / "seed_1" /
-            "target_params.msgpack").exists()
+    assert (folder / "targets" / "seed_1" / "target_params.msgpack").exists()
   with open(tmp_path / "scoreboard.csv") as f:
     assert [r["entry"] for r in csv.DictReader(f)] == names
   md = (tmp_path / "scoreboard.md").read_text()
   assert "quick smoke run" in md and "`spd_gated_functions`" in md
   assert "SPD" in md and "auc_apd" in md and "auc_spd" in md
+  assert "auc_vpd" in md
   # A second call trains nothing: both entries are read back.
   def no_training(*args, **kwargs):
     raise AssertionError("retrained a finished entry")

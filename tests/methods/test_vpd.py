@@ -39,7 +39,11 @@ def method(**kw):
 
 def test_options_are_checked():
   with pytest.raises(ValueError, match="ci_fn"):
-    method(ci_fn="transformer")
+    method(ci_fn="attention")
+  with pytest.raises(ValueError, match="even head width"):
+    method(ci_fn="transformer", ci_d_model=12, ci_heads=4)
+  with pytest.raises(ValueError, match="faithfulness_warmup_steps"):
+    method(faithfulness_warmup_steps=-1)
   with pytest.raises(ValueError, match="both 0"):
     method(stochastic_coeff=0.0, adversarial_coeff=0.0)
   with pytest.raises(ValueError, match="n_components"):
@@ -154,18 +158,29 @@ def test_the_ascent_raises_the_adversarial_loss(tms_target):
   assert float(loss(after.sources)) > float(loss(state["sources"].sources))
 
 
-def test_the_tms_config_builds_the_stated_method():
+@pytest.mark.parametrize("name,C,hidden,coeffs,steps,args", [
+    ("vpd_tms_5_2", 20, (50,), (8e-4, 4e-4), 20_000, (None, "identity")),
+    ("vpd_tms_40_10", 100, (200,), (6e-5, 3e-5), 20_000, (None, "identity")),
+    ("vpd_resid_mlp_1", 200, (400,), (1e-6, 5e-7), 50_000, (None,)),
+])
+def test_the_toy_configs_build_the_stated_method(name, C, hidden, coeffs,
+                                                 steps, args):
   configs = str(pathlib.Path(__file__).resolve().parents[2] / "configs")
-  for arg, layers in ((None, 0), ("identity", 1)):
-    c = scoreboard.load_config(configs, "vpd_tms_5_2", arg)
+  for arg in args:
+    c = scoreboard.load_config(configs, name, arg)
     cli_config.check(c)
     m, training = cli_config.method_and_training(c)
-    assert isinstance(m, apd_jax.VPD) and m.n_components == 20
-    assert (m.ci_hidden, m.importance_coeff, m.frequency_coeff,
-            m.source_b1, m.source_scope, m.grad_clip) == (
-                (50,), 8e-4, 4e-4, 0.01, "per_example", 1.0)
-    assert training.steps == 20_000 and training.batch_size == 4096
-    assert c.target.n_hidden_layers == layers
+    assert isinstance(m, apd_jax.VPD) and m.n_components == C
+    assert (m.ci_hidden, m.importance_coeff, m.frequency_coeff) == (
+        hidden, *coeffs)
+    assert (m.merged, m.source_b1, m.source_scope, m.grad_clip,
+            m.ci_grad_clip, m.faithfulness_warmup_steps) == (
+                True, 0.01, "per_example", 1.0, 1.0, 200)
+    assert (training.steps, training.lr_schedule, training.lr_final_frac
+            ) == (steps, "cosine", 0.1)
+    if name.startswith("vpd_tms"):
+      assert c.target.n_hidden_layers == (arg == "identity")
+      assert c.target.untied           # the authors' two matrices
 
 
 def test_the_frequency_average_starts_at_this_batch_and_is_state(
@@ -202,7 +217,7 @@ def test_per_example_sources_and_clipped_gradients(tms_target):
   example's gradient; gradients clipped per group before Adam."""
   params, sample = tms_target
   m = method(source_scope="per_example", source_warmup_frac=0.0,
-             grad_clip=1e-3)
+             grad_clip=1e-3, ci_grad_clip=2e-3)
   training = TRAINING.replace(steps=6, batch_size=32)
   target = engine.make_target(tms.apply, params, "W", log=False)
   state = engine.init_state(m, target, training, sample_fn=sample)
@@ -220,7 +235,7 @@ def test_per_example_sources_and_clipped_gradients(tms_target):
            for a, b in zip(jax.tree.leaves(r6), jax.tree.leaves(r0),
                            strict=True)]
   assert any(s.any() for s in still) and any((~s).any() for s in still)
-  # Clipping: one group's clipped gradient has a global norm of at most 1e-3.
+  # Clipping: each group's gradient clipped to its own global norm.
   grads = obj.VPDParams(
       U={"['W']": jnp.full((10, 2, 1), 5.0)},
       V={"['W']": jnp.zeros((10, 1, 5))},
@@ -228,7 +243,156 @@ def test_per_example_sources_and_clipped_gradients(tms_target):
                       state.components.ci))
   clip = m.gradient_transform()
   out, _ = clip.update(grads, clip.init(state.components), state.components)
-  for group in ((out.U, out.V), out.ci):
-    norm = optax.tree.norm(group)
-    np.testing.assert_allclose(norm, 1e-3, rtol=1e-5)
+  for group, c in (((out.U, out.V), 1e-3), (out.ci, 2e-3)):
+    np.testing.assert_allclose(optax.tree.norm(group), c, rtol=1e-5)
   assert method().gradient_transform() is None
+  only = method(grad_clip=1e-3).gradient_transform()
+  out, _ = only.update(grads, only.init(state.components), state.components)
+  assert_trees_close(out.ci, grads.ci, rtol=0)      # the CI's left alone
+
+
+def test_the_warm_up_is_adam_on_the_faithfulness_alone(tms_target):
+  params, sample = tms_target
+  target = engine.make_target(tms.apply, params, "W", log=False)
+  key = jax.random.PRNGKey(0)
+  start = method(faithfulness_warmup_steps=0).init_params(key, target, sample)
+  warm = method(faithfulness_warmup_steps=30, faithfulness_warmup_lr=0.01
+                ).init_params(key, target, sample)
+  opt = optax.adam(0.01)
+  uv = (start.U, start.V)
+  opt_state = opt.init(uv)
+  for _ in range(30):
+    grads = jax.grad(lambda uv: obj.faithfulness(
+        target.weights, start.replace(U=uv[0], V=uv[1])))(uv)
+    updates, opt_state = opt.update(grads, opt_state)
+    uv = optax.apply_updates(uv, updates)
+  assert_trees_close((warm.U, warm.V), uv, rtol=1e-5, atol=1e-7)
+  assert_trees_close(warm.ci, start.ci, rtol=0)
+  assert float(obj.faithfulness(target.weights, warm)) < 0.5 * float(
+      obj.faithfulness(target.weights, start))
+
+
+def test_the_ci_function_learns_at_its_own_rate(tms_target):
+  """Adam's step is proportional to its rate: the CI function's moves by
+  `ci_lr_scale` times what it does at 1, the factors' the same."""
+  params, sample = tms_target
+  training = TRAINING.replace(steps=1, batch_size=64)
+  target = engine.make_target(tms.apply, params, "W", log=False)
+  moves = []
+  for scale in (1.0, 0.25):
+    m = method(ci_lr_scale=scale)
+    state0 = engine.init_state(m, target, training, sample_fn=sample)
+    plan = m.plan(target, sample, 64, state0.components)
+    step = jax.jit(engine.make_train_step(m, plan, target, sample, training))
+    state1, _ = step(state0, engine.run_keys(0)[1])
+    moves.append(jax.tree.map(lambda a, b: a - b, state1.components,
+                              state0.components))
+  # Moves read as differences of float32 parameters of size about 1: to
+  # their rounding, 1.2e-7.
+  assert_trees_close((moves[1].U, moves[1].V), (moves[0].U, moves[0].V),
+                     rtol=0, atol=2.4e-7)
+  assert_trees_close(moves[1].ci, jax.tree.map(lambda d: 0.25 * d,
+                                               moves[0].ci),
+                     rtol=0, atol=2.4e-7)
+  assert float(optax.tree.norm(moves[0].ci)) > 1e-3
+
+
+def seq_apply(params, x):
+  """A sequence model `[T, 4] → [T, 3]`: each position through `W1`, a
+  running mean over the positions, then `W2`."""
+  h = jnp.tanh(x @ params["W1"])
+  h = jnp.cumsum(h, axis=-2) / jnp.arange(1, x.shape[-2] + 1)[:, None]
+  return h @ params["W2"]
+
+
+def seq_target():
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  params = {"W1": jax.random.normal(k1, (4, 6)) / 2,
+            "W2": jax.random.normal(k2, (6, 3)) / 2}
+  return params, lambda key, n: jax.random.normal(key, (n, 5, 4))
+
+
+@pytest.mark.parametrize("scope,per_position,shape", [
+    ("shared", True, (5, 7)), ("per_example", True, (16, 5, 7)),
+    ("shared", False, (7,)), ("per_example", False, (16, 1, 7))])
+def test_sources_per_position(scope, per_position, shape):
+  params, sample = seq_target()
+  m = method(n_components=6, source_scope=scope,
+             source_per_position=per_position, ci_fn="transformer",
+             ci_d_model=8, ci_heads=2, ci_blocks=1)
+  target = engine.make_target(seq_apply, params, "W", log=False)
+  comps = m.init_params(jax.random.PRNGKey(0), target, sample)
+  state = m.init_state(jax.random.PRNGKey(1), target, comps, sample, 16)
+  assert {r.shape for r in state["sources"].sources.values()} == {shape}
+  plan = m.plan(target, sample, 16, comps)
+  x = sample(jax.random.PRNGKey(2), 16)
+  y, inputs = obj.product_inputs(target, plan, x)
+  ci = obj.importances(m, comps, plan, inputs)[0]
+  coefs = obj.coefficients(ci, state["sources"].sources,
+                           per_example=scope == "per_example")
+  r = state["sources"].sources["['W1']"]
+  got = coefs["['W1']"][..., -1]                     # the Δ channel: raw
+  assert got.shape == (16, 1, 5)
+  want = jnp.broadcast_to(r[..., -1] if scope == "shared"
+                          else r[:, None, ..., -1], (16, 1, 5))
+  np.testing.assert_array_equal(got, want)
+
+
+def test_a_transformer_run_on_sequences_lowers_its_reconstructions():
+  params, sample = seq_target()
+  m = method(n_components=6, ci_fn="transformer", ci_d_model=8, ci_heads=2,
+             ci_blocks=1, ci_hidden=(16,), gamma_start=0.1, gamma_end=0.1,
+             faithfulness_warmup_steps=0)
+  result = apd_jax.decompose(seq_apply, params, sample, include="W",
+                             method=m, training=TRAINING.replace(
+                                 batch_size=32))
+  first, last = result.history[0], result.history[-1]
+  for term in ("faithfulness", "stochastic", "adversarial", "loss"):
+    assert last[term] < first[term], (term, first[term], last[term])
+  assert result.causal_importances(sample(jax.random.PRNGKey(3), 2))[
+      "['W1']"].shape == (2, 5, 6)
+  # Inputs without a position axis are refused by the transformer.
+  tparams, tsample = tms.init(jax.random.PRNGKey(0), n_features=5,
+                              n_hidden=2), tms.sampler(
+                                  n_features=5, feature_probability=0.05)
+  with pytest.raises(ValueError, match="one position axis"):
+    apd_jax.decompose(tms.apply, tparams, tsample, include="W",
+                      method=m, training=TRAINING)
+
+
+def test_the_merged_term_is_one_forward_of_either_kind(tms_target):
+  """Merged with one coefficient 0 is exactly that term alone; at 0.5
+  each about half the examples are adversarial, and only those move their
+  (per-example) sources (of those that move when all are)."""
+  params, sample = tms_target
+  training = TRAINING.replace(steps=1, batch_size=1024)
+  target = engine.make_target(tms.apply, params, "W", log=False)
+  key = engine.run_keys(0)[1]
+
+  def one_step(**kw):
+    m = method(source_scope="per_example", n_warmup=0,
+               source_warmup_frac=0.0, **kw)
+    state0 = engine.init_state(m, target, training, sample_fn=sample)
+    plan = m.plan(target, sample, 1024, state0.components)
+    step = jax.jit(engine.make_train_step(m, plan, target, sample, training))
+    return state0, step(state0, key)[0]
+
+  for stoch, adv in ((0.0, 1.0), (1.0, 0.0)):
+    c = dict(stochastic_coeff=stoch, adversarial_coeff=adv)
+    _, merged = one_step(merged=True, **c)
+    _, apart = one_step(**c)
+    assert_trees_close(merged.components, apart.components, rtol=1e-5,
+                       atol=1e-8)
+    assert_trees_close(merged.method_state, apart.method_state, rtol=1e-5,
+                       atol=1e-8)
+
+  def moved(**kw):
+    state0, state1 = one_step(merged=True, **kw)
+    return np.any(np.asarray(state1.method_state["sources"].sources[
+        "['W']#0"] != state0.method_state["sources"].sources["['W']#0"]),
+        axis=-1)
+
+  every = moved(stochastic_coeff=0.0, adversarial_coeff=1.0)
+  half = moved()
+  assert every.sum() > 80 and not np.any(half & ~every)
+  assert 0.3 < half.sum() / every.sum() < 0.7, (half.sum(), every.sum())

@@ -34,3 +34,20 @@ def test_training_lowers_loss(keys):
                         batch_size=256)
   assert float(losses[-20:].mean()) < 0.5 * float(losses[:20].mean())
   assert "hidden" not in p
+
+
+def test_untied_is_the_same_function_trained_tied(keys):
+  tied, _ = tms.train(keys[0], n_features=5, n_hidden=2, steps=50,
+                      batch_size=64)
+  untied, _ = tms.train(keys[0], n_features=5, n_hidden=2, steps=50,
+                        batch_size=64, untied=True)
+  assert set(untied) == {"W", "W_up", "b_final"}
+  np.testing.assert_array_equal(untied["W_up"], tied["W"])
+  np.testing.assert_array_equal(untied["W"], tied["W"])
+  x = jax.random.uniform(keys[1], (3, 5))
+  np.testing.assert_array_equal(tms.apply(untied, x), tms.apply(tied, x))
+  # The up use reads W_up: changing it changes the output, W alone not.
+  other = dict(untied, W_up=untied["W_up"] * 2)
+  assert not np.allclose(tms.apply(other, x), tms.apply(untied, x))
+  assert set(tms.init(keys[0], n_features=5, n_hidden=2, untied=True)) == {
+      "W", "W_up", "b_final"}

@@ -24,6 +24,17 @@ def test_cosine_is_a_quarter_wave_to_zero():
   assert abs(float(f(100))) < 1e-8
 
 
+def test_cosine_ends_at_its_final_fraction():
+  f = optim.schedule(0.1, 101, warmup_frac=0.2, kind="cosine", final_frac=0.1)
+  np.testing.assert_allclose(float(f(20)), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(f(60)), 0.1 * (0.1 + 0.9 * 2 ** -0.5),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(f(100)), 0.01, rtol=1e-5)
+  from apd_jax import Training  # noqa: PLC0415
+  with pytest.raises(ValueError, match="lr_final_frac"):
+    Training(lr_final_frac=1.5)
+
+
 def test_no_warmup_starts_at_lr():
   assert float(optim.schedule(0.1, 100)(0)) == pytest.approx(0.1)
 
