@@ -29,6 +29,7 @@ from apd_jax.core.target import SampleFn
 from apd_jax.core.target import Target
 from apd_jax.core.target import check as check_target
 from apd_jax.core.target import upcast
+from apd_jax.methods import ci_kinds
 from apd_jax.methods import spd_objective as objective
 from apd_jax.methods.base import check_choice
 from apd_jax.methods.base import check_positive
@@ -107,7 +108,7 @@ class PerProduct:
 
 
 @dataclasses.dataclass(frozen=True)
-class SPD(PerProduct):
+class SPD(PerProduct, ci_kinds.CIOptions):
   """The SPD objective and its options (SPD paper, §2).
 
   .. math::  L = c_f \\|θ^* − Σ_c u_c v_cᵀ\\|^2 / N
@@ -126,8 +127,16 @@ class SPD(PerProduct):
     importance_p: p of `G^p` (> 0). Paper: 1 (TMS 5-2), 2 (the others).
     stochastic_coeff: β1 [1.0], every product masked.
     layerwise_coeff: β2 [1.0], one product masked at a time.
+    layerwise_routing: how the β2 term masks: ['each'] one pass per
+      product with only it masked (the paper's), or 'subset' one pass in
+      which each example (position) masks a uniform random subset of the
+      products and keeps the others at the target's weights (VPD's subset
+      routing: one forward instead of one per product).
     faithfulness_coeff: c_f [1.0].
     gate_hidden: d, the hidden width of each causal-importance MLP [16].
+    ci_fn: ['scalar'] (the paper's MLP per subcomponent on `h_c`), or a
+      function of the whole input: 'layerwise', 'global', 'transformer'
+      (VPD's, `ci_kinds`; with its keyword options `ci_hidden`, ...).
     recon: ['mse'] over all output elements, or 'kl' (logits).
     threshold: G above which a subcomponent counts as active in the L0 and
       alive counts [0.1].
@@ -140,6 +149,7 @@ class SPD(PerProduct):
   importance_p: float = 1.0
   stochastic_coeff: float = 1.0
   layerwise_coeff: float = 1.0
+  layerwise_routing: str = "each"
   faithfulness_coeff: float = 1.0
   gate_hidden: int = 16
   recon: str = "mse"
@@ -147,6 +157,7 @@ class SPD(PerProduct):
   importance_p_final: float | None = None
   p_anneal_start: float = 0.0
   p_anneal_end: float = 1.0
+  ci_fn: str = dataclasses.field(default="scalar", kw_only=True)
 
   SWEEPABLE: ClassVar[tuple[str, ...]] = (
       "faithfulness_coeff", "stochastic_coeff", "layerwise_coeff",
@@ -177,6 +188,7 @@ class SPD(PerProduct):
       check_positive(n_components=C)
     check_positive(importance_p=self.importance_p,
                    gate_hidden=self.gate_hidden, threshold=self.threshold)
+    self._check_ci(ci_kinds.KINDS)
     for name in ("importance_coeff", "stochastic_coeff", "layerwise_coeff",
                  "faithfulness_coeff"):
       if getattr(self, name) < 0:
@@ -185,6 +197,8 @@ class SPD(PerProduct):
       raise ValueError("stochastic_coeff and layerwise_coeff are both 0: "
                        "nothing reconstructs the target's outputs")
     check_choice("recon", self.recon, objective.RECONS)
+    check_choice("layerwise_routing", self.layerwise_routing,
+                 ("each", "subset"))
     if self.importance_p_final is not None:
       check_positive(importance_p_final=self.importance_p_final)
       if not 0 <= self.p_anneal_start <= self.p_anneal_end <= 1:
@@ -215,7 +229,12 @@ class SPD(PerProduct):
     (abstractly) and that every decomposed leaf is used in products."""
     self.components_per_leaf(target.names)
     check_target(target, sample_fn, batch_size)
-    self.plan(target, sample_fn, batch_size, None)
+    plan = self.plan(target, sample_fn, batch_size, None)
+    x = jax.eval_shape(lambda k: sample_fn(k, 1), jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(lambda x: objective.target_pass(target, x)[1],
+                            x)
+    ci_kinds.check_inputs(self, {k: tuple(v.shape[1:]) for k, v in zip(
+        plan.labels, shapes, strict=True)})
 
   init_traceable: ClassVar[bool] = True   # drawn directly into shards
 
@@ -231,7 +250,7 @@ class SPD(PerProduct):
     plan = self.plan(target, sample_fn, 1, None)
     return objective.init_params(key, target, plan,
                                  self.components_per_leaf(target.names),
-                                 self.gate_hidden)
+                                 self.gate_hidden, self)
 
   def project(self, params):
     """The parameters as the loss sees them: unchanged."""
@@ -291,12 +310,13 @@ class SPD(PerProduct):
 
   def scores(self, result, x) -> dict[str, Array]:
     """`{product: G [B, (T,) C_l]}`, the causal importances on `x`."""
-    return _causal_importances(result.target, result.plan,
+    return _causal_importances(self, result.target, result.plan,
                                result.components, x)
 
-@functools.partial(jax.jit, static_argnums=1)
-def _causal_importances(target, plan, params, x):
-  return objective.causal_importances(params, target, plan, x)
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _causal_importances(s, target, plan, params, x):
+  return objective.causal_importances(params, target, plan, x, s)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -310,12 +330,14 @@ def _evaluate_batch(s: SPD, plan, target, params, x, key) -> dict:
   in float32 whatever the target's dtype), L0s and which subcomponents
   were active."""
   (y, _), inputs = objective.target_pass(target, x)
-  G, _ = objective.importances(params, plan, inputs)
+  G, _ = objective.importances(params, plan, inputs, s)
   loss = losses.kl if s.recon == "kl" else losses.mse
   recon = lambda a, b: loss(*upcast((a, b), jnp.float32))  # noqa: E731
   k1, k2 = jax.random.split(key)
   stoch = objective.stochastic_recon(target, params, plan, y, G, x, k1, recon)
-  layer = objective.layerwise_recon(target, params, plan, y, G, x, k2, recon)
+  layer = (objective.subset_recon if s.layerwise_routing == "subset"
+           else objective.layerwise_recon)(target, params, plan, y, G, x, k2,
+                                           recon)
   ci = recon(y, objective.masked_forward(target, params, plan, G, x)[0])
   active = [g > s.threshold for g in G]
   l0 = {f"l0/{label}": jnp.mean(jnp.sum(a, axis=-1))

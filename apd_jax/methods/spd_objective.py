@@ -2,11 +2,16 @@
 
 .. math::  L = c_f L_{faith} + β_1 L_{stoch} + β_2 L_{layer} + β_3 L_{imp}
 
+(`L_layer` one pass per product with only it masked, or with the method's
+`layerwise_routing='subset'` one pass masking a random subset of them per
+example.)
+
 Each decomposed matrix `W_l` has its own `C_l` rank-one subcomponents
 `u_c v_cᵀ` (factors `U[l] [C_l, i, 1]`, `V[l] [C_l, 1, o]`). Every factored
 product `a_k W_l` of the target (an *occurrence*: TMS uses `W` and `Wᵀ`)
 has a causal-importance function per subcomponent, a tiny MLP on the inner
-activation `h_c = a_k · u_c`:
+activation `h_c = a_k · u_c` (or, with the method's `ci_fn`, a function of
+the whole input `a_k`, `ci_kinds`):
 
 .. math::  G_{k,c} = σ_{lower}(g_{k,c}(h_c)), \\quad
            m_{k,c} = G_{k,c} + (1 − G_{k,c}) r, \\quad r \\sim U(0, 1)
@@ -34,6 +39,8 @@ from apd_jax.core import losses
 from apd_jax.core.target import Target
 from apd_jax.fast import factored
 from apd_jax.methods import ci_functions
+from apd_jax.methods import ci_kinds
+from apd_jax.methods import routing
 
 Array = jax.Array
 RECONS = ("mse", "kl")
@@ -138,12 +145,13 @@ def upper_leaky_hard_sigmoid(z: Array) -> Array:
 
 
 def init_params(key: Array, target: Target, plan: Plan,
-                n_components: dict[str, int], gate_hidden: int
-                ) -> SPDParams:
+                n_components: dict[str, int], gate_hidden: int,
+                s: Any = None) -> SPDParams:
   """Factors as the reference initialises them (normal, std `1/sqrt(o)`
-  for `u` and `1/sqrt(C_l)` for `v`) and gates by
-  `ci_functions.init_scalar_mlp`."""
-  U, V, gates = {}, {}, {}
+  for `u` and `1/sqrt(C_l)` for `v`) and the causal-importance function
+  of `s.ci_fn` (`ci_kinds.init`; without `s`, SPD's scalar MLPs of width
+  `gate_hidden`)."""
+  U, V = {}, {}
   for j, (name, w) in enumerate(target.weights.items()):
     d_in, d_out = w.shape
     C = n_components[name]
@@ -151,11 +159,24 @@ def init_params(key: Array, target: Target, plan: Plan,
     U[name] = jax.random.normal(ku, (C, d_in, 1)) / d_out ** 0.5
     V[name] = jax.random.normal(kv, (C, 1, d_out)) / C ** 0.5
   gate_key = jax.random.fold_in(key, len(target.weights))
-  for k, (label, leaf) in enumerate(zip(plan.labels, plan.leaves,
-                                        strict=True)):
-    gates[label] = ci_functions.init_scalar_mlp(
-        jax.random.fold_in(gate_key, k), n_components[leaf], gate_hidden)
+  cs = {label: n_components[leaf] for label, leaf in
+        zip(plan.labels, plan.leaves, strict=True)}
+  gates = ci_kinds.init(gate_key, s or _SCALAR, input_widths(target, plan),
+                        cs, gate_hidden)
   return SPDParams(U=U, V=V, gates=gates)
+
+
+_SCALAR = ci_kinds.CIOptions(ci_fn="scalar")
+
+
+def input_widths(target: Target, plan: Plan) -> dict[str, int]:
+  """`{label: i_k}`, the width of each product's input (in plan order)."""
+  out = {}
+  for label, leaf, t in zip(plan.labels, plan.leaves, plan.transposed,
+                            strict=True):
+    d_in, d_out = target.weights[leaf].shape
+    out[label] = d_out if t else d_in
+  return out
 
 
 # -- causal importances --------------------------------------------------------
@@ -182,12 +203,18 @@ def inner_acts(params: SPDParams, plan: Plan, inputs: Sequence[Array]
   return out
 
 
-def importances(params: SPDParams, plan: Plan, inputs: Sequence[Array]
-                ) -> tuple[list[Array], list[Array]]:
+def importances(params: SPDParams, plan: Plan, inputs: Sequence[Array],
+                s: Any = None) -> tuple[list[Array], list[Array]]:
   """`(G, G_upper)` per occurrence: the lower-leaky causal importances (for
-  masks) and the upper-leaky ones (for the penalty)."""
-  z = [gate_logits(params.gates[label], h) for label, h in
-       zip(plan.labels, inner_acts(params, plan, inputs), strict=True)]
+  masks) and the upper-leaky ones (for the penalty), from `s.ci_fn`'s
+  function (default: the scalar MLPs)."""
+  s = s or _SCALAR
+  by_label = dict(zip(plan.labels, inputs, strict=True))
+  cs = {label: params.n_components[leaf] for label, leaf in
+        zip(plan.labels, plan.leaves, strict=True)}
+  out = ci_kinds.logits(s, params.gates, by_label, cs, inner=lambda: dict(
+      zip(plan.labels, inner_acts(params, plan, inputs), strict=True)))
+  z = [out[label] for label in plan.labels]
   return ([lower_leaky_hard_sigmoid(v) for v in z],
           [upper_leaky_hard_sigmoid(v) for v in z])
 
@@ -203,12 +230,12 @@ def target_pass(target: Target, x: Array) -> tuple[Any, list[Array]]:
 
 
 def causal_importances(params: SPDParams, target: Target, plan: Plan,
-                       x: Array) -> dict[str, Array]:
+                       x: Array, s: Any = None) -> dict[str, Array]:
   """`{occurrence label: G [B, ..., C_l]}` on the batch `x`: `[B, C_l]`,
   or `[B, T, C_l]` where the product's input has positions. (Each example
   runs as a batch of one, `x_b[None]`; that axis of size 1 is dropped.)"""
   inputs = target_pass(target, x)[1]
-  G, _ = importances(params, plan, inputs)
+  G, _ = importances(params, plan, inputs, s)
   return {label: per_example(g) for label, g in zip(plan.labels, G,
                                                     strict=True)}
 
@@ -261,6 +288,22 @@ def layerwise_recon(target: Target, params: SPDParams, plan: Plan, y: Any,
              for k in range(n)) / n
 
 
+def subset_recon(target: Target, params: SPDParams, plan: Plan, y: Any,
+                 G: Sequence[Array], x: Array, key: Array, recon) -> Array:
+  """`D(y, f(x | m_R))`, one forward: each example (each position) masks
+  a uniform random subset `R` of the products (`routing.subset_routing`),
+  the others keep `θ*` (every component and the residual channel
+  `W − Σ_c u_c v_cᵀ` at 1); the routed ones have their residual at 0."""
+  k_route, k_mask = jax.random.split(key)
+  masks = dict(zip(plan.labels, stochastic_masks(k_mask, G), strict=True))
+  routes = routing.subset_routing(k_route, G[0].shape[:-1], plan.labels)
+  coefs, deltas = routing.routed_coefficients(
+      routes, masks, {k: jnp.zeros(m.shape[:-1]) for k, m in masks.items()})
+  return recon(y, masked_forward(target, params, plan, [
+      jnp.concatenate([coefs[k], deltas[k][..., None]], -1)
+      for k in plan.labels], x)[0])
+
+
 def importance_minimality(G_upper: Sequence[Array], p: float | Array
                           ) -> Array:
   """`Σ_k Σ_c mean_b (G_upper[k]_bc + 1e-12)^p` (positions count as
@@ -304,15 +347,16 @@ def loss_fn(params: SPDParams, x: Array, target: Target, s: Any, plan: Plan,
   faith = losses.faithfulness(target.weights,
                               comp_lib.summed_from_factors(params))
   (y, _), inputs = jax.lax.stop_gradient(target_pass(target, x))
-  G, G_upper = importances(params, plan, inputs)
+  G, G_upper = importances(params, plan, inputs, s)
   k_stoch, k_layer = jax.random.split(key)
   terms = dict(faithfulness=faith)
   if s.stochastic_coeff:
     terms["stochastic"] = stochastic_recon(target, params, plan, y, G, x,
                                            k_stoch, recon)
   if s.layerwise_coeff:
-    terms["layerwise"] = layerwise_recon(target, params, plan, y, G, x,
-                                         k_layer, recon)
+    layer = (subset_recon if s.layerwise_routing == "subset"
+             else layerwise_recon)
+    terms["layerwise"] = layer(target, params, plan, y, G, x, k_layer, recon)
   p = annealed_p(s, h.importance_p, progress)
   terms["importance"] = importance_minimality(G_upper, p)
   coeffs = dict(faithfulness=h.faithfulness_coeff,

@@ -33,7 +33,7 @@ from apd_jax.core.target import Target
 from apd_jax.core.target import check as check_target
 from apd_jax.core.target import upcast
 from apd_jax.methods import adversarial
-from apd_jax.methods import ci_transformer
+from apd_jax.methods import ci_kinds
 from apd_jax.methods import spd_objective
 from apd_jax.methods import vpd_objective as objective
 from apd_jax.methods.base import check_choice
@@ -55,7 +55,7 @@ TOY_RECIPE = dict(merged=True, stochastic_coeff=0.5, adversarial_coeff=0.5,
 
 
 @dataclasses.dataclass(frozen=True)
-class VPD(PerProduct):
+class VPD(PerProduct, ci_kinds.CIOptions):
   """The VPD objective and its options (defaults: the VPD paper's language
   model recipe where it gives them).
 
@@ -78,12 +78,9 @@ class VPD(PerProduct):
     ci_fn: 'layerwise' [default] (an MLP per product on its input),
       'global' (one MLP on every product's input) or 'transformer' (for
       inputs `[T, i]` with a position axis: bidirectional transformers
-      over the positions, one per chunk of products; `ci_transformer`).
-    ci_hidden: the CI MLPs' hidden widths, the transformer's MLP's for
-      'transformer' [(16,)].
-    ci_d_model, ci_blocks, ci_heads, ci_chunks: the transformer's width
-      [64], blocks [2], attention heads [4], and how many independent
-      transformers the products are split into [1: one over all].
+      over the positions, one per chunk of products); with `ci_hidden`,
+      `ci_d_model`, `ci_blocks`, `ci_heads`, `ci_chunks`, keywords of
+      `ci_kinds.CIOptions`.
     ci_lr_scale: the CI function's learning rate as a multiple of the
       factors' (`Training.lr`, on the same schedule) [1.0]; the LM
       recipe's is 1/3 (5e-5 against 1.5e-4).
@@ -122,12 +119,6 @@ class VPD(PerProduct):
   stochastic_coeff: float = 0.5
   adversarial_coeff: float = 0.5
   merged: bool = False
-  ci_fn: str = "layerwise"
-  ci_hidden: tuple[int, ...] = (16,)
-  ci_d_model: int = 64
-  ci_blocks: int = 2
-  ci_heads: int = 4
-  ci_chunks: int = 1
   ci_lr_scale: float = 1.0
   faithfulness_warmup_steps: int = 400
   faithfulness_warmup_lr: float = 1e-3
@@ -168,24 +159,15 @@ class VPD(PerProduct):
 
   def __post_init__(self):
     object.__setattr__(self, "n_components", _spd(self).n_components)
-    object.__setattr__(self, "ci_hidden", tuple(int(h) for h in
-                                                 self.ci_hidden))
+    self._check_ci(CI_FNS)
     check_positive(threshold=self.threshold, source_lr=self.source_lr,
                    gamma_start=self.gamma_start, gamma_end=self.gamma_end,
                    eval_pgd_step=self.eval_pgd_step,
-                   ci_d_model=self.ci_d_model, ci_blocks=self.ci_blocks,
-                   ci_heads=self.ci_heads, ci_chunks=self.ci_chunks,
                    ci_lr_scale=self.ci_lr_scale,
                    faithfulness_warmup_lr=self.faithfulness_warmup_lr)
     if self.faithfulness_warmup_steps < 0:
       raise ValueError(f"faithfulness_warmup_steps must be >= 0, got "
                        f"{self.faithfulness_warmup_steps}")
-    if self.ci_fn == "transformer" and (
-        self.ci_d_model % self.ci_heads or (self.ci_d_model // self.ci_heads)
-        % 2):
-      raise ValueError(f"ci_d_model ({self.ci_d_model}) must be a multiple "
-                       f"of ci_heads ({self.ci_heads}) with an even head "
-                       f"width (rotary embeddings rotate pairs)")
     for name in self.SWEEPABLE:
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -201,10 +183,6 @@ class VPD(PerProduct):
     if not 0 <= self.source_warmup_frac <= 1:
       raise ValueError(f"source_warmup_frac must be in [0, 1], got "
                        f"{self.source_warmup_frac}")
-    if any(h < 1 for h in self.ci_hidden):
-      raise ValueError(f"ci_hidden widths must be positive, got "
-                       f"{self.ci_hidden}")
-    check_choice("ci_fn", self.ci_fn, CI_FNS)
     check_choice("source_scope", self.source_scope, SOURCE_SCOPES)
     for name in ("grad_clip", "ci_grad_clip"):
       if getattr(self, name) is not None:
@@ -227,17 +205,8 @@ class VPD(PerProduct):
     self.components_per_leaf(target.names)
     check_target(target, sample_fn, batch_size)
     plan = self.plan(target, sample_fn, batch_size, None)
-    if self.ci_fn == "transformer":
-      shapes = _input_shapes(target, plan, sample_fn, batch_size)
-      lengths = {k: v[2:-1] for k, v in shapes.items()}
-      if any(len(t) != 1 for t in lengths.values()) or len(
-          set(lengths.values())) > 1:
-        raise ValueError(
-            f"ci_fn='transformer' reads inputs [B, T, i] with one position "
-            f"axis of one length; the products' inputs per example are "
-            f"{ {k: v[2:] for k, v in shapes.items()} }: use 'layerwise' "
-            f"or 'global'")
-      ci_transformer.chunks(plan.labels, self.ci_chunks)
+    ci_kinds.check_inputs(self, {k: v[1:] for k, v in _input_shapes(
+        target, plan, sample_fn, batch_size).items()})
 
   def init_params(self, key: Array, target: Target,
                   sample_fn: SampleFn | None = None) -> objective.VPDParams:

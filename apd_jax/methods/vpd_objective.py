@@ -26,9 +26,9 @@ with VPD's terms:
 - importance minimality as smooth-L0 frequencies per product
   (`minimality`), `γ` annealed from 1 to 0.01 over training, the
   frequency term optionally at a debiased moving average of them;
-- causal importances from whole input vectors (`ci_functions.layerwise`
-  or `.global_`, or for inputs with positions `ci_transformer`), squashed
-  by SPD's two leaky hard sigmoids;
+- causal importances from whole input vectors (`ci_kinds`: an MLP per
+  product, one over all, or for inputs with positions a transformer),
+  squashed by SPD's two leaky hard sigmoids;
 - the factors start from SPD's initialisation fitted to the weights by a
   few hundred Adam steps on the faithfulness alone; the CI function's
   learning rate is a multiple of the factors'.
@@ -53,8 +53,7 @@ from apd_jax.core import components as comp_lib
 from apd_jax.core import losses
 from apd_jax.core.target import Target
 from apd_jax.methods import adversarial
-from apd_jax.methods import ci_functions
-from apd_jax.methods import ci_transformer
+from apd_jax.methods import ci_kinds
 from apd_jax.methods import minimality
 from apd_jax.methods import routing
 from apd_jax.methods import spd_objective as spd
@@ -67,7 +66,7 @@ sg = jax.lax.stop_gradient
 @flax.struct.dataclass
 class VPDParams(spd.Factors):
   """What VPD trains: rank-one factors per decomposed leaf and the
-  causal-importance function's parameters (`ci_functions`)."""
+  causal-importance function's parameters (`ci_kinds`)."""
   U: dict[str, Array]                  # leaf -> [C_l, i, 1]
   V: dict[str, Array]                  # leaf -> [C_l, 1, o]
   ci: dict[str, Any]                   # the CI function's layers
@@ -120,13 +119,7 @@ def importances(s: Any, params: VPDParams, plan: Plan, inputs: dict
                 ) -> tuple[dict[str, Array], dict[str, Array]]:
   """`(lower, upper)`: per product `[B, ..., C]`, the lower-leaky causal
   importances (masks) and the upper-leaky ones (minimality)."""
-  if s.ci_fn == "global":
-    z = ci_functions.global_(params.ci, inputs, _components(params, plan))
-  elif s.ci_fn == "transformer":
-    z = ci_transformer.apply(params.ci, inputs, _components(params, plan),
-                             s.ci_heads)
-  else:
-    z = ci_functions.layerwise(params.ci, inputs)
+  z = ci_kinds.logits(s, params.ci, inputs, _components(params, plan))
   return ({k: spd.lower_leaky_hard_sigmoid(v) for k, v in z.items()},
           {k: spd.upper_leaky_hard_sigmoid(v) for k, v in z.items()})
 
@@ -167,25 +160,14 @@ def init_params(key: Array, target: Target, plan: Plan,
                 n_components: dict[str, int], s: Any) -> VPDParams:
   """SPD's factor initialisation, fitted to the weights for
   `s.faithfulness_warmup_steps` (`warm_up`); the CI function's by
-  `ci_functions` or `ci_transformer`."""
+  `ci_kinds`."""
   base = spd.init_params(key, target, plan, n_components, 1)
-  d_ins = {}
-  for label, leaf, t in zip(plan.labels, plan.leaves, plan.transposed,
-                            strict=True):
-    d_in, d_out = target.weights[leaf].shape
-    d_ins[label] = d_out if t else d_in
+  d_ins = spd.input_widths(target, plan)
   cs = {label: n_components[leaf] for label, leaf in
         zip(plan.labels, plan.leaves, strict=True)}
   ci_key = jax.random.fold_in(key, 7)
-  if s.ci_fn == "transformer":
-    ci = ci_transformer.init(ci_key, d_ins, cs, n_chunks=s.ci_chunks,
-                             d_model=s.ci_d_model, n_blocks=s.ci_blocks,
-                             n_heads=s.ci_heads, hidden=tuple(s.ci_hidden))
-  else:
-    init = (ci_functions.init_global if s.ci_fn == "global"
-            else ci_functions.init_layerwise)
-    ci = init(ci_key, d_ins, cs, tuple(s.ci_hidden))
-  params = VPDParams(U=base.U, V=base.V, ci=ci)
+  params = VPDParams(U=base.U, V=base.V,
+                     ci=ci_kinds.init(ci_key, s, d_ins, cs))
   return warm_up(params, target.weights, s.faithfulness_warmup_steps,
                  s.faithfulness_warmup_lr)
 

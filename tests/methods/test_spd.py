@@ -129,6 +129,33 @@ def test_loss_terms_match_a_hand_computation(setup, mlp):
   assert float(m["l0"]) == 7.0
 
 
+def test_subset_routing_masks_a_random_subset_per_example(setup, mlp):
+  """`layerwise_routing='subset'` with G = 1: each example runs its routed
+  matrices as their subcomponents' sum and the others at the target's
+  weights; every example routes at least one, and the draws are those of
+  `routing.subset_routing`."""
+  from apd_jax.methods import routing  # noqa: PLC0415
+  target, method, plan, p, x = setup
+  p = constant_gates(p, 2.0)
+  method = method.replace(layerwise_routing="subset")
+  key = jax.random.PRNGKey(3)
+  _, m = obj.loss_fn(p, x, target, method, plan, key)
+  k_route = jax.random.split(jax.random.split(key)[1])[0]
+  routes = routing.subset_routing(k_route, (8, 1), plan.labels)
+  r1, r2 = (np.asarray(routes[k][:, 0]) for k in (L1, L2))
+  assert np.all(r1 | r2) and np.any(r1 & r2) and np.any(r1 ^ r2)
+  tp = mlp[1]
+  W1, W2 = np.asarray(tp["layer1"]["w"]), np.asarray(tp["layer2"]["w"])
+  S1 = np.einsum("ci,co->io", p.U[L1][..., 0], p.V[L1][:, 0])
+  S2 = np.einsum("ci,co->io", p.U[L2][..., 0], p.V[L2][:, 0])
+  x = np.asarray(x)
+  y = dense_forward(tp, x, W1, W2)
+  out = np.stack([dense_forward(tp, x[b:b + 1], S1 if r1[b] else W1,
+                                S2 if r2[b] else W2)[0] for b in range(8)])
+  np.testing.assert_allclose(m["layerwise"], np.mean((out - y) ** 2),
+                             rtol=1e-5)
+
+
 def test_importance_minimality_is_summed_over_layers_mean_over_batch():
   g1 = jnp.array([[0.0, 0.5], [1.0, 0.5]])
   g2 = jnp.array([[0.2], [0.4]])
@@ -197,10 +224,49 @@ def test_a_leaf_used_twice_gets_a_gate_per_use():
     (dict(recon="l1"), "recon"),
     (dict(importance_p_final=1.0, p_anneal_start=0.8, p_anneal_end=0.2),
      "p_anneal"),
+    (dict(ci_fn="gates"), "ci_fn"),
+    (dict(ci_fn="transformer", ci_d_model=10, ci_heads=2), "even head"),
 ])
 def test_bad_options_are_named(kw, message):
   with pytest.raises(ValueError, match=message):
     SPD(**{**dict(n_components=3, importance_coeff=1.0), **kw})
+
+
+@pytest.mark.parametrize("ci_fn", ["layerwise", "global"])
+def test_whole_input_ci_functions_train_spd(ci_fn):
+  """SPD with VPD's causal-importance functions: their parameters are
+  those of `ci_kinds.init`, its G their squashed logits, and a short run
+  lowers the reconstruction."""
+  import apd_jax  # noqa: PLC0415
+  from apd_jax.methods import ci_kinds  # noqa: PLC0415
+  params, _ = tms.train(jax.random.PRNGKey(0), n_features=5, n_hidden=2,
+                        steps=500)
+  sample = tms.sampler(n_features=5, feature_probability=0.05)
+  m = SPD(n_components=10, importance_coeff=1e-3, ci_fn=ci_fn,
+          ci_hidden=(12,))
+  target = Target(tms.apply, params, ("['W']",))
+  comps = m.init_params(jax.random.PRNGKey(1), target, sample)
+  plan = m.plan(target, sample, 8, comps)
+  want = ci_kinds.init(jax.random.fold_in(jax.random.PRNGKey(1), 1), m,
+                       {"['W']#0": 5, "['W']#1": 2},
+                       {"['W']#0": 10, "['W']#1": 10})
+  for a, b in zip(jax.tree.leaves(comps.gates), jax.tree.leaves(want),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  x = sample(jax.random.PRNGKey(2), 8)
+  _, inputs = obj.target_pass(target, x)
+  z = ci_kinds.logits(m, comps.gates, dict(zip(plan.labels, inputs,
+                                               strict=True)),
+                      {"['W']#0": 10, "['W']#1": 10})
+  G = obj.causal_importances(comps, target, plan, x, m)
+  for k in plan.labels:
+    np.testing.assert_allclose(G[k], jnp.clip(z[k], 0, 1)[:, 0], rtol=1e-6)
+  r = apd_jax.decompose(tms.apply, params, sample, include="W", method=m,
+                        training=apd_jax.Training(
+                            steps=200, batch_size=256, progress=False,
+                            log_every=100, eval_batches=1))
+  assert r.history[-1]["stochastic"] < r.history[0]["stochastic"]
+  assert r.causal_importances(x)["['W']#1"].shape == (8, 10)
 
 
 def test_n_components_dict_must_name_the_decomposed_leaves(setup, mlp):

@@ -351,6 +351,15 @@ def test_a_transformer_run_on_sequences_lowers_its_reconstructions():
     assert last[term] < first[term], (term, first[term], last[term])
   assert result.causal_importances(sample(jax.random.PRNGKey(3), 2))[
       "['W1']"].shape == (2, 5, 6)
+  # SPD takes the same causal-importance transformer.
+  spd = apd_jax.SPD(n_components=6, importance_coeff=1e-3,
+                    ci_fn="transformer", ci_d_model=8, ci_heads=2,
+                    ci_blocks=1)
+  r = apd_jax.decompose(seq_apply, params, sample, include="W", method=spd,
+                        training=TRAINING.replace(batch_size=32))
+  assert r.history[-1]["stochastic"] < r.history[0]["stochastic"]
+  assert r.causal_importances(sample(jax.random.PRNGKey(3), 2))[
+      "['W2']"].shape == (2, 5, 6)
   # Inputs without a position axis are refused by the transformer.
   tparams, tsample = tms.init(jax.random.PRNGKey(0), n_features=5,
                               n_hidden=2), tms.sampler(
