@@ -10,6 +10,7 @@ import numpy as np
 
 from apd_jax.analysis import summary as summary_lib
 from apd_jax.cli import experiment
+from apd_jax.cli import frontier
 from apd_jax.engine import export
 from apd_jax.targets import lm
 
@@ -131,3 +132,9 @@ def test_vpd_on_every_matrix_of_a_tiny_transformer(tmp_path):
   again = export.load(str(tmp_path / "decomposition"))
   ci = again.causal_importances(np.zeros((2, 16), np.int32))
   assert {v.shape for v in ci.values()} == {(2, 16, 8)}
+  # The run is a point of the LM frontier.
+  (point,) = frontier.collect([str(tmp_path)])
+  assert point["method"] == "VPD" and point["subcomponents"] == 6 * 8
+  assert point["l0_fraction"] == summary["l0"] / 48
+  assert point["gap_masked"] == (summary["heldout_nats_per_byte_masked"]
+                                 - summary["heldout_nats_per_byte_target"])
