@@ -110,6 +110,9 @@ LM_OPTIONS = dict(n_components=32, rank=16, topk=2.0, recon="kl",
 TMS_5_2 = (("n_features", 5), ("n_hidden", 2))
 TMS_40_10 = (("n_features", 40), ("n_hidden", 10))
 ONE_LAYER, TWO_LAYERS = (("n_layers", 1),), (("n_layers", 2),)
+# configs/spd_lm.py's options.
+SPD_LM = dict(n_components=192, importance_coeff=3e-4, importance_p=1.0,
+              faithfulness_coeff=1e6, recon="kl", gate_hidden=16)
 CASES = [
     Case("tms_5_2", "tms", TMS_5_2, 2048, dict(
         n_components=5, rank=3, topk=0.211, simplicity_coeff=0.7,
@@ -147,9 +150,19 @@ CASES = [
     Case("spd_resid_mlp_2", "resid_mlp", TWO_LAYERS, 2048, dict(
         n_components=400, importance_coeff=1e-5, importance_p=2.0,
         gate_hidden=16), method="spd"),
-    Case("spd_lm", "lm", (), 8, dict(
-        n_components=192, importance_coeff=3e-4, importance_p=1.0,
-        faithfulness_coeff=1e6, recon="kl", gate_hidden=16), method="spd"),
+    Case("spd_lm", "lm", (), 8, SPD_LM, method="spd"),
+    # The same with VPD's building blocks: subset routing for the β2 term,
+    # and an MLP per matrix on its input for the causal importances.
+    Case("spd_lm_subset", "lm", (), 8, dict(
+        SPD_LM, layerwise_routing="subset"), method="spd"),
+    Case("spd_lm_subset_layerwise", "lm", (), 8, dict(
+        SPD_LM, layerwise_routing="subset", ci_fn="layerwise"),
+         method="spd"),
+    # VPD with the options of configs/vpd_lm.py.
+    Case("vpd_lm", "lm", (), 8, dict(
+        n_components=192, recon="kl", ci_fn="transformer", ci_d_model=64,
+        ci_blocks=2, ci_heads=4, ci_hidden=(256,), ci_lr_scale=1 / 3,
+        grad_clip=0.01, faithfulness_warmup_steps=0), method="vpd"),
 ]
 QUICK = ("tms_5_2", "resid_mlp_1_m1", "spd_tms_5_2")
 

@@ -12,8 +12,10 @@ beside its parameters (`TrainState.method_state`): checkpointed, resumed
 and swept with the rest. The object is the method's side of the engine
 (`methods/base.py`).
 
-Not yet here: factors of their own for each use of a leaf used twice (the
-VPD authors decompose TMS's `W` and `Wᵀ` apart).
+A leaf used twice shares its factors between its uses (each use has its
+own importances and sources); to decompose the uses apart, as the VPD
+authors do TMS's `W` and `Wᵀ`, give each its own leaf (`targets/tms.py`'s
+`untied`).
 """
 
 from __future__ import annotations
