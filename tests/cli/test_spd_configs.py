@@ -73,12 +73,15 @@ def test_tms_identity_run_writes_the_spd_outputs(tmp_path):
       s["alive"])
 
 
+@pytest.mark.parametrize("name", ["spd_resid_mlp_1", "vpd_resid_mlp_1"])
 def test_resid_mlp_run_reports_features_with_their_own_subcomponent(
-    tmp_path):
-  c = tiny(load("spd_resid_mlp_1"), n_features=8, d_resid=16, d_mlp=4,
-           steps=50, batch_size=64)
+    tmp_path, name):
+  c = tiny(load(name), n_features=8, d_resid=16, d_mlp=4, steps=50,
+           batch_size=64)
   with c.unlocked():
     c.method.n_components = 10
+    if name.startswith("vpd"):
+      c.method.update(ci_hidden=(8,), faithfulness_warmup_steps=5)
   s = experiment.train_and_evaluate(c, str(tmp_path))
   assert s["n_features"] == 8
   assert 0 <= s["features_with_own_subcomponent"] <= s[
