@@ -32,10 +32,12 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-# Rows per block of the backward pass: `rows × C × d` floats of hidden
-# layer stay in a core's cache for the paper's C and d (TMS 40-10: 32 ×
-# 200 × 16 × 4 bytes = 0.4 MB).
-BLOCK_ELEMENTS = 1 << 17
+# Hidden units per block of the backward pass (`rows × C × d`): enough that
+# XLA splits each block's loops over both cores, few enough that each
+# core's half of an array (1 MB) stays in its 2 MB L2 cache. Measured on a
+# 2-core CPU, TMS 40-10's (C 200, d 16, batch 4096) gate backward takes
+# 30, 42, 23, 24 and 37 ms at 2^13, 2^17, 2^19, 2^21 and 2^22.
+BLOCK_ELEMENTS = 1 << 19
 _SQRT_HALF = 0.5 ** 0.5
 _INV_SQRT_2PI = (2 * math.pi) ** -0.5
 

@@ -65,8 +65,8 @@ def test_gradients_match_finite_differences():
 
 
 def test_block_rows():
-  assert ci._block_rows(4096, 200, 16) == 32      # 2**17 // 3200 -> 32
-  assert ci._block_rows(4096, 20, 16) == 256
+  assert ci._block_rows(4096, 200, 16) == 128     # 2**19 // 3200 -> 128
+  assert ci._block_rows(4096, 20, 16) == 1024
   assert ci._block_rows(3, 20, 16) == 3           # never more than N
   assert ci._block_rows(10, 10 ** 6, 16) == 1
 
