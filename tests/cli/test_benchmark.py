@@ -45,9 +45,9 @@ def test_the_language_model_case_counts_tokens():
 
 
 def test_spd_work_is_counted_on_the_unblocked_step():
-  # The blocked backward pass is a loop (here over 4 blocks of 32 rows),
+  # The blocked backward pass is a loop (here over 4 blocks of 128 rows),
   # whose body XLA counts once.
-  case = _case("spd_tms_40_10", batch_size=128)
+  case = _case("spd_tms_40_10", batch_size=512)
   step, state, args, _, _ = benchmark.build(case)
   compiled = benchmark._jit(step).lower(state, args).compile()
   blocked = benchmark._cost(compiled)
