@@ -9,9 +9,12 @@ import pathlib
 import subprocess
 import sys
 
+import flax.serialization
+import numpy as np
 import pytest
 
 from apd_jax.cli import scoreboard
+from apd_jax.core import metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = str(ROOT / "configs")
@@ -112,6 +115,20 @@ def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
     assert row["diagnostics"] == [r["diagnostics"] for r in runs]
     # Seed n's decomposition sits on seed n's own target.
     assert (folder / "targets" / "seed_1" / "target_params.msgpack").exists()
+  # VPD's TMS entry decomposes W's two uses apart (W, W_up) and the hidden
+  # layer, and reports the worse use's MMCS.
+  folder = tmp_path / "vpd_tms_5_2_identity"
+  run = json.loads((folder / "runs" / "run_000" / "summary.json").read_text())
+  assert sorted(k for k in run if k.startswith("alive/")) == [
+      "alive/['W']", "alive/['W_up']", "alive/['hidden'][0]"]
+  W = flax.serialization.msgpack_restore(
+      (folder / "targets" / "seed_0" / "target_params.msgpack").read_bytes()
+  )["W"]
+  factors = np.load(folder / "runs" / "run_000" / "components.npz")
+  each = [float(metrics.mmcs(W, factors[f"U['{n}']"] @ factors[f"V['{n}']"]))
+          for n in ("W", "W_up")]
+  assert run["mmcs_up"] == pytest.approx(each[1], rel=1e-5)
+  assert run["mmcs"] == pytest.approx(min(each), rel=1e-5)
   with open(tmp_path / "scoreboard.csv") as f:
     assert [r["entry"] for r in csv.DictReader(f)] == names
   md = (tmp_path / "scoreboard.md").read_text()

@@ -11,8 +11,6 @@ from apd_jax import SPD
 from apd_jax.cli import config as cli_config
 from apd_jax.cli import experiment
 from apd_jax.cli import sweep_experiment
-from apd_jax.core import metrics
-from apd_jax.engine import export
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -73,15 +71,12 @@ def test_tms_identity_run_writes_the_spd_outputs(tmp_path):
       s["alive"])
 
 
-@pytest.mark.parametrize("name", ["spd_resid_mlp_1", "vpd_resid_mlp_1"])
 def test_resid_mlp_run_reports_features_with_their_own_subcomponent(
-    tmp_path, name):
-  c = tiny(load(name), n_features=8, d_resid=16, d_mlp=4, steps=50,
-           batch_size=64)
+    tmp_path):
+  c = tiny(load("spd_resid_mlp_1"), n_features=8, d_resid=16, d_mlp=4,
+           steps=50, batch_size=64)
   with c.unlocked():
     c.method.n_components = 10
-    if name.startswith("vpd"):
-      c.method.update(ci_hidden=(8,), faithfulness_warmup_steps=5)
   s = experiment.train_and_evaluate(c, str(tmp_path))
   assert s["n_features"] == 8
   assert 0 <= s["features_with_own_subcomponent"] <= s[
@@ -116,21 +111,3 @@ def test_an_apd_option_in_an_spd_sweep_is_refused(tmp_path):
     c.sweep.topk = (0.2, 0.3)
   with pytest.raises(ValueError, match="topk"):
     sweep_experiment.train_and_evaluate(c, str(tmp_path))
-
-
-def test_vpd_tms_identity_untied_run_reports_both_uses(tmp_path):
-  """The VPD TMS config decomposes `W`'s two uses apart (`W`, `W_up`), the
-  hidden layer too, and reports the worse use's MMCS and ML2R."""
-  c = tiny(load("vpd_tms_5_2", "identity"), steps=50)
-  with c.unlocked():
-    c.method.faithfulness_warmup_steps = 5
-  s = experiment.train_and_evaluate(c, str(tmp_path))
-  assert sorted(k for k in s if k.startswith("alive/")) == [
-      "alive/['W']", "alive/['W_up']", "alive/['hidden'][0]"]
-  r = export.load(str(tmp_path / "decomposition"))
-  W = r.target.params["W"]
-  each = [float(metrics.mmcs(W, r.component_weights[k]))
-          for k in ("['W']", "['W_up']")]
-  assert s["mmcs_up"] == pytest.approx(each[1], rel=1e-6)
-  assert s["mmcs"] == pytest.approx(min(each), rel=1e-6)
-  assert {"pgd_recon", "stochastic_recon", "ci_masked_recon"} <= set(s)

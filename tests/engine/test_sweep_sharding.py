@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent("""
         apd=lambda: apd_jax.APD(n_components=6, topk=0.5, rank=2),
         spd=lambda: apd_jax.SPD(n_components=6, importance_coeff=3e-3),
         vpd=lambda: apd_jax.VPD(n_components=6, importance_coeff=1e-3,
-                                source_warmup_frac=0.0))[method_name]()
+                                source_warmup_frac=0.0,
+                                faithfulness_warmup_steps=10))[method_name]()
     mesh = (None if component == 0 else
             sharding.make_mesh(component=component))
     r = sweep.decompose_sweep(

@@ -123,4 +123,4 @@ def test_gradients_match_finite_differences():
       z = ct.apply(params, xs, {"a": 2, "b": 1}, n_heads=2)
       return sum(jnp.sum(jnp.sin(v)) for v in z.values())
 
-    assert_gradients_match_finite_differences(f, params, xs)
+    assert_gradients_match_finite_differences(jax.jit(f), params, xs)
