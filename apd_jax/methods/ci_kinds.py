@@ -69,13 +69,15 @@ class CIOptions:
                        f"width (rotary embeddings rotate pairs)")
 
 
-def check_inputs(s: CIOptions, shapes: dict[str, tuple[int, ...]]) -> None:
-  """The products' input shapes per example (`{label: (1, ..., i)}`, a
-  batch of one) against the CI function: the transformer reads `[T, i]`
-  with one position axis of one length, and its chunks need as many
-  products."""
+def check_inputs(s: CIOptions,
+                 shapes: Callable[[], dict[str, tuple[int, ...]]]) -> None:
+  """The products' input shapes per example (`shapes()`: `{label: (1, ...,
+  i)}`, a batch of one; asked for only here) against the CI function: the
+  transformer reads `[T, i]` with one position axis of one length, and its
+  chunks need as many products."""
   if s.ci_fn != "transformer":
     return
+  shapes = shapes()
   positions = {k: v[1:-1] for k, v in shapes.items()}
   if any(len(t) != 1 for t in positions.values()) or len(
       set(positions.values())) > 1:

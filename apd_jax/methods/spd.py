@@ -230,11 +230,9 @@ class SPD(PerProduct, ci_kinds.CIOptions):
     self.components_per_leaf(target.names)
     check_target(target, sample_fn, batch_size)
     plan = self.plan(target, sample_fn, batch_size, None)
-    x = jax.eval_shape(lambda k: sample_fn(k, 1), jax.random.PRNGKey(0))
-    shapes = jax.eval_shape(lambda x: objective.target_pass(target, x)[1],
-                            x)
-    ci_kinds.check_inputs(self, {k: tuple(v.shape[1:]) for k, v in zip(
-        plan.labels, shapes, strict=True)})
+    ci_kinds.check_inputs(self, lambda: {
+        k: v[1:] for k, v in objective.input_shapes(
+            target, plan, sample_fn, 1).items()})
 
   init_traceable: ClassVar[bool] = True   # drawn directly into shards
 

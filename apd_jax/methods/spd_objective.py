@@ -80,6 +80,11 @@ class Plan:
   leaves: tuple[str, ...] = ()
   transposed: tuple[bool, ...] = ()
 
+  def by_label(self, per_leaf: dict[str, Any]) -> dict[str, Any]:
+    """`{label: per_leaf[its leaf]}`, e.g. each product's `C`."""
+    return {label: per_leaf[leaf] for label, leaf in
+            zip(self.labels, self.leaves, strict=True)}
+
 
 def make_plan(target: Target, x0: Any) -> Plan:
   """The occurrences of `target` on one example shaped like `x0`."""
@@ -159,10 +164,8 @@ def init_params(key: Array, target: Target, plan: Plan,
     U[name] = jax.random.normal(ku, (C, d_in, 1)) / d_out ** 0.5
     V[name] = jax.random.normal(kv, (C, 1, d_out)) / C ** 0.5
   gate_key = jax.random.fold_in(key, len(target.weights))
-  cs = {label: n_components[leaf] for label, leaf in
-        zip(plan.labels, plan.leaves, strict=True)}
   gates = ci_kinds.init(gate_key, s or _SCALAR, input_widths(target, plan),
-                        cs, gate_hidden)
+                        plan.by_label(n_components), gate_hidden)
   return SPDParams(U=U, V=V, gates=gates)
 
 
@@ -177,6 +180,17 @@ def input_widths(target: Target, plan: Plan) -> dict[str, int]:
     d_in, d_out = target.weights[leaf].shape
     out[label] = d_out if t else d_in
   return out
+
+
+def input_shapes(target: Target, plan: Plan, sample_fn: Any,
+                 batch_size: int) -> dict[str, tuple[int, ...]]:
+  """`{label: shape of its input [B, 1, ..., i]}` on a batch of `sample_fn`,
+  abstractly (each example runs as a batch of one)."""
+  x = jax.eval_shape(lambda k: sample_fn(k, batch_size),
+                     jax.random.PRNGKey(0))
+  shapes = jax.eval_shape(lambda x: target_pass(target, x)[1], x)
+  return {k: tuple(v.shape) for k, v in zip(plan.labels, shapes,
+                                            strict=True)}
 
 
 # -- causal importances --------------------------------------------------------
@@ -210,9 +224,8 @@ def importances(params: SPDParams, plan: Plan, inputs: Sequence[Array],
   function (default: the scalar MLPs)."""
   s = s or _SCALAR
   by_label = dict(zip(plan.labels, inputs, strict=True))
-  cs = {label: params.n_components[leaf] for label, leaf in
-        zip(plan.labels, plan.leaves, strict=True)}
-  out = ci_kinds.logits(s, params.gates, by_label, cs, inner=lambda: dict(
+  out = ci_kinds.logits(s, params.gates, by_label,
+                        plan.by_label(params.n_components), inner=lambda: dict(
       zip(plan.labels, inner_acts(params, plan, inputs), strict=True)))
   z = [out[label] for label in plan.labels]
   return ([lower_leaky_hard_sigmoid(v) for v in z],

@@ -207,8 +207,9 @@ class VPD(PerProduct, ci_kinds.CIOptions):
     self.components_per_leaf(target.names)
     check_target(target, sample_fn, batch_size)
     plan = self.plan(target, sample_fn, batch_size, None)
-    ci_kinds.check_inputs(self, {k: v[1:] for k, v in _input_shapes(
-        target, plan, sample_fn, batch_size).items()})
+    ci_kinds.check_inputs(self, lambda: {
+        k: v[1:] for k, v in spd_objective.input_shapes(
+            target, plan, sample_fn, 1).items()})
 
   def init_params(self, key: Array, target: Target,
                   sample_fn: SampleFn | None = None) -> objective.VPDParams:
@@ -224,7 +225,7 @@ class VPD(PerProduct, ci_kinds.CIOptions):
                  ) -> objective.VPDState:
     """Persistent sources, uniform, and their zero moments."""
     plan = self.plan(target, sample_fn, 1, None)
-    shapes = _input_shapes(target, plan, sample_fn, batch_size)
+    shapes = spd_objective.input_shapes(target, plan, sample_fn, batch_size)
     # An input is [B, 1, *positions, i] (each example a batch of one).
     leads = {k: adversarial.scope_shape(self.source_scope, v[:1] + v[2:-1],
                                         self.source_per_position)
@@ -305,17 +306,6 @@ def _groups(params):
     first = path[0] if path else None
     return "ci" if getattr(first, "name", None) == "ci" else "factors"
   return jax.tree_util.tree_map_with_path(label, params)
-
-
-def _input_shapes(target: Target, plan, sample_fn: SampleFn,
-                  batch_size: int) -> dict[str, tuple[int, ...]]:
-  """`{product: shape of its input [B, 1, ..., i]}` for a batch,
-  abstractly (each example runs as a batch of one)."""
-  def inputs(key):
-    return objective.product_inputs(target, plan,
-                                    sample_fn(key, batch_size))[1]
-  out = jax.eval_shape(inputs, jax.random.PRNGKey(0))
-  return {k: tuple(v.shape) for k, v in out.items()}
 
 
 def _spd(m: VPD) -> SPD:

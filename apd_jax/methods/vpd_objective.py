@@ -119,15 +119,10 @@ def importances(s: Any, params: VPDParams, plan: Plan, inputs: dict
                 ) -> tuple[dict[str, Array], dict[str, Array]]:
   """`(lower, upper)`: per product `[B, ..., C]`, the lower-leaky causal
   importances (masks) and the upper-leaky ones (minimality)."""
-  z = ci_kinds.logits(s, params.ci, inputs, _components(params, plan))
+  z = ci_kinds.logits(s, params.ci, inputs,
+                      plan.by_label(params.n_components))
   return ({k: spd.lower_leaky_hard_sigmoid(v) for k, v in z.items()},
           {k: spd.upper_leaky_hard_sigmoid(v) for k, v in z.items()})
-
-
-def _components(params: VPDParams, plan: Plan) -> dict[str, int]:
-  C = params.n_components
-  return {label: C[leaf] for label, leaf in
-          zip(plan.labels, plan.leaves, strict=True)}
 
 
 def coefficients(ci: dict[str, Array], sources: dict[str, Array],
@@ -163,8 +158,7 @@ def init_params(key: Array, target: Target, plan: Plan,
   `ci_kinds`."""
   base = spd.init_params(key, target, plan, n_components, 1)
   d_ins = spd.input_widths(target, plan)
-  cs = {label: n_components[leaf] for label, leaf in
-        zip(plan.labels, plan.leaves, strict=True)}
+  cs = plan.by_label(n_components)
   ci_key = jax.random.fold_in(key, 7)
   params = VPDParams(U=base.U, V=base.V,
                      ci=ci_kinds.init(ci_key, s, d_ins, cs))
@@ -199,8 +193,7 @@ def init_state(key: Array, plan: Plan, n_components: dict[str, int],
   """Uniform sources `[*lead, C+1]` per product (`leads[product]`, its
   scope's shape, `adversarial.scope_shape`; default `()`, one set shared by
   the batch) and zero moments."""
-  cs = {label: n_components[leaf] for label, leaf in
-        zip(plan.labels, plan.leaves, strict=True)}
+  cs = plan.by_label(n_components)
   leads = {k: tuple((leads or {}).get(k, ())) for k in cs}
   ema = minimality.ema_init(cs) if s.frequency_halflife else None
   return make_state(adversarial.init(key, cs, leads, settings(s)), ema)

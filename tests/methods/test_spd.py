@@ -103,6 +103,13 @@ def dense_forward(params, x, W1, W2):
   return np.maximum(x @ W1 + b, 0) @ W2
 
 
+def weights_and_sums(tp, p):
+  """`(W1, W2, S1, S2)`: the MLP's weights and its subcomponents' sums."""
+  return (np.asarray(tp["layer1"]["w"]), np.asarray(tp["layer2"]["w"]),
+          np.einsum("ci,co->io", p.U[L1][..., 0], p.V[L1][:, 0]),
+          np.einsum("ci,co->io", p.U[L2][..., 0], p.V[L2][:, 0]))
+
+
 def test_loss_terms_match_a_hand_computation(setup, mlp):
   """With z = 2 everywhere, G = 1 (masks are 1 whatever r) and
   G_upper = 1.01, so every term has a closed form."""
@@ -110,9 +117,7 @@ def test_loss_terms_match_a_hand_computation(setup, mlp):
   p = constant_gates(p, 2.0)
   total, m = obj.loss_fn(p, x, target, method, plan, jax.random.PRNGKey(3))
   tp = mlp[1]
-  W1, W2 = np.asarray(tp["layer1"]["w"]), np.asarray(tp["layer2"]["w"])
-  S1 = np.einsum("ci,co->io", p.U[L1][..., 0], p.V[L1][:, 0])
-  S2 = np.einsum("ci,co->io", p.U[L2][..., 0], p.V[L2][:, 0])
+  W1, W2, S1, S2 = weights_and_sums(tp, p)
   x = np.asarray(x)
   y = dense_forward(tp, x, W1, W2)
   faith = (np.sum((W1 - S1) ** 2) + np.sum((W2 - S2) ** 2)) / (24 + 18)
@@ -145,9 +150,7 @@ def test_subset_routing_masks_a_random_subset_per_example(setup, mlp):
   r1, r2 = (np.asarray(routes[k][:, 0]) for k in (L1, L2))
   assert np.all(r1 | r2) and np.any(r1 & r2) and np.any(r1 ^ r2)
   tp = mlp[1]
-  W1, W2 = np.asarray(tp["layer1"]["w"]), np.asarray(tp["layer2"]["w"])
-  S1 = np.einsum("ci,co->io", p.U[L1][..., 0], p.V[L1][:, 0])
-  S2 = np.einsum("ci,co->io", p.U[L2][..., 0], p.V[L2][:, 0])
+  W1, W2, S1, S2 = weights_and_sums(tp, p)
   x = np.asarray(x)
   y = dense_forward(tp, x, W1, W2)
   out = np.stack([dense_forward(tp, x[b:b + 1], S1 if r1[b] else W1,
