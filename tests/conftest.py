@@ -23,11 +23,25 @@ from apd_jax.training import checkpoint as ckpt_lib
 # APD_JAX_TEST_JIT_CACHE=0 turns it off.
 CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+# And XLA's CPU backend at its lowest optimisation level: programs compile
+# in about half the time and run a little slower, which for tests of a few
+# steps is the better trade (the numbers are those of the same arithmetic;
+# the tests compare runs under the one setting, or against hand
+# computations with float32 tolerances). APD_JAX_TEST_FAST_COMPILE=0 keeps
+# XLA's default.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(*flags):
+  """`XLA_FLAGS` for a subprocess: this session's, plus `flags`."""
+  return " ".join((os.environ.get("XLA_FLAGS", ""), *flags)).strip()
 
 
 def pytest_configure(config):
   if hasattr(config, "workerinput"):      # an xdist worker: set by the
     return                                # controller, which started it
+  if os.environ.get("APD_JAX_TEST_FAST_COMPILE") != "0":
+    os.environ["XLA_FLAGS"] = xla_flags(FAST_COMPILE)
   if ("JAX_COMPILATION_CACHE_DIR" in os.environ    # the caller's own
       or os.environ.get("APD_JAX_TEST_JIT_CACHE") == "0"):
     return

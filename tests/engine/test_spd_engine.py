@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import cache_env
+from conftest import xla_flags
 
 import apd_jax
 from apd_jax import SPD
@@ -166,7 +167,7 @@ def test_eight_devices_agree_with_one(tmp_path):
   moments) over 2, against this process's single device."""
   script = tmp_path / "devices.py"
   script.write_text(DEVICES)
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8"),
          "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **cache_env()}
   out = subprocess.run([sys.executable, str(script), "4", "2"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import cache_env
+from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -45,7 +46,8 @@ SCRIPT = textwrap.dedent("""
 
 @functools.cache     # the one-device runs serve two tests each
 def run(n_devices, method="apd", component=0):
-  env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}",
+  env = {"XLA_FLAGS": xla_flags(
+             f"--xla_force_host_platform_device_count={n_devices}"),
          "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **cache_env()}
   out = subprocess.run(
       [sys.executable, "-c", SCRIPT, method, str(component)], cwd=ROOT,
