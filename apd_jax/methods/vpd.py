@@ -85,7 +85,7 @@ class VPD(PerProduct, ci_kinds.CIOptions):
       `ci_kinds.CIOptions`.
     ci_lr_scale: the CI function's learning rate as a multiple of the
       factors' (`Training.lr`, on the same schedule) [1.0]; the LM
-      recipe's is 1/3 (5e-5 against 1.5e-4).
+      recipe's is 1/3 (5e-5 against 1.5e-4). Sweepable.
     faithfulness_warmup_steps, faithfulness_warmup_lr: before training,
       the factors take this many Adam steps at this rate on the
       faithfulness alone [400, 1e-3]; 0 steps: none.
@@ -143,7 +143,7 @@ class VPD(PerProduct, ci_kinds.CIOptions):
 
   SWEEPABLE: ClassVar[tuple[str, ...]] = (
       "faithfulness_coeff", "importance_coeff", "frequency_coeff",
-      "stochastic_coeff", "adversarial_coeff")
+      "stochastic_coeff", "adversarial_coeff", "ci_lr_scale")
   WARMUP_FRAC: ClassVar[float] = 0.0
   NAME: ClassVar[str] = "vpd"
   METRICS: ClassVar[tuple[str, ...]] = (

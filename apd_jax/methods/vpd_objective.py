@@ -96,6 +96,7 @@ class Hypers(NamedTuple):
   frequency_coeff: float | Array
   stochastic_coeff: float | Array
   adversarial_coeff: float | Array
+  ci_lr_scale: float | Array = 1.0
   lr_scale: float | Array = 1.0
 
 
@@ -282,8 +283,9 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
   sources = adversarial.apply_ascent(sources, g_sources, lr=lr_src,
                                      settings=src)
   updates, opt_state = optimizer.update(g_params, opt_state, params)
-  if s.ci_lr_scale != 1:
-    updates = updates.replace(ci=jax.tree.map(lambda u: s.ci_lr_scale * u,
+  ci_scale = s.ci_lr_scale if hypers is None else hypers.ci_lr_scale
+  if hypers is not None or ci_scale != 1:
+    updates = updates.replace(ci=jax.tree.map(lambda u: ci_scale * u,
                                               updates.ci))
   if hypers is not None:
     updates = jax.tree.map(lambda u: hypers.lr_scale * u, updates)

@@ -279,17 +279,20 @@ def test_the_warm_up_is_adam_on_the_faithfulness_alone(tms_target):
 
 def test_the_ci_function_learns_at_its_own_rate(tms_target):
   """Adam's step is proportional to its rate: the CI function's moves by
-  `ci_lr_scale` times what it does at 1, the factors' the same."""
+  `ci_lr_scale` times what it does at 1, the factors' the same; a sweep's
+  runs may each have their own (one compiled step, the scale traced)."""
   params, sample = tms_target
   training = TRAINING.replace(steps=1, batch_size=64)
   target = engine.make_target(tms.apply, params, "W", log=False)
+  m = method()
+  state0 = engine.init_state(m, target, training, sample_fn=sample)
+  plan = m.plan(target, sample, 64, state0.components)
+  step = jax.jit(engine.make_train_step(m, plan, target, sample, training))
+  key = engine.run_keys(0)[1]
   moves = []
   for scale in (1.0, 0.25):
-    m = method(ci_lr_scale=scale)
-    state0 = engine.init_state(m, target, training, sample_fn=sample)
-    plan = m.plan(target, sample, 64, state0.components)
-    step = jax.jit(engine.make_train_step(m, plan, target, sample, training))
-    state1, _ = step(state0, engine.run_keys(0)[1])
+    hypers = jax.tree.map(jnp.float32, m.hypers(ci_lr_scale=scale))
+    state1, _ = step(state0, key, hypers)
     moves.append(jax.tree.map(lambda a, b: a - b, state1.components,
                               state0.components))
   # Moves read as differences of float32 parameters of size about 1: to
@@ -300,6 +303,13 @@ def test_the_ci_function_learns_at_its_own_rate(tms_target):
                                                moves[0].ci),
                      rtol=0, atol=2.4e-7)
   assert float(optax.tree.norm(moves[0].ci)) > 1e-3
+  # The option itself, for a run without hypers: the same move.
+  static = jax.jit(engine.make_train_step(m.replace(ci_lr_scale=0.25), plan,
+                                          target, sample, training))
+  alone = jax.tree.map(lambda a, b: a - b, static(state0, key)[0].components,
+                       state0.components)
+  assert_trees_close(alone.ci, moves[1].ci, rtol=0, atol=2.4e-7)
+  assert "ci_lr_scale" in apd_jax.VPD.SWEEPABLE
 
 
 def seq_apply(params, x):
