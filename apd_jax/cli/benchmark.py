@@ -7,6 +7,7 @@ machine's limit.
   python -m apd_jax.cli.benchmark \
       --only=lm_per_position,lm_window,lm_window_dense     # ~2 min
   python -m apd_jax.cli.benchmark --sweeps=spd --seeds=10   # the scoreboard
+  python -m apd_jax.cli.benchmark --family=spd --seeds=5    # the family
 
 For each case (paper batch size and C) it prints and writes to
 `<out>/benchmark.json`, after each case: compile seconds, steady-state
@@ -30,7 +31,11 @@ the toy models, the library's starting point for the transformer.
 
 `--sweeps` times scoreboard entries (`apd_jax.cli.scoreboard`, their
 configs as they are) the way the scoreboard trains them: one program, the
-step vmapped over `--seeds` runs, each seed with its own target.
+step vmapped over `--seeds` runs, each seed with its own target;
+`--family` the members of a method's family (`apd_jax.cli.family`) the same
+way. A case made from a config also prints how long its steps would take
+at the measured rate (`train_hours`), and the table ends with the total:
+what a campaign costs on this machine before it is started.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from absl import flags
 from apd_jax import methods
 from apd_jax import targets
 from apd_jax.cli import config as config_lib
+from apd_jax.cli import family
 from apd_jax.cli import scoreboard
 from apd_jax.engine import api
 from apd_jax.methods import ci_functions
@@ -75,7 +81,11 @@ def define_flags() -> None:
   flags.DEFINE_list("sweeps", [], "Time these scoreboard entries (names, or "
                     "a method's name for all of its entries) as sweeps over "
                     "--seeds seeds, instead of the cases.")
-  flags.DEFINE_integer("seeds", 10, "Runs of each --sweeps entry.")
+  flags.DEFINE_string("family", "", "Time this method's family members "
+                      "(apd_jax.cli.family) as sweeps over --seeds seeds, "
+                      "instead of the cases.")
+  flags.DEFINE_integer("seeds", 10, "Runs of each --sweeps entry or family "
+                       "member.")
   flags.DEFINE_string("configs", CONFIGS, "The configs' directory.")
   flags.DEFINE_integer("max_batch", 0, "If > 0, caps every case's batch "
                        "size (a smoke run; not the paper's cost).")
@@ -95,6 +105,7 @@ class Case:
   include: str = ""      # the decomposed leaves ('': INCLUDE[target])
   data: tuple = ()       # sampler keyword pairs besides DATA[target]
   runs: int = 1          # > 1: a sweep over seeds, the step vmapped
+  train_steps: int = 0   # a config's steps (> 0: the run's time projected)
 
 
 # Each target's usual decomposed leaves and its sampler's settings.
@@ -177,23 +188,32 @@ def config_case(name: str, c, runs: int = 1) -> Case:
               {k: c.method[k] for k in config_lib.option_names(cls)},
               method=c.method.name, include=c.include,
               data=tuple((k, c.target[k]) for k in module.SAMPLER
-                         if k in c.target), runs=runs)
+                         if k in c.target), runs=runs,
+              train_steps=c.steps)
 
 
-def sweep_cases(names, seeds: int, configs: str = CONFIGS) -> list[Case]:
+def sweep_cases(names, seeds: int, configs: str = CONFIGS,
+                entries=None) -> list[Case]:
   """The scoreboard entries `names` (or every entry of a method named
-  there) as sweeps over `seeds` runs."""
-  chosen = [e for e in scoreboard.ENTRIES
-            if e.name in names or e.method in names]
-  known = {e.name for e in scoreboard.ENTRIES} | {
-      e.method for e in scoreboard.ENTRIES}
+  there; `entries`: from these instead of `scoreboard.ENTRIES`) as sweeps
+  over `seeds` runs, with the values each entry sets on its config."""
+  entries = scoreboard.ENTRIES if entries is None else entries
+  chosen = [e for e in entries if e.name in names or e.method in names]
+  known = {e.name for e in entries} | {e.method for e in entries}
   unknown = sorted(set(names) - known)
   if unknown:
     raise ValueError(f"unknown scoreboard entries {unknown}; known: "
                      f"{sorted(known)}")
-  return [config_case(e.name, scoreboard.load_config(configs, e.module,
-                                                     e.arg), seeds)
+  return [config_case(e.name, scoreboard.entry_config(e, configs, seeds,
+                                                      quick=False), seeds)
           for e in chosen]
+
+
+def family_cases(method: str, seeds: int, configs: str = CONFIGS
+                 ) -> list[Case]:
+  """Every member of `method`'s family as a sweep over `seeds` runs."""
+  return sweep_cases([method], seeds, configs,
+                     entries=family.family(method, configs))
 
 
 def _seconds(f, x, min_s: float = 0.2) -> tuple[int, float]:
@@ -434,7 +454,8 @@ def measure(case: Case, steps: int) -> dict:
                   cost.get("transcendentals", 0.0)) / 1e9,
               gbytes_per_step=float(cost.get("bytes accessed", 0.0)) / 1e9,
               counted_loops=loops, memory_mib=sum(sizes) / 2 ** 20,
-              temp_mib=sizes[0] / 2 ** 20)
+              temp_mib=sizes[0] / 2 ** 20, train_steps=case.train_steps,
+              train_hours=case.train_steps * dt / 3600)
 
 
 def scaling(steps: int) -> list[dict]:
@@ -494,7 +515,9 @@ def line(r: dict) -> str:
           f"{r['gtranscendentals_per_step']:8.3g} "
           f"{r['gbytes_per_step']:8.3g} {r['limit_s'] * 1e3:8.3g} "
           f"{100 * r['limit_fraction']:6.1f}% {r['memory_mib']:7.0f}  "
-          f"{r['attribution']}")
+          f"{r['attribution']}" + (
+              f"  {r['train_steps']} steps: {r['train_hours']:.2f} h"
+              if r.get("train_steps") else ""))
 
 
 def select(cases: list[Case], *, quick: bool = False,
@@ -563,6 +586,12 @@ def run(*, quick: bool = False, out: str = "", steps: int = 0,
       print(line(r), flush=True)
     result["cases"].append(r)
     save()
+  hours = [r["train_hours"] for r in result["cases"] if r.get("train_steps")]
+  if hours:
+    result["train_hours"] = sum(hours)
+    save()
+    print(f"all {len(hours)} cases' steps at these rates, one after "
+          f"another: {sum(hours):.1f} h", flush=True)
   if sweep:
     print("scaling (resid_mlp_1_m1):")
     result["scaling"] = scaling(max(steps // 2, 2))
@@ -576,8 +605,12 @@ def run(*, quick: bool = False, out: str = "", steps: int = 0,
 def main(argv):
   del argv
   cases = None
+  if FLAGS.sweeps and FLAGS.family:
+    raise app.UsageError("give --sweeps or --family, not both")
   if FLAGS.sweeps:
     cases = sweep_cases(FLAGS.sweeps, FLAGS.seeds, FLAGS.configs)
+  if FLAGS.family:
+    cases = family_cases(FLAGS.family, FLAGS.seeds, FLAGS.configs)
   run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps, only=FLAGS.only,
       method=FLAGS.method, cases=cases, max_batch=FLAGS.max_batch,
       filename=FLAGS.json, keep_going=FLAGS.keep_going)

@@ -11,6 +11,7 @@ import pytest
 
 from apd_jax import methods
 from apd_jax.cli import benchmark
+from apd_jax.cli import family
 from apd_jax.cli import scoreboard
 
 
@@ -20,9 +21,11 @@ def _case(name, **changes):
 
 
 def test_measure_reports_consistent_figures():
-  case = _case("tms_5_2", batch_size=64)
+  case = _case("tms_5_2", batch_size=64, train_steps=7200)
   r = benchmark.measure(case, steps=2)
   assert r["case"] == "tms_5_2" and r["batch_size"] == 64
+  # 7,200 steps at this rate: 7,200 step times, in hours.
+  assert r["train_hours"] == pytest.approx(2 * r["step_s"], rel=1e-9)
   assert r["steps_per_s"] > 0 and r["compile_s"] >= 0
   assert abs(r["examples_per_s"] - 64 * r["steps_per_s"]) < 1e-6 * r[
       "examples_per_s"]
@@ -85,6 +88,16 @@ def test_the_scoreboard_entries_become_sweeps():
   assert dict(identity.dims)["n_hidden_layers"] == 1
   with pytest.raises(ValueError, match="unknown scoreboard entries"):
     benchmark.sweep_cases(["nope"], 2)
+  # The family's members: the sizes each sets on its config, and the
+  # config's steps to project the campaign's time from.
+  members = benchmark.family_cases("spd", 5)
+  assert [c.name for c in members] == [
+      e.name for e in family.family("spd", benchmark.CONFIGS)]
+  (tms_30,) = [c for c in members if c.name == "tms_30_6:identity"]
+  assert (dict(tms_30.dims)["n_features"], dict(tms_30.dims)["n_hidden"],
+          dict(tms_30.dims)["n_hidden_layers"]) == (30, 6, 1)
+  assert tms_30.options["n_components"] == 120      # C = 4 F, as 5-2's 20
+  assert tms_30.runs == 5 and tms_30.train_steps == 40_000
 
 
 def test_select_picks_by_name_method_and_quick():
