@@ -28,6 +28,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from apd_jax.training import cpu
+
 Array = jax.Array
 
 
@@ -47,7 +49,7 @@ def uniform_k_subsets(key: Array, batch_shape: Sequence[int], n: int
   k = jax.random.randint(k_key, batch_shape, 1, n + 1)
   u = jax.random.uniform(order_key, (*batch_shape, n))
   ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
-  return ranks < k[..., None]
+  return cpu.computed_once(ranks < k[..., None])
 
 
 def split_routes(selected: Array, names: Sequence[str]) -> dict[str, Array]:

@@ -57,6 +57,7 @@ from apd_jax.methods import ci_kinds
 from apd_jax.methods import minimality
 from apd_jax.methods import routing
 from apd_jax.methods import spd_objective as spd
+from apd_jax.training import cpu
 
 Array = jax.Array
 Plan = spd.Plan
@@ -255,7 +256,8 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
     terms = dict(faithfulness=faithfulness(target.weights, params),
                  activity=mini.activity, frequency=freq)
     if s.merged:     # one forward, each example adversarial or stochastic
-      pick = jax.random.bernoulli(k_pick, p_adv, batch[:1])
+      pick = cpu.computed_once(jax.random.bernoulli(k_pick, p_adv,
+                                                    batch[:1]))
       coefs = {k: jnp.where(pick.reshape(-1, *(1,) * (c.ndim - 1)), adv[k], c)
                for k, c in stoch.items()}
       terms["merged"] = masked_recon(target, params, plan, y, x, coefs, recon)
@@ -330,3 +332,4 @@ def evaluate_batch(s: Any, params: VPDParams, target: Target, plan: Plan,
           for k in plan.labels]
   return dict(stochastic_recon=stoch, pgd_recon=pgd, ci_masked_recon=ci_only,
               l0=sum(l0.values()), **l0, seen=seen)
+
