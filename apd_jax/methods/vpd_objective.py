@@ -245,8 +245,9 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
           mini.f, ema, reference_count=reference,
           decay=minimality.decay_from_halflife(s.frequency_halflife))
     routes = routing.subset_routing(k_route, batch, plan.labels)
-    noise = {k: jax.random.uniform(jax.random.fold_in(k_noise, j),
-                                   (*batch, g.shape[-1] + 1))
+    keys = cpu.computed_once(jnp.stack([jax.random.fold_in(k_noise, j)
+                                        for j in range(len(lower))]))
+    noise = {k: jax.random.uniform(keys[j], (*batch, g.shape[-1] + 1))
              for j, (k, g) in enumerate(lower.items())}
     stoch = coefficients(lower, noise, routes)
     adv = coefficients(lower, r, per_example=each)
