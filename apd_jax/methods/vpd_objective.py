@@ -333,4 +333,3 @@ def evaluate_batch(s: Any, params: VPDParams, target: Target, plan: Plan,
           for k in plan.labels]
   return dict(stochastic_recon=stoch, pgd_recon=pgd, ci_masked_recon=ci_only,
               l0=sum(l0.values()), **l0, seen=seen)
-

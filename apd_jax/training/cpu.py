@@ -65,7 +65,11 @@ def unroll_threefry() -> bool:
 def computed_once(x: jax.Array) -> jax.Array:
   """`x` unchanged, stored once: sorted by its positions, a sort that XLA
   does not fuse into the fusions that read it (see the module docstring).
-  For small per-example draws that many larger fusions broadcast."""
+  For small per-example draws that many larger fusions broadcast, and for
+  keys (typed keys through their data)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(computed_once(jax.random.key_data(x)),
+                                    impl=jax.random.key_impl(x))
   flat = x.reshape(-1)
   pos = jax.lax.iota(jnp.int32, flat.shape[0])
   return jax.lax.sort((pos, flat), num_keys=1)[1].reshape(x.shape)

@@ -54,6 +54,10 @@ def test_computed_once_is_the_identity_stored_by_a_sort():
     out = jax.jit(cpu.computed_once)(a)
     assert out.dtype == a.dtype and out.shape == a.shape
     np.testing.assert_array_equal(np.asarray(out), np.asarray(a))
+  keys = jax.random.split(jax.random.key(4), 3)           # typed keys
+  np.testing.assert_array_equal(
+      jax.random.key_data(jax.jit(cpu.computed_once)(keys)),
+      jax.random.key_data(keys))
   # Kept as a sort in the compiled program (what stops XLA from copying
   # the draw's hash into the fusions that read it).
   draw = jax.jit(lambda k: cpu.computed_once(jax.random.bernoulli(
