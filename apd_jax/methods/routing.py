@@ -28,8 +28,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from apd_jax.training import cpu
-
 Array = jax.Array
 
 
@@ -49,7 +47,7 @@ def uniform_k_subsets(key: Array, batch_shape: Sequence[int], n: int
   k = jax.random.randint(k_key, batch_shape, 1, n + 1)
   u = jax.random.uniform(order_key, (*batch_shape, n))
   ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
-  return cpu.computed_once(ranks < k[..., None])
+  return computed_once(ranks < k[..., None])
 
 
 def split_routes(selected: Array, names: Sequence[str]) -> dict[str, Array]:
@@ -111,3 +109,22 @@ def routed_coefficients(routes: Mapping[str, Array],
     coefs[name] = jnp.where(routed[..., None], m, jnp.ones_like(m))
     delta_coefs[name] = jnp.where(routed, md, jnp.ones_like(md))
   return coefs, delta_coefs
+
+
+def computed_once(x: Array) -> Array:
+  """`x` unchanged, stored once: sorted by its positions, a sort that XLA
+  does not fuse into the fusions that read it.
+
+  On CPU the PRNG hash is written out (`training.cpu.unroll_threefry`), a
+  chain of integer operations that XLA counts as cheap and so copies into
+  every fusion that reads a draw: a per-example draw broadcast over
+  `[B, C+1]` coefficients was hashed again for each entry, forward and
+  backward (2.5-4.5x VPD's TMS steps). For small draws and keys (typed
+  keys through their data); a sort of a whole `[B, C]` draw costs more
+  than it saves."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(computed_once(jax.random.key_data(x)),
+                                    impl=jax.random.key_impl(x))
+  flat = x.reshape(-1)
+  pos = jax.lax.iota(jnp.int32, flat.shape[0])
+  return jax.lax.sort((pos, flat), num_keys=1)[1].reshape(x.shape)

@@ -41,7 +41,6 @@ from apd_jax.fast import factored
 from apd_jax.methods import ci_functions
 from apd_jax.methods import ci_kinds
 from apd_jax.methods import routing
-from apd_jax.training import cpu
 
 Array = jax.Array
 RECONS = ("mse", "kl")
@@ -277,7 +276,7 @@ def masked_forward(target: Target, params: SPDParams, plan: Plan,
 
 def stochastic_masks(key: Array, G: Sequence[Array]) -> list[Array]:
   """`m = G + (1 − G) r`, `r ~ U(0, 1)` independently per entry."""
-  keys = cpu.computed_once(jax.random.split(key, len(G)))   # derived once
+  keys = routing.computed_once(jax.random.split(key, len(G)))   # derived once
   return [g + (1 - g) * jax.random.uniform(k, g.shape, g.dtype)
           for g, k in zip(G, keys, strict=True)]
 

@@ -57,7 +57,6 @@ from apd_jax.methods import ci_kinds
 from apd_jax.methods import minimality
 from apd_jax.methods import routing
 from apd_jax.methods import spd_objective as spd
-from apd_jax.training import cpu
 
 Array = jax.Array
 Plan = spd.Plan
@@ -245,7 +244,7 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
           mini.f, ema, reference_count=reference,
           decay=minimality.decay_from_halflife(s.frequency_halflife))
     routes = routing.subset_routing(k_route, batch, plan.labels)
-    keys = cpu.computed_once(jnp.stack([jax.random.fold_in(k_noise, j)
+    keys = routing.computed_once(jnp.stack([jax.random.fold_in(k_noise, j)
                                         for j in range(len(lower))]))
     noise = {k: jax.random.uniform(keys[j], (*batch, g.shape[-1] + 1))
              for j, (k, g) in enumerate(lower.items())}
@@ -257,7 +256,7 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
     terms = dict(faithfulness=faithfulness(target.weights, params),
                  activity=mini.activity, frequency=freq)
     if s.merged:     # one forward, each example adversarial or stochastic
-      pick = cpu.computed_once(jax.random.bernoulli(k_pick, p_adv,
+      pick = routing.computed_once(jax.random.bernoulli(k_pick, p_adv,
                                                     batch[:1]))
       coefs = {k: jnp.where(pick.reshape(-1, *(1,) * (c.ndim - 1)), adv[k], c)
                for k, c in stoch.items()}

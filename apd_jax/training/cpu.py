@@ -1,6 +1,6 @@
 """What makes the compiled steps fast on XLA:CPU, in one place.
 
-Two settings and one helper, none of which changes a result:
+Two settings, neither of which changes a result:
 
 * `compiler_options()`: XLA:CPU's XNNPACK-based ("ynn") fusions made the
   residual-MLP steps 1.3-1.6x slower (a product-and-reduce fusion took half
@@ -15,12 +15,9 @@ Two settings and one helper, none of which changes a result:
   (`apply_tweaks`, unless `Training(cpu_tweaks=False)`), never on import;
   where JAX's internals differ from those it was written for, it leaves JAX
   as it is.
-* `computed_once(x)`: XLA counts the written-out hash as cheap and copies it
-  into every fusion that reads a draw; a per-example draw broadcast over
-  `[B, C+1]` coefficients (VPD's routes and its adversarial-or-stochastic
-  pick) was hashed again for each of the C+1 entries, in the forward and
-  the backward fusions: 2.5-4.5x VPD's TMS steps. Passed through a sort by
-  position (an operation XLA never fuses), the draw is stored once.
+  Written out, the hash is copied into every fusion that reads a draw;
+  `methods.routing.computed_once` stores the small draws that large
+  fusions broadcast.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -60,19 +56,6 @@ def unroll_threefry() -> bool:
     logging.info("threefry keeps its rolled CPU lowering (%s)", e)
     return False
   return True
-
-
-def computed_once(x: jax.Array) -> jax.Array:
-  """`x` unchanged, stored once: sorted by its positions, a sort that XLA
-  does not fuse into the fusions that read it (see the module docstring).
-  For small per-example draws that many larger fusions broadcast, and for
-  keys (typed keys through their data)."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return jax.random.wrap_key_data(computed_once(jax.random.key_data(x)),
-                                    impl=jax.random.key_impl(x))
-  flat = x.reshape(-1)
-  pos = jax.lax.iota(jnp.int32, flat.shape[0])
-  return jax.lax.sort((pos, flat), num_keys=1)[1].reshape(x.shape)
 
 
 def apply_tweaks() -> None:

@@ -135,3 +135,20 @@ def test_unrouted_matrix_is_its_frozen_weight():
                              atol=1e-5)
   np.testing.assert_allclose(y[~routed], (x @ W)[~routed], rtol=1e-4,
                              atol=1e-4)
+
+
+def test_computed_once_is_the_identity_stored_by_a_sort():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 5, 4))
+  for a in (x, x > 0.5, (10 * x).astype(jnp.int32)):
+    out = jax.jit(routing.computed_once)(a)
+    assert out.dtype == a.dtype and out.shape == a.shape
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(a))
+  keys = jax.random.split(jax.random.key(4), 3)           # typed keys
+  np.testing.assert_array_equal(
+      jax.random.key_data(jax.jit(routing.computed_once)(keys)),
+      jax.random.key_data(keys))
+  # Kept as a sort in the compiled program (what stops XLA from copying
+  # the draw's hash into the fusions that read it).
+  draw = jax.jit(lambda k: routing.computed_once(jax.random.bernoulli(
+      k, 0.5, (64,)))[:, None] * jnp.ones((64, 9)))
+  assert " sort(" in draw.lower(jax.random.PRNGKey(1)).compile().as_text()

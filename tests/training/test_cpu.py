@@ -47,19 +47,3 @@ def test_importing_the_package_changes_nothing_in_jax():
                        capture_output=True, text=True, timeout=120)
   assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
 
-
-def test_computed_once_is_the_identity_stored_by_a_sort():
-  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 5, 4))
-  for a in (x, x > 0.5, (10 * x).astype(jnp.int32)):
-    out = jax.jit(cpu.computed_once)(a)
-    assert out.dtype == a.dtype and out.shape == a.shape
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(a))
-  keys = jax.random.split(jax.random.key(4), 3)           # typed keys
-  np.testing.assert_array_equal(
-      jax.random.key_data(jax.jit(cpu.computed_once)(keys)),
-      jax.random.key_data(keys))
-  # Kept as a sort in the compiled program (what stops XLA from copying
-  # the draw's hash into the fusions that read it).
-  draw = jax.jit(lambda k: cpu.computed_once(jax.random.bernoulli(
-      k, 0.5, (64,)))[:, None] * jnp.ones((64, 9)))
-  assert " sort(" in draw.lower(jax.random.PRNGKey(1)).compile().as_text()
