@@ -230,9 +230,8 @@ class SPD(PerProduct, ci_kinds.CIOptions):
     self.components_per_leaf(target.names)
     check_target(target, sample_fn, batch_size)
     plan = self.plan(target, sample_fn, batch_size, None)
-    ci_kinds.check_inputs(self, lambda: {
-        k: v[1:] for k, v in objective.input_shapes(
-            target, plan, sample_fn, 1).items()})
+    ci_kinds.check_inputs(self, lambda: objective.example_input_shapes(
+        target, plan, sample_fn))
 
   init_traceable: ClassVar[bool] = True   # drawn directly into shards
 

@@ -193,6 +193,14 @@ def input_shapes(target: Target, plan: Plan, sample_fn: Any,
                                             strict=True)}
 
 
+def example_input_shapes(target: Target, plan: Plan, sample_fn: Any
+                         ) -> dict[str, tuple[int, ...]]:
+  """`{label: shape of its input for one example (1, ..., i)}`, abstractly:
+  what `ci_kinds.check_inputs` reads."""
+  return {k: v[1:] for k, v in input_shapes(target, plan, sample_fn,
+                                            1).items()}
+
+
 # -- causal importances --------------------------------------------------------
 
 

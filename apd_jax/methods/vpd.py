@@ -207,9 +207,8 @@ class VPD(PerProduct, ci_kinds.CIOptions):
     self.components_per_leaf(target.names)
     check_target(target, sample_fn, batch_size)
     plan = self.plan(target, sample_fn, batch_size, None)
-    ci_kinds.check_inputs(self, lambda: {
-        k: v[1:] for k, v in spd_objective.input_shapes(
-            target, plan, sample_fn, 1).items()})
+    ci_kinds.check_inputs(self, lambda: spd_objective.example_input_shapes(
+        target, plan, sample_fn))
 
   def init_params(self, key: Array, target: Target,
                   sample_fn: SampleFn | None = None) -> objective.VPDParams:

@@ -46,4 +46,3 @@ def test_importing_the_package_changes_nothing_in_jax():
   run = subprocess.run([sys.executable, "-c", _CPU_RULES],
                        capture_output=True, text=True, timeout=120)
   assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
-
