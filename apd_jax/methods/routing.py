@@ -22,6 +22,8 @@ per matrix (`routed_coefficients`): the masks where the matrix is routed,
 
 from __future__ import annotations
 
+from typing import Any
+from typing import Callable
 from typing import Mapping
 from typing import Sequence
 
@@ -43,11 +45,15 @@ def uniform_k_subsets(key: Array, batch_shape: Sequence[int], n: int
   if n < 1:
     raise ValueError(f"routing needs at least one matrix, got n={n}")
   batch_shape = tuple(batch_shape)
-  k_key, order_key = jax.random.split(key)
-  k = jax.random.randint(k_key, batch_shape, 1, n + 1)
-  u = jax.random.uniform(order_key, (*batch_shape, n))
-  ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
-  return computed_once(ranks < k[..., None])
+
+  def draw(key):
+    k_key, order_key = jax.random.split(key)
+    k = jax.random.randint(k_key, batch_shape, 1, n + 1)
+    u = jax.random.uniform(order_key, (*batch_shape, n))
+    ranks = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+    return ranks < k[..., None]
+
+  return drawn_once(draw, key)
 
 
 def split_routes(selected: Array, names: Sequence[str]) -> dict[str, Array]:
@@ -111,20 +117,39 @@ def routed_coefficients(routes: Mapping[str, Array],
   return coefs, delta_coefs
 
 
-def computed_once(x: Array) -> Array:
-  """`x` unchanged, stored once: sorted by its positions, a sort that XLA
-  does not fuse into the fusions that read it.
+def drawn_once(draw: Callable[..., Any], *args: Any) -> Any:
+  """`draw(*args)`, computed once where it is read many times.
 
   On CPU the PRNG hash is written out (`training.cpu.unroll_threefry`), a
   chain of integer operations that XLA counts as cheap and so copies into
   every fusion that reads a draw: a per-example draw broadcast over
   `[B, C+1]` coefficients was hashed again for each entry, forward and
-  backward (2.5-4.5x VPD's TMS steps). For small draws and keys (typed
-  keys through their data); a sort of a whole `[B, C]` draw costs more
-  than it saves."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return jax.random.wrap_key_data(computed_once(jax.random.key_data(x)),
-                                    impl=jax.random.key_impl(x))
-  flat = x.reshape(-1)
-  pos = jax.lax.iota(jnp.int32, flat.shape[0])
-  return jax.lax.sort((pos, flat), num_keys=1)[1].reshape(x.shape)
+  backward (2.5-4.5x VPD's TMS steps), and SPD's `[B, C]` masks in each of
+  their three or four readers. On CPU the draw runs in a branch of a
+  conditional whose predicate XLA cannot fold (XLA never fuses across
+  one), so it is stored once; the values are those of `draw(*args)`. Other
+  backends read a conditional's predicate on the host, so there it is
+  `draw(*args)` as it is. `draw` returns arrays or typed keys."""
+  if jax.default_backend() != "cpu":
+    return draw(*args)
+  impls = {}
+
+  def branch(*a):
+    out = draw(*a)
+    leaves, tree = jax.tree.flatten(out)
+    data = []
+    for i, leaf in enumerate(leaves):
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        impls[i] = jax.random.key_impl(leaf)
+        leaf = jax.random.key_data(leaf)
+      data.append(leaf)
+    impls["tree"] = tree
+    return data
+
+  shapes = jax.eval_shape(branch, *args)
+  data = jax.lax.cond(
+      jax.lax.optimization_barrier(jnp.bool_(True)), branch,
+      lambda *a: [jnp.zeros(s.shape, s.dtype) for s in shapes], *args)
+  leaves = [jax.random.wrap_key_data(d, impl=impls[i]) if i in impls else d
+            for i, d in enumerate(data)]
+  return jax.tree.unflatten(impls["tree"], leaves)

@@ -284,9 +284,10 @@ def masked_forward(target: Target, params: SPDParams, plan: Plan,
 
 def stochastic_masks(key: Array, G: Sequence[Array]) -> list[Array]:
   """`m = G + (1 − G) r`, `r ~ U(0, 1)` independently per entry."""
-  keys = routing.computed_once(jax.random.split(key, len(G)))   # derived once
-  return [g + (1 - g) * jax.random.uniform(k, g.shape, g.dtype)
-          for g, k in zip(G, keys, strict=True)]
+  r = routing.drawn_once(lambda k: [
+      jax.random.uniform(kk, g.shape, g.dtype)
+      for g, kk in zip(G, jax.random.split(k, len(G)), strict=True)], key)
+  return [g + (1 - g) * ri for g, ri in zip(G, r, strict=True)]
 
 
 def stochastic_recon(target: Target, params: SPDParams, plan: Plan, y: Any,

@@ -244,10 +244,10 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
           mini.f, ema, reference_count=reference,
           decay=minimality.decay_from_halflife(s.frequency_halflife))
     routes = routing.subset_routing(k_route, batch, plan.labels)
-    keys = routing.computed_once(jnp.stack([jax.random.fold_in(k_noise, j)
-                                        for j in range(len(lower))]))
-    noise = {k: jax.random.uniform(keys[j], (*batch, g.shape[-1] + 1))
-             for j, (k, g) in enumerate(lower.items())}
+    noise = routing.drawn_once(lambda key: {
+        k: jax.random.uniform(jax.random.fold_in(key, j),
+                              (*batch, g.shape[-1] + 1))
+        for j, (k, g) in enumerate(lower.items())}, k_noise)
     stoch = coefficients(lower, noise, routes)
     adv = coefficients(lower, r, per_example=each)
     coeffs = dict(faithfulness=h.faithfulness_coeff,
@@ -256,8 +256,8 @@ def update(s: Any, params: VPDParams, opt_state, state: VPDState, x: Array,
     terms = dict(faithfulness=faithfulness(target.weights, params),
                  activity=mini.activity, frequency=freq)
     if s.merged:     # one forward, each example adversarial or stochastic
-      pick = routing.computed_once(jax.random.bernoulli(k_pick, p_adv,
-                                                    batch[:1]))
+      pick = routing.drawn_once(
+          lambda k, p: jax.random.bernoulli(k, p, batch[:1]), k_pick, p_adv)
       coefs = {k: jnp.where(pick.reshape(-1, *(1,) * (c.ndim - 1)), adv[k], c)
                for k, c in stoch.items()}
       terms["merged"] = masked_recon(target, params, plan, y, x, coefs, recon)

@@ -16,8 +16,8 @@ Two settings, neither of which changes a result:
   where JAX's internals differ from those it was written for, it leaves JAX
   as it is.
   Written out, the hash is copied into every fusion that reads a draw;
-  `methods.routing.computed_once` stores the small draws that large
-  fusions broadcast.
+  `methods.routing.drawn_once` computes a draw that many fusions read
+  once.
 """
 
 from __future__ import annotations

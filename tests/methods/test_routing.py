@@ -137,18 +137,30 @@ def test_unrouted_matrix_is_its_frozen_weight():
                              atol=1e-4)
 
 
-def test_computed_once_is_the_identity_stored_by_a_sort():
-  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 5, 4))
-  for a in (x, x > 0.5, (10 * x).astype(jnp.int32)):
-    out = jax.jit(routing.computed_once)(a)
-    assert out.dtype == a.dtype and out.shape == a.shape
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(a))
-  keys = jax.random.split(jax.random.key(4), 3)           # typed keys
-  np.testing.assert_array_equal(
-      jax.random.key_data(jax.jit(routing.computed_once)(keys)),
-      jax.random.key_data(keys))
-  # Kept as a sort in the compiled program (what stops XLA from copying
-  # the draw's hash into the fusions that read it).
-  draw = jax.jit(lambda k: routing.computed_once(jax.random.bernoulli(
-      k, 0.5, (64,)))[:, None] * jnp.ones((64, 9)))
-  assert " sort(" in draw.lower(jax.random.PRNGKey(1)).compile().as_text()
+def test_drawn_once_returns_the_draw_computed_in_a_branch_of_its_own():
+  key = jax.random.PRNGKey(0)
+
+  def draw(k, p):
+    x = jax.random.uniform(k, (3, 5, 4))
+    return dict(x=x, b=x > p, i=(10 * x).astype(jnp.int32),
+                keys=jax.random.split(jax.random.key(4), 3))   # typed keys
+
+  want = draw(key, 0.5)
+  got = jax.jit(lambda k, p: routing.drawn_once(draw, k, p))(key, 0.5)
+  for name in ("x", "b", "i"):
+    assert got[name].dtype == want[name].dtype
+    np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
+  np.testing.assert_array_equal(jax.random.key_data(got["keys"]),
+                                jax.random.key_data(want["keys"]))
+  # Under vmap (a sweep) too, and kept as a conditional in the compiled
+  # program on CPU (what stops XLA from copying the draw's hash into the
+  # fusions that read it).
+  keys = jax.random.split(key, 2)
+  step = jax.jit(jax.vmap(lambda k: routing.drawn_once(
+      lambda kk: jax.random.bernoulli(kk, 0.5, (64,)), k)[:, None]
+      * jnp.ones((64, 9))))
+  np.testing.assert_array_equal(np.asarray(step(keys)), np.asarray(
+      jax.vmap(lambda k: jax.random.bernoulli(k, 0.5, (64,)))(keys)[
+          :, :, None] * np.ones((64, 9))))
+  if jax.default_backend() == "cpu":
+    assert " conditional(" in step.lower(keys).compile().as_text()
