@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -44,3 +45,21 @@ def dead_components(masks: Array) -> Array:
   """Indices of components active in no example of `masks [..., C]`."""
   ever = jnp.any(masks.reshape(-1, masks.shape[-1]) > 0, axis=0)
   return jnp.flatnonzero(~ever)
+
+
+def identity_ci_errors(ci: Array, off: float = 0.1, on: float = 0.9) -> int:
+  """The VPD authors' TMS check on `ci [n, C]`, the causal importances of
+  one product on the probes `0.75 e_i` (one row per input feature).
+
+  The columns are matched to the features one to one, maximising the
+  matched importances (Hungarian); an error is a matched entry below `on`
+  or any other entry (the unmatched columns included) above `off`. Zero
+  errors: each feature has a subcomponent of its own, and no other."""
+  from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
+
+  ci = np.array(jax.device_get(ci), dtype=np.float64)
+  rows, cols = linear_sum_assignment(ci, maximize=True)
+  matched = ci[rows, cols]
+  rest = ci.copy()
+  rest[rows, cols] = 0.0
+  return int((matched < on).sum() + (rest > off).sum())

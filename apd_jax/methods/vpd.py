@@ -46,6 +46,7 @@ from apd_jax.methods.spd import PerProduct
 Array = jax.Array
 CI_FNS = ("layerwise", "global", "transformer")
 SOURCE_SCOPES = ("shared", "per_example")
+FACTOR_INITS = ("spd", "vpd")
 # The VPD authors' options shared by their toy decompositions (TMS, the
 # residual MLPs), `config.method.update(TOY_RECIPE)`; with Adam on a cosine
 # to 0.1x, no warm-up (`Training`).
@@ -86,6 +87,11 @@ class VPD(PerProduct, ci_kinds.CIOptions):
     ci_lr_scale: the CI function's learning rate as a multiple of the
       factors' (`Training.lr`, on the same schedule) [1.0]; the LM
       recipe's is 1/3 (5e-5 against 1.5e-4). Sweepable.
+    factor_init: how the factors start: 'spd' [default] (normal, `u_c`
+      at std `1/sqrt(d_out)` and `v_c` at `1/sqrt(C)` as the matrix is
+      stored, SPD's reference) or 'vpd' (the VPD authors': the factor
+      that reads the product's input at std `1/sqrt(d_in)`, the one that
+      writes at `1/sqrt(C)`, whichever way the matrix is used).
     faithfulness_warmup_steps, faithfulness_warmup_lr: before training,
       the factors take this many Adam steps at this rate on the
       faithfulness alone [400, 1e-3]; 0 steps: none.
@@ -122,6 +128,7 @@ class VPD(PerProduct, ci_kinds.CIOptions):
   adversarial_coeff: float = 0.5
   merged: bool = False
   ci_lr_scale: float = 1.0
+  factor_init: str = "spd"
   faithfulness_warmup_steps: int = 400
   faithfulness_warmup_lr: float = 1e-3
   n_warmup: int = 2
@@ -186,6 +193,7 @@ class VPD(PerProduct, ci_kinds.CIOptions):
       raise ValueError(f"source_warmup_frac must be in [0, 1], got "
                        f"{self.source_warmup_frac}")
     check_choice("source_scope", self.source_scope, SOURCE_SCOPES)
+    check_choice("factor_init", self.factor_init, FACTOR_INITS)
     for name in ("grad_clip", "ci_grad_clip"):
       if getattr(self, name) is not None:
         check_positive(**{name: getattr(self, name)})

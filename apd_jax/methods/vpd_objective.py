@@ -154,17 +154,41 @@ def masked_recon(target: Target, params: VPDParams, plan: Plan, y: Any,
 
 def init_params(key: Array, target: Target, plan: Plan,
                 n_components: dict[str, int], s: Any) -> VPDParams:
-  """SPD's factor initialisation, fitted to the weights for
-  `s.faithfulness_warmup_steps` (`warm_up`); the CI function's by
-  `ci_kinds`."""
+  """The factors as `s.factor_init` says (`factor_scales`), fitted to the
+  weights for `s.faithfulness_warmup_steps` (`warm_up`); the CI function's
+  by `ci_kinds`."""
   base = spd.init_params(key, target, plan, n_components, 1)
   d_ins = spd.input_widths(target, plan)
   cs = plan.by_label(n_components)
   ci_key = jax.random.fold_in(key, 7)
-  params = VPDParams(U=base.U, V=base.V,
-                     ci=ci_kinds.init(ci_key, s, d_ins, cs))
+  U, V = base.U, base.V
+  if s.factor_init == "vpd":
+    scales = factor_scales(target, plan, n_components)
+    U = {n: u * scales[n][0] for n, u in U.items()}
+    V = {n: v * scales[n][1] for n, v in V.items()}
+  params = VPDParams(U=U, V=V, ci=ci_kinds.init(ci_key, s, d_ins, cs))
   return warm_up(params, target.weights, s.faithfulness_warmup_steps,
                  s.faithfulness_warmup_lr)
+
+
+def factor_scales(target: Target, plan: Plan, n_components: dict[str, int]
+                  ) -> dict[str, tuple[float, float]]:
+  """`{leaf: (a, b)}` taking SPD's factor draws (`u ~ N(0, 1/d_out)`,
+  `v ~ N(0, 1/C)` for `w [d_in, d_out]` as stored) to the VPD authors'
+  (`a u`, `b v`): the factor that reads the product's input at std
+  `1/sqrt(width of that input)`, the one that writes at `1/sqrt(C)`. A
+  leaf used several times follows its first use."""
+  out = {}
+  for leaf, t in zip(plan.leaves, plan.transposed, strict=True):
+    if leaf in out:
+      continue
+    d_in, d_out = target.weights[leaf].shape
+    c = n_components[leaf]
+    if t:      # read by v (the d_out side), written by u
+      out[leaf] = ((d_out / c) ** 0.5, (c / d_out) ** 0.5)
+    else:      # read by u (the d_in side)
+      out[leaf] = ((d_out / d_in) ** 0.5, 1.0)
+  return out
 
 
 def warm_up(params: VPDParams, weights: dict[str, Array], steps: int,

@@ -132,7 +132,9 @@ def report(result, sample_fn, workdir: str, *, t: dict, **_) -> dict:
   with a norm above 10% of the largest; each component's score on one-hot
   inputs (`<score name>s.png`, e.g. `causal_importances.png`). Untied: the
   same of `W_up` as `mmcs_up`, `ml2r_up`, and `mmcs`, `ml2r` the worse of
-  the two uses' (the lower MMCS, the ML2R farther from 1)."""
+  the two uses' (the lower MMCS, the ML2R farther from 1). SPD and VPD:
+  `identity_ci_errors`, the VPD authors' check summed over the products
+  (0: each feature has a subcomponent of its own in each product)."""
   del sample_fn
   W = result.target.params["W"]
   P = result.component_weights["['W']"]
@@ -145,6 +147,11 @@ def report(result, sample_fn, workdir: str, *, t: dict, **_) -> dict:
     out = dict(out, mmcs=min(out["mmcs"], out["mmcs_up"]),
                ml2r=max(out["ml2r"], out["ml2r_up"],
                         key=lambda r: abs(r - 1.0)))
+  if result.method.SCORE_NAME == "causal importance":
+    # The VPD authors' check (`metrics.identity_ci_errors`), every product.
+    probes = result.scores(0.75 * jnp.eye(W.shape[1]))
+    out["identity_ci_errors"] = sum(
+        metrics_lib.identity_ci_errors(ci) for ci in probes.values())
   norms = np.linalg.norm(np.asarray(P).reshape(P.shape[0], -1), axis=1)
   P = P[norms > 0.1 * norms.max()]
   name = result.method.SCORE_NAME.replace(" ", "_")

@@ -34,8 +34,9 @@ class Training:
       functions).
     lr: peak learning rate [1e-3]. Paper: 3e-2 (TMS 5-2), 1e-3 (40-10,
       residual MLPs), 3e-3 (gated).
-    lr_schedule: ['constant'] or 'cosine' (a quarter wave to
-      `lr_final_frac · lr` at the last step; the reference's).
+    lr_schedule: ['constant'], 'cosine' (a quarter wave to
+      `lr_final_frac · lr` at the last step; the SPD reference's) or
+      'half_cosine' (a half wave, the VPD authors').
     lr_final_frac: where the cosine ends, as a fraction of `lr` [0.0]
       (VPD's recipe: 0.1).
     warmup_frac: linear warm-up from 0 over this fraction of the steps, in

@@ -5,12 +5,15 @@ import importlib.util
 import json
 import pathlib
 
+import jax.numpy as jnp
 import pytest
 
 from apd_jax import SPD
 from apd_jax.cli import config as cli_config
 from apd_jax.cli import experiment
 from apd_jax.cli import sweep_experiment
+from apd_jax.core import metrics
+from apd_jax.engine import export
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -69,6 +72,12 @@ def test_tms_identity_run_writes_the_spd_outputs(tmp_path):
     assert (tmp_path / name).stat().st_size > 0, name
   assert json.loads((tmp_path / "summary.json").read_text())["alive"] == (
       s["alive"])
+  # The VPD authors' check, over the three products, from the saved run.
+  result = export.load(str(tmp_path / "decomposition"))
+  probes = result.scores(0.75 * jnp.eye(5))
+  assert len(probes) == 3
+  assert s["identity_ci_errors"] == sum(
+      metrics.identity_ci_errors(ci) for ci in probes.values())
 
 
 def test_resid_mlp_run_reports_features_with_their_own_subcomponent(

@@ -37,3 +37,22 @@ def test_l0_and_dead_components():
   masks = jnp.array([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
   assert float(metrics.l0(masks)) == 1.5
   np.testing.assert_array_equal(metrics.dead_components(masks), [1, 3])
+
+
+def test_identity_ci_errors_counts_what_the_matching_leaves():
+  # 3 features, 5 subcomponents: feature i on column (2 - i), the rest off.
+  ci = np.zeros((3, 5))
+  ci[[0, 1, 2], [2, 1, 0]] = 1.0
+  assert metrics.identity_ci_errors(ci) == 0
+  weak = ci.copy()
+  weak[1, 1] = 0.85                      # a matched entry below 0.9
+  assert metrics.identity_ci_errors(weak) == 1
+  shared = ci.copy()
+  shared[0, 4] = 0.5                     # feature 0 also on a spare column
+  shared[2, 2] = 0.2                     # feature 2 on feature 0's column
+  assert metrics.identity_ci_errors(shared) == 2
+  # One column for two features: one of them is matched elsewhere (0 there).
+  merged = np.zeros((2, 3))
+  merged[:, 0] = 1.0
+  assert metrics.identity_ci_errors(merged) == 2   # a weak match, an extra
+  assert metrics.identity_ci_errors(merged, off=1.0, on=0.0) == 0

@@ -277,6 +277,39 @@ def test_the_warm_up_is_adam_on_the_faithfulness_alone(tms_target):
       obj.faithfulness(target.weights, start))
 
 
+def test_the_vpd_factor_init_reads_at_1_over_sqrt_d_in(tms_target):
+  # TMS stores W [2, 5] and uses it in h = x Wᵀ (transposed: v, the 5-wide
+  # side, reads) and, untied as W_up, in x' = h W_up (u, 2 wide, reads).
+  params, sample = tms_target
+  target = engine.make_target(tms.apply, tms.untie(params), "W|W_up",
+                              log=False)
+  key = jax.random.PRNGKey(3)
+  spd_init = method(n_components=400).init_params(key, target, sample)
+  vpd_init = method(n_components=400, factor_init="vpd").init_params(
+      key, target, sample)
+  plan = method(n_components=400).plan(target, sample, 1, None)
+  assert sorted(zip(plan.leaves, plan.transposed, strict=True)) == [
+      ("['W']", True), ("['W_up']", False)]
+  scales = obj.factor_scales(target, plan, {"['W']": 400, "['W_up']": 400})
+  np.testing.assert_allclose(scales["['W']"], ((5 / 400) ** 0.5,
+                                               (400 / 5) ** 0.5))
+  np.testing.assert_allclose(scales["['W_up']"], ((5 / 2) ** 0.5, 1.0))
+  for name, (a, b) in scales.items():
+    np.testing.assert_allclose(vpd_init.U[name], a * spd_init.U[name],
+                               rtol=1e-6)
+    np.testing.assert_allclose(vpd_init.V[name], b * spd_init.V[name],
+                               rtol=1e-6)
+  # The standard deviations the VPD authors give: the reading factor at
+  # 1/sqrt(d_in), the writing one at 1/sqrt(C) (hundreds of draws each).
+  for a, want in ((vpd_init.V["['W']"], 5 ** -0.5),
+                  (vpd_init.U["['W']"], 400 ** -0.5),
+                  (vpd_init.U["['W_up']"], 2 ** -0.5),
+                  (vpd_init.V["['W_up']"], 400 ** -0.5)):
+    np.testing.assert_allclose(float(np.std(np.asarray(a))), want, rtol=0.1)
+  with pytest.raises(ValueError, match="factor_init"):
+    method(factor_init="xavier")
+
+
 def test_the_ci_function_learns_at_its_own_rate(tms_target):
   """Adam's step is proportional to its rate: the CI function's moves by
   `ci_lr_scale` times what it does at 1, the factors' the same; a sweep's

@@ -35,6 +35,19 @@ def test_cosine_ends_at_its_final_fraction():
     Training(lr_final_frac=1.5)
 
 
+def test_half_cosine_is_a_half_wave_to_its_final_fraction():
+  f = optim.schedule(0.1, 101, warmup_frac=0.2, kind="half_cosine",
+                     final_frac=0.1)
+  # 20 warm-up steps, then 0.1 (0.1 + 0.9 (1 + cos(pi t/80)) / 2)
+  np.testing.assert_allclose(float(f(20)), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(f(40)), 0.1 * (0.1 + 0.9 * (
+      1 + 2 ** -0.5) / 2), rtol=1e-5)
+  np.testing.assert_allclose(float(f(60)), 0.1 * 0.55, rtol=1e-5)
+  np.testing.assert_allclose(float(f(100)), 0.01, rtol=1e-5)
+  with pytest.raises(ValueError, match="lr_schedule"):
+    optim.schedule(0.1, 10, kind="half-cosine")
+
+
 def test_no_warmup_starts_at_lr():
   assert float(optim.schedule(0.1, 100)(0)) == pytest.approx(0.1)
 
