@@ -133,8 +133,8 @@ def report(result, sample_fn, workdir: str, *, t: dict, **_) -> dict:
   inputs (`<score name>s.png`, e.g. `causal_importances.png`). Untied: the
   same of `W_up` as `mmcs_up`, `ml2r_up`, and `mmcs`, `ml2r` the worse of
   the two uses' (the lower MMCS, the ML2R farther from 1). SPD and VPD:
-  `identity_ci_errors`, the VPD authors' check summed over the products
-  (0: each feature has a subcomponent of its own in each product)."""
+  `identity_ci_errors`, the VPD authors' check summed over `W`'s uses
+  (0: each feature has a subcomponent of its own in each)."""
   del sample_fn
   W = result.target.params["W"]
   P = result.component_weights["['W']"]
@@ -148,10 +148,12 @@ def report(result, sample_fn, workdir: str, *, t: dict, **_) -> dict:
                ml2r=max(out["ml2r"], out["ml2r_up"],
                         key=lambda r: abs(r - 1.0)))
   if result.method.SCORE_NAME == "causal importance":
-    # The VPD authors' check (`metrics.identity_ci_errors`), every product.
+    # The VPD authors' check (`metrics.identity_ci_errors`) on the products
+    # of W's uses; an identity layer's subcomponents serve many features.
     probes = result.scores(0.75 * jnp.eye(W.shape[1]))
     out["identity_ci_errors"] = sum(
-        metrics_lib.identity_ci_errors(ci) for ci in probes.values())
+        metrics_lib.identity_ci_errors(ci) for k, ci in probes.items()
+        if not k.startswith("['hidden']"))
   norms = np.linalg.norm(np.asarray(P).reshape(P.shape[0], -1), axis=1)
   P = P[norms > 0.1 * norms.max()]
   name = result.method.SCORE_NAME.replace(" ", "_")
