@@ -54,8 +54,10 @@ def _metrics(row: dict[str, Any]) -> str:
   keys = [k for k in ("mmcs", "ml2r", "features_recovered",
                       "features_with_own_subcomponent",
                       "min_function_recovery") if k in row]
-  return "; ".join(f"{k} {fmt(row[k])} ± {fmt(row[k + '_sd'])}"
-                   for k in keys)
+  out = [f"{k} {fmt(row[k])} ± {fmt(row[k + '_sd'])}" for k in keys]
+  if "ci_check" in row:     # the VPD authors' check on one-hot probes
+    out.append(f"CI check {row['ci_check']} of {row['seeds']}")
+  return "; ".join(out)
 
 
 def table(records: list[dict[str, Any]]) -> str:

@@ -193,11 +193,17 @@ def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
              non_finite=len(runs) - len(good))
   if good and "mmcs" in good[0]:
     row["strict"] = sum(_tms(r) for r in good)
+  if good and "identity_ci_errors" in good[0]:
+    # The VPD authors' check: no error in the importances on one-hot probes.
+    row["ci_check"] = sum(r["identity_ci_errors"] == 0 for r in good)
   for key in entry.shown + ("faithfulness", "l0"):
     row[key], row[key + "_sd"] = _mean_sd([r.get(key, math.nan)
                                            for r in runs])
   row["per_seed"] = [{k: r.get(k) for k in ("success",) + entry.shown}
                      for r in runs]
+  for seed, r in zip(row["per_seed"], runs, strict=True):
+    if "identity_ci_errors" in r:
+      seed["identity_ci_errors"] = r["identity_ci_errors"]
   for key in diagnostics.KEYS:
     failed = [r["diagnostics"][key] for r in bad if key in r["diagnostics"]]
     fine = [r["diagnostics"][key] for r in ok if key in r["diagnostics"]]
@@ -274,6 +280,8 @@ def write(workdir: str, rows: list[dict], meta: dict,
         success=f"{r['succeeded']} of {r['seeds']}",
         criterion=r["criterion"],
         strict=(f"{r['strict']} of {r['seeds']}" if "strict" in r else ""),
+        ci_check=(f"{r['ci_check']} of {r['seeds']}" if "ci_check" in r
+                  else ""),
         metrics="; ".join(metrics),
         faithfulness=r["faithfulness"], l0=r["l0"], steps=r["steps"],
         wall=f"{r['train_seconds']:.0f} s",
@@ -300,12 +308,16 @@ def write(workdir: str, rows: list[dict], meta: dict,
     quick = " — quick smoke run, not a result" if meta["quick"] else ""
     f.write(f"Scoreboard measured {meta['date']} on {meta['devices']} "
             f"(jax {meta['jax']}){quick}. `strict`: seeds that meet "
-            f"{TMS_RULE}."
+            f"{TMS_RULE}; `ci_check`: seeds whose causal importances on "
+            f"the probes 0.75 e_i pass the VPD authors' check (no error: "
+            f"each feature one subcomponent of its own in each use of W, "
+            f"above 0.9, every other importance at most 0.1)."
             " Seed n trains the target and the decomposition with seed n; "
             "wall is the sweep's training time for all seeds together, rate "
             "the steps per second summed over its runs.\n\n")
     f.write(sweep_report.markdown(shown, [
-        "entry", "method", "success", "criterion", "strict", "metrics",
+        "entry", "method", "success", "criterion", "strict", "ci_check",
+        "metrics",
         "faithfulness", "l0", "steps", "wall", "rate"]))
     f.write("\n" + extra)
 

@@ -32,6 +32,11 @@ def test_export_load_and_table(tmp_path):
           "ml2r 1.012 ± 0.01 | 40000 | 2.0 h | 2026-12-07 (1 × cpu) |"
           in text)
   assert "python scripts/scoreboard.py --seeds=3\npython x.py" in text
+  vpd = dict(_row("vpd_tms_5_2"), method="vpd", ci_check=1)
+  results.export(vpd, META, str(tmp_path), "python x.py")
+  assert ("| `vpd_tms_5_2` | VPD | 2 of 3 | mmcs 0.9995 ± 0.004; "
+          "ml2r 1.012 ± 0.01; CI check 1 of 3 |" in results.table(
+              results.load(str(tmp_path))))
 
 
 def test_render_replaces_only_the_block(tmp_path):

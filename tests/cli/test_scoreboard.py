@@ -58,6 +58,7 @@ def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
   assert row["inputs_per_component_succeeded"] == pytest.approx(1.0)
   assert row["inputs_per_component_auc"] == 1.0
   assert row["dead_auc"] == 0.75          # (1 > 0) win, (0 = 0) tie
+  assert "ci_check" not in row
   assert (row["method"], apd["method"]) == ("spd", "apd")
   sep = scoreboard.pooled_separation([row, row])
   assert sep["spd"]["inputs_per_component"] == 1.0
@@ -67,6 +68,19 @@ def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
   sep = scoreboard.pooled_separation([row, apd])
   assert sep["spd"]["inputs_per_component"] == 1.0
   assert sep["apd"]["inputs_per_component"] == 0.5     # all tied
+
+
+def test_the_ci_check_counts_runs_without_identity_ci_errors(tmp_path):
+  runs = [dict(mmcs=0.9995, ml2r=0.8, faithfulness=1e-6, l0=1.0, steps=9,
+               identity_ci_errors=e, diagnostics={}) for e in (0, 3, 0)]
+  row = scoreboard.score_entry(scoreboard.BY_NAME["vpd_tms_5_2"],
+                               str(tmp_path), _fake_runs(tmp_path, runs))
+  assert (row["succeeded"], row["ci_check"]) == (0, 2)
+  assert [r["identity_ci_errors"] for r in row["per_seed"]] == [0, 3, 0]
+  scoreboard.write(str(tmp_path), [row], dict(
+      quick=False, date="today", devices="cpu", jax="0"))
+  md = (tmp_path / "scoreboard.md").read_text()
+  assert "| 0 of 3 | " in md and "| 2 of 3 | " in md
 
 
 def test_a_run_without_summary_counts_as_failed(tmp_path):
