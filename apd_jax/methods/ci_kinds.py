@@ -39,7 +39,8 @@ class CIOptions:
     ci_fn: 'scalar', 'layerwise', 'global' or 'transformer' (module
       docstring; each method says its default and which it takes).
     ci_hidden: the MLPs' hidden widths ('layerwise', 'global'), the
-      transformer's MLP's ('transformer') [(16,)].
+      transformer's MLP's ('transformer'); VPD's 'scalar': the first is
+      the width (SPD's: `gate_hidden`) [(16,)].
     ci_d_model, ci_blocks, ci_heads, ci_chunks: the transformer's width
       [64], blocks [2], attention heads [4], and how many independent
       transformers the products are split into [1: one over all].

@@ -44,7 +44,7 @@ from apd_jax.methods.spd import SPD
 from apd_jax.methods.spd import PerProduct
 
 Array = jax.Array
-CI_FNS = ("layerwise", "global", "transformer")
+CI_FNS = ("layerwise", "global", "transformer", "scalar")
 SOURCE_SCOPES = ("shared", "per_example")
 FACTOR_INITS = ("spd", "vpd")
 # The VPD authors' options shared by their toy decompositions (TMS, the
@@ -81,7 +81,9 @@ class VPD(PerProduct, ci_kinds.CIOptions):
     ci_fn: 'layerwise' [default] (an MLP per product on its input),
       'global' (one MLP on every product's input) or 'transformer' (for
       inputs `[T, i]` with a position axis: bidirectional transformers
-      over the positions, one per chunk of products); with `ci_hidden`,
+      over the positions, one per chunk of products) or 'scalar' (SPD's
+      MLP per subcomponent on `h_c = a · u_c`, of width `ci_hidden[0]`);
+      with `ci_hidden`,
       `ci_d_model`, `ci_blocks`, `ci_heads`, `ci_chunks`, keywords of
       `ci_kinds.CIOptions`.
     ci_lr_scale: the CI function's learning rate as a multiple of the

@@ -121,7 +121,9 @@ def importances(s: Any, params: VPDParams, plan: Plan, inputs: dict
   """`(lower, upper)`: per product `[B, ..., C]`, the lower-leaky causal
   importances (masks) and the upper-leaky ones (minimality)."""
   z = ci_kinds.logits(s, params.ci, inputs,
-                      plan.by_label(params.n_components))
+                      plan.by_label(params.n_components), inner=lambda: dict(
+      zip(plan.labels, spd.inner_acts(params, plan, [
+          inputs[k] for k in plan.labels]), strict=True)))
   return ({k: spd.lower_leaky_hard_sigmoid(v) for k, v in z.items()},
           {k: spd.upper_leaky_hard_sigmoid(v) for k, v in z.items()})
 
@@ -166,7 +168,8 @@ def init_params(key: Array, target: Target, plan: Plan,
     scales = factor_scales(target, plan, n_components)
     U = {n: u * scales[n][0] for n, u in U.items()}
     V = {n: v * scales[n][1] for n, v in V.items()}
-  params = VPDParams(U=U, V=V, ci=ci_kinds.init(ci_key, s, d_ins, cs))
+  params = VPDParams(U=U, V=V, ci=ci_kinds.init(
+      ci_key, s, d_ins, cs, gate_hidden=s.ci_hidden[0]))
   return warm_up(params, target.weights, s.faithfulness_warmup_steps,
                  s.faithfulness_warmup_lr)
 

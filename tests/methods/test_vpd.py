@@ -310,6 +310,33 @@ def test_the_vpd_factor_init_reads_at_1_over_sqrt_d_in(tms_target):
     method(factor_init="xavier")
 
 
+def test_the_scalar_ci_function_is_spds_on_the_same_factors(tms_target):
+  params, sample = tms_target
+  target = engine.make_target(tms.apply, tms.untie(params), "W|W_up",
+                              log=False)
+  m = method(ci_fn="scalar", ci_hidden=(8,))
+  p = m.init_params(jax.random.PRNGKey(5), target, sample)
+  plan = m.plan(target, sample, 1, None)
+  assert {k: v["w1"].shape for k, v in p.ci.items()} == {
+      k: (10, 8) for k in plan.labels}
+  x = sample(jax.random.PRNGKey(6), 7)
+  _, inputs = obj.product_inputs(target, plan, x)
+  lower, upper = obj.importances(m, p, plan, inputs)
+  spd_params = spd_objective.SPDParams(U=p.U, V=p.V, gates=p.ci)
+  G, G_up = spd_objective.importances(
+      spd_params, plan, [inputs[k] for k in plan.labels])
+  for k, g, gu in zip(plan.labels, G, G_up, strict=True):
+    np.testing.assert_allclose(lower[k], g, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(upper[k], gu, rtol=1e-6, atol=1e-7)
+  # Its gradient reaches the reading factors through h_c = a · u_c (W is
+  # used transposed: read by v).
+  dU, dV = jax.grad(lambda U, V: sum(jnp.sum(v) for v in obj.importances(
+      m, p.replace(U=U, V=V), plan, inputs)[1].values()), (0, 1))(p.U, p.V)
+  assert float(jnp.abs(dV["['W']"]).max()) > 0
+  assert float(jnp.abs(dU["['W_up']"]).max()) > 0
+  assert float(jnp.abs(dU["['W']"]).max()) == 0
+
+
 def test_the_ci_function_learns_at_its_own_rate(tms_target):
   """Adam's step is proportional to its rate: the CI function's moves by
   `ci_lr_scale` times what it does at 1, the factors' the same; a sweep's
