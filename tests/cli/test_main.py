@@ -174,7 +174,8 @@ def refused(tmp_path, *flags):
     (("--config=configs/tms_5_2.py", "--config.method.n_components=0"),
      "n_components must be positive, got 0"),
     (("--config=configs/tms_5_2.py", "--config.lr_schedule=foo"),
-     "lr_schedule must be one of ('constant', 'cosine'), got 'foo'"),
+     "lr_schedule must be one of ('constant', 'cosine', 'half_cosine'), "
+     "got 'foo'"),
     (("--config=configs/tms_5_2.py", "--config.sweep.topk=0.2,-1"),
      "topk must be positive, got -1"),
     (("--config=configs/tms_5_2.py", "--config.mesh.component=3"),
