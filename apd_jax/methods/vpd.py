@@ -79,13 +79,12 @@ class VPD(PerProduct, ci_kinds.CIOptions):
       stochastic, weighted c_stoch + c_adv (the authors' toy recipe: the
       same terms in expectation, one forward fewer).
     ci_fn: 'layerwise' [default] (an MLP per product on its input),
-      'global' (one MLP on every product's input) or 'transformer' (for
+      'global' (one MLP on every product's input), 'transformer' (for
       inputs `[T, i]` with a position axis: bidirectional transformers
       over the positions, one per chunk of products) or 'scalar' (SPD's
       MLP per subcomponent on `h_c = a · u_c`, of width `ci_hidden[0]`);
-      with `ci_hidden`,
-      `ci_d_model`, `ci_blocks`, `ci_heads`, `ci_chunks`, keywords of
-      `ci_kinds.CIOptions`.
+      with `ci_hidden`, `ci_d_model`, `ci_blocks`, `ci_heads`,
+      `ci_chunks`, keywords of `ci_kinds.CIOptions`.
     ci_lr_scale: the CI function's learning rate as a multiple of the
       factors' (`Training.lr`, on the same schedule) [1.0]; the LM
       recipe's is 1/3 (5e-5 against 1.5e-4). Sweepable.
