@@ -39,6 +39,8 @@ def define_flags():
   flags.DEFINE_string("results", None, "Folder for each finished entry's "
                       "row (docs/results); the README's results table is "
                       "then regenerated from it.")
+  flags.DEFINE_bool("figures", True, "Each run's figures (--nofigures: "
+                    "the tables and summaries only).")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -48,7 +50,8 @@ def main(argv):
   command = " ".join(["python scripts/scoreboard.py"] + sys.argv[1:])
   scoreboard.run(FLAGS.workdir, CONFIGS, FLAGS.only, FLAGS.seeds, FLAGS.quick,
                  checkpoint_every=FLAGS.checkpoint_every,
-                 results_dir=FLAGS.results, command=command)
+                 results_dir=FLAGS.results, command=command,
+                 figures=FLAGS.figures)
   if FLAGS.results:
     results.update_readme(os.path.join(CONFIGS, "..", "README.md"),
                           FLAGS.results)

@@ -1,16 +1,16 @@
 """What a config file holds, and how its argument is parsed.
 
-`default_config(method)` holds `include`; `method`, a section with the
-method's `name` and only that method's options (`config.method.topk`; the
-method's docstring says what each does; required ones start at the
-method's `CLI_DEFAULTS`, its TMS 5-2 paper values); every `Training` option
-at the top level (`config.steps`); and `target`, `mesh` and `sweep` (the
-sweepable `Training` and method options). `check` rejects a method section
-holding another method's options, naming the valid ones; `parse_arg` reads
-a config file's argument (`configs/tms_5_2.py:identity,quick`);
-`method_and_training(config)` makes the two objects. A check of the
-command line raises `ConfigError` (`user_errors`), which it shows in one
-line.
+`default_config(method)` holds `include` and `figures`; `method`, a section
+with the method's `name` and only that method's options
+(`config.method.topk`; the method's docstring says what each does; required
+ones start at the method's `CLI_DEFAULTS`, its TMS 5-2 paper values); every
+`Training` option at the top level (`config.steps`); and `target`, `mesh`
+and `sweep` (the sweepable `Training` and method options). `check` rejects a
+method section holding another method's options, naming the valid ones;
+`parse_arg` reads a config file's argument
+(`configs/tms_5_2.py:identity,quick`); `method_and_training(config)` makes
+the two objects. A check of the command line raises `ConfigError`
+(`user_errors`), which it shows in one line.
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def default_config(method: str = "apd") -> ml_collections.ConfigDict:
   swept."""
   c = ml_collections.ConfigDict()
   c.include = "W"              # regex over leaf keystr: leaves to decompose
+  c.figures = True             # PNG figures (False: the numbers, tables and
+                               # TensorBoard scalars only, e.g. for sweeps)
   c.method = method_section(method)
   for f in dataclasses.fields(Training):
     if f.name not in NOT_IN_CONFIG:

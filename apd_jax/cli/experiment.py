@@ -252,21 +252,23 @@ def describe_components(config: ml_collections.ConfigDict,
                         result: api.Decomposition, sample_fn,
                         workdir: str) -> dict:
   """Writes `summary.md` (every component and, for vector inputs, its top
-  inputs), `summary.png` and `top_inputs.png`, logs the table; returns the
-  summary as a dict. The table and the top inputs are of one sample
-  (`report_sample`), so their frequencies agree."""
+  inputs), `summary.png` and `top_inputs.png` (with `config.figures`), logs
+  the table; returns the summary as a dict. The table and the top inputs
+  are of one sample (`report_sample`), so their frequencies agree."""
   key, opts = report_sample(config)
   s = result.summary(key=key, **opts)
   tops = None
   x = jax.eval_shape(lambda k: sample_fn(k, 1), jax.random.PRNGKey(0))
   if jax.numpy.issubdtype(x.dtype, jax.numpy.floating):  # not tokens
     tops = result.top_inputs(sample_fn, key=key, **opts)
-    component_figures.plot_top_inputs(
-        tops, os.path.join(workdir, "top_inputs.png"),
-        what=result.method.SCORE_NAME)
+    if config.figures:
+      component_figures.plot_top_inputs(
+          tops, os.path.join(workdir, "top_inputs.png"),
+          what=result.method.SCORE_NAME)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(s.markdown(tops))
-  component_figures.plot_summary(s, os.path.join(workdir, "summary.png"))
+  if config.figures:
+    component_figures.plot_summary(s, os.path.join(workdir, "summary.png"))
   logging.info("components:\n%s", s.table())
   return s.to_dict()
 
@@ -275,7 +277,8 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
                   result: api.Decomposition, sample_fn, summary: dict,
                   log: runlog.RunLog) -> dict:
   """Writes the factors, the target's analyses and figures (also to `log`'s
-  TensorBoard file), `summary.json` and the loss curves.
+  TensorBoard file), `summary.json` and the loss curves (the figures only
+  with `config.figures`).
 
   Returns `summary` with the analyses' metrics (on process 0; elsewhere
   nothing is written and `summary` comes back as it is).
@@ -289,7 +292,7 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
   summary.update(targets.get(config.target.name).report(
       result, sample_fn, workdir, t=config.target.to_dict(),
       seed=config.seed, batch_size=config.batch_size,
-      eval_batches=config.eval_batches))
+      eval_batches=config.eval_batches, figures=config.figures))
   summary["components"] = describe_components(config, result, sample_fn,
                                                workdir)
   key, opts = report_sample(config)
@@ -297,7 +300,9 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str,
                                                 **opts)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  plotting.plot_history(result.history, os.path.join(workdir, "losses.png"))
+  if config.figures:
+    plotting.plot_history(result.history,
+                          os.path.join(workdir, "losses.png"))
   step = result.metrics["steps"]
   log.figures(step, workdir)
   x = sample_fn(jax.random.PRNGKey(config.seed + 2), config.batch_size)

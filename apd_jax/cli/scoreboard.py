@@ -44,6 +44,7 @@ from apd_jax.analysis import diagnostics
 from apd_jax.cli import results
 from apd_jax.cli import sweep_experiment
 from apd_jax.cli import sweep_report
+from apd_jax.cli import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,26 +218,20 @@ def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
 
 
 def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
-              quick: bool, checkpoint_every: int | None = None) -> dict:
+              quick: bool, checkpoint_every: int | None = None,
+              figures: bool = True) -> dict:
   """Trains (or reads back) one entry's sweep; returns its row."""
   config = entry_config(entry, configs, seeds, quick)
+  config.figures = config.figures and figures
   if checkpoint_every is not None and not quick:
     config.checkpoint_every = checkpoint_every
   done = os.path.join(workdir, "sweep.json")
-  if os.path.exists(done) and _same_config(workdir, config):
+  if os.path.exists(done) and workdir_lib.same_settings(workdir, config):
     with open(done) as f:
       sweep = json.load(f)
   else:
     sweep = sweep_experiment.train_and_evaluate(config, workdir)
   return score_entry(entry, workdir, sweep)
-
-
-def _same_config(workdir: str, config) -> bool:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return json.load(f) == json.loads(config.to_json_best_effort())
 
 
 def pooled_separation(rows: list[dict]
@@ -325,13 +320,14 @@ def write(workdir: str, rows: list[dict], meta: dict,
 def run(workdir: str, configs: str, names: list[str], seeds: int,
         quick: bool, *, checkpoint_every: int | None = None,
         results_dir: str | None = None, command: str = "",
-        entries: tuple[Entry, ...] = ENTRIES) -> list:
+        entries: tuple[Entry, ...] = ENTRIES, figures: bool = True) -> list:
   """Every entry of `names` (all of `entries` if empty) from the config
   files in `configs`, then the tables.
 
   `checkpoint_every` overrides the configs' (long runs that may be stopped
   at any time: a campaign); with `results_dir`, each entry that finishes
-  leaves its row there (`results.export`, with `command`)."""
+  leaves its row there (`results.export`, with `command`); `figures=False`
+  draws no run's figures (the tables are the same)."""
   known = [e.name for e in entries]
   unknown = sorted(set(names) - set(known))
   if unknown:
@@ -343,7 +339,7 @@ def run(workdir: str, configs: str, names: list[str], seeds: int,
     if names and e.name not in names:
       continue
     rows.append(run_entry(e, os.path.join(workdir, e.name.replace(":", "_")),
-                          configs, seeds, quick, checkpoint_every))
+                          configs, seeds, quick, checkpoint_every, figures))
     meta = _meta(quick)
     write(workdir, rows, meta, entries)   # after each entry: nothing lost
     if results_dir and not quick:

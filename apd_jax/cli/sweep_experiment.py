@@ -222,7 +222,7 @@ def _write_reports(workdir, config, rows, names, metrics, pooled, success):
               f"(best by {config.sweep.select_mode} "
               f"{config.sweep.select}).", extra_md=extra)
   plotted = [n for n in names if n != "seed"] or names
-  for name in plotted:
+  for name in plotted if config.figures else ():
     others = [n for n in plotted if n != name]
     sweep_report.plot_sweep(rows, name, metrics,
                             os.path.join(workdir, f"sweep_{name}.png"),

@@ -24,8 +24,9 @@ from apd_jax.training import distributed
 from apd_jax.training import optim
 
 # Fields that may change when a run is resumed: where and how often it
-# saves, and on which devices it runs.
-RESUMABLE_CHANGES = ("mesh", "checkpoint_every", "keep_checkpoints")
+# saves, on which devices it runs, and whether it draws figures.
+RESUMABLE_CHANGES = ("mesh", "checkpoint_every", "keep_checkpoints",
+                     "figures")
 
 
 # Fields that may change where the steps already taken would have been the
@@ -49,12 +50,7 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
   with open(path) as f:
     old = _flatten(json.load(f))
   new = _flatten(json.loads(config.to_json_best_effort()))
-  # An option the saved run did not have (added since) ran at its default.
-  default = _flatten(json.loads(config_lib.default_config(
-      new.get("method.name", "apd")).to_json_best_effort()))
-  differ = sorted(k for k in set(old) | set(new)
-                  if old.get(k, default.get(k)) != new.get(k)
-                  and k.split(".")[0] not in RESUMABLE_CHANGES)
+  differ = _differences(old, new)
   if differ and set(differ) <= set(CONTINUABLE_CHANGES):
     step = old["steps"] if step is None else step
     why = why_not_continue(old, new, step)
@@ -74,6 +70,29 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
         f"{workdir} holds a run with other settings ({shown}); resume it "
         f"with its own settings, use another --workdir, or pass --fresh to "
         f"delete its checkpoints and start again")
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+  """The (flattened) fields in which `new` differs from `old`, leaving out
+  `RESUMABLE_CHANGES`; an option `old` lacks (added since) ran at its
+  default."""
+  default = _flatten(json.loads(config_lib.default_config(
+      new.get("method.name", "apd")).to_json_best_effort()))
+  return sorted(k for k in set(old) | set(new)
+                if old.get(k, default.get(k)) != new.get(k)
+                and k.split(".")[0] not in RESUMABLE_CHANGES)
+
+
+def same_settings(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether `workdir` holds a run of `config`'s settings (those a resumed
+  run may change aside)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    old = _flatten(json.load(f))
+  return not _differences(old, _flatten(json.loads(
+      config.to_json_best_effort())))
 
 
 def why_not_continue(old: dict, new: dict, step: int) -> str | None:

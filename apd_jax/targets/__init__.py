@@ -8,9 +8,10 @@ a `config.target` ConfigDict `t` they take (`ARCH`: `init`'s, `TRAIN`:
 measures of success), `SELECT` (the metric and mode that pick a sweep's best
 run), `SUCCESS` (the metric a seed must reach `sweep.mmcs_threshold` in, or
 None) and `report(result, sample_fn, workdir, *, t, seed, batch_size,
-eval_batches) -> dict` (its analyses and figures; `t` the target's section
-of the config as a dict). Reports ask the decomposition, never which
-method made it. The functions below make the target of a config from them.
+eval_batches, figures) -> dict` (its analyses and, with `figures`, its PNG
+figures; `t` the target's section of the config as a dict). Reports ask the
+decomposition, never which method made it. The functions below make the
+target of a config from them.
 """
 
 from types import ModuleType

@@ -247,11 +247,13 @@ SAMPLER = ("n_functions", "feature_probability", "range_min", "range_max")
 APPLY = "output"
 
 
-def report(result, sample_fn, workdir: str, **_) -> dict:
+def report(result, sample_fn, workdir: str, *, figures: bool = True,
+           **_) -> dict:
   """Per-function recovery (`features.function_recovery`) and the figure of
   each component's neurons coloured by function; for SPD, per matrix the
   best subcomponent's cosine with the function's part, and its minimum
-  over the matrices as the function's recovery."""
+  over the matrices as the function's recovery. `figures=False` writes no
+  PNG."""
   del sample_fn
   fns = neuron_functions(result.target.params)
   P = result.component_weights
@@ -265,9 +267,10 @@ def report(result, sample_fn, workdir: str, **_) -> dict:
                 function_recovery_per_matrix=np.asarray(per_leaf).tolist())
   scores = features.function_recovery(result.target.weights, P, fns)
   best = np.asarray(jnp.max(scores, axis=1))
-  plotting.plot_function_components(
-      features.neuron_norms(P, len(fns)), np.concatenate(fns), scores,
-      os.path.join(workdir, "components.png"))
+  if figures:
+    plotting.plot_function_components(
+        features.neuron_norms(P, len(fns)), np.concatenate(fns), scores,
+        os.path.join(workdir, "components.png"))
   return dict(function_recovery=[float(v) for v in best],
               mean_function_recovery=float(best.mean()),
               best_component_per_function=[

@@ -171,38 +171,43 @@ def variants(c, *, rank1: bool = False, quick: bool = False) -> None:
 
 
 def report(result, sample_fn, workdir: str, *, seed: int, batch_size: int,
-           **_) -> dict:
+           eval_batches: int = 4, figures: bool = True, **_) -> dict:
   """Feature recovery and scrubbing (`analysis/features.py`), with their
   figures and arrays, where components span the matrices (APD); where each
   group of components is one matrix's (SPD), each feature's own `W_in`
-  subcomponent."""
+  subcomponent. Scrubbing runs on `min(4, eval_batches)` fresh batches;
+  `figures=False` writes no PNG."""
   if all(len(leaves) == 1 for leaves in result.groups.values()):
-    return spd_report(result, workdir)
+    return spd_report(result, workdir, figures)
   summary, d = features.evaluate_residual(
       result, sample_fn, jax.random.PRNGKey(seed + 1),
-      labels_fn=labels, batch_size=batch_size)
+      labels_fn=labels, batch_size=batch_size,
+      n_batches=min(4, eval_batches))
   n = len(d["best"])
-  plotting.plot_contributions(
-      d["kappa"], d["comp_kappa"][d["best"], np.arange(n)], d["cosine"],
-      os.path.join(workdir, "contributions.png"))
-  plotting.plot_scrubbing(d["losses"], os.path.join(workdir, "scrubbing.png"))
+  if figures:
+    plotting.plot_contributions(
+        d["kappa"], d["comp_kappa"][d["best"], np.arange(n)], d["cosine"],
+        os.path.join(workdir, "contributions.png"))
+    plotting.plot_scrubbing(d["losses"],
+                            os.path.join(workdir, "scrubbing.png"))
   np.savez(os.path.join(workdir, "analysis.npz"), kappa=d["kappa"],
            best=d["best"], cosine=d["cosine"],
            **{f"loss_{k}": v for k, v in d["losses"].items()})
   return summary
 
 
-def spd_report(result, workdir: str) -> dict:
+def spd_report(result, workdir: str, figures: bool = True) -> dict:
   """Per-matrix components (SPD): features with their own `W_in`
   subcomponent (cosine >= 0.9 of the neuron contributions), the figure of
   contributions and the scores on one-hot inputs."""
   rec = features.spd_recovery(result)
-  G = result.scores(jnp.eye(rec["n_features"]))
-  plotting.plot_causal_importances(
-      G, os.path.join(workdir, "causal_importances.png"),
-      xlabel="input feature (one-hot)")
-  plotting.plot_contributions(rec["kappa"], rec["own"], rec["cosine"],
-                              os.path.join(workdir, "contributions.png"))
+  if figures:
+    G = result.scores(jnp.eye(rec["n_features"]))
+    plotting.plot_causal_importances(
+        G, os.path.join(workdir, "causal_importances.png"),
+        xlabel="input feature (one-hot)")
+    plotting.plot_contributions(rec["kappa"], rec["own"], rec["cosine"],
+                                os.path.join(workdir, "contributions.png"))
   np.savez(os.path.join(workdir, "analysis.npz"), kappa_in=rec["kappa"],
            own=rec["own"], best=rec["best"], cosine=rec["cosine"])
   return dict(features_recovered=rec["n_recovered"],

@@ -127,14 +127,16 @@ def variants(c, *, identity: bool = False, quick: bool = False,
     c.print_every = 500
 
 
-def report(result, sample_fn, workdir: str, *, t: dict, **_) -> dict:
+def report(result, sample_fn, workdir: str, *, t: dict, figures: bool = True,
+           **_) -> dict:
   """MMCS and ML2R of `W`; the component figure, of the components of `W`
   with a norm above 10% of the largest; each component's score on one-hot
   inputs (`<score name>s.png`, e.g. `causal_importances.png`). Untied: the
   same of `W_up` as `mmcs_up`, `ml2r_up`, and `mmcs`, `ml2r` the worse of
   the two uses' (the lower MMCS, the ML2R farther from 1). SPD and VPD:
   `identity_ci_errors`, the VPD authors' check summed over `W`'s uses
-  (0: each feature has a subcomponent of its own in each)."""
+  (0: each feature has a subcomponent of its own in each). `figures=False`
+  writes no PNG."""
   del sample_fn
   W = result.target.params["W"]
   P = result.component_weights["['W']"]
@@ -154,6 +156,8 @@ def report(result, sample_fn, workdir: str, *, t: dict, **_) -> dict:
     out["identity_ci_errors"] = sum(
         metrics_lib.identity_ci_errors(ci) for k, ci in probes.items()
         if not k.startswith("['hidden']"))
+  if not figures:
+    return out
   norms = np.linalg.norm(np.asarray(P).reshape(P.shape[0], -1), axis=1)
   P = P[norms > 0.1 * norms.max()]
   name = result.method.SCORE_NAME.replace(" ", "_")

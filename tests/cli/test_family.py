@@ -48,7 +48,7 @@ def test_quick_script_trains_each_seed_its_own_target_of_the_size(tmp_path):
   run = subprocess.run(
       [sys.executable, "scripts/family.py", f"--workdir={tmp_path}",
        "--method=spd", "--quick", "--seeds=2", "--only=tms_10_4",
-       "--set=method.importance_coeff=1e-3"],
+       "--set=method.importance_coeff=1e-3", "--set=figures=False"],
       cwd=ROOT, capture_output=True, text=True, check=False)
   assert run.returncode == 0, run.stderr[-3000:]
   board = json.loads((tmp_path / "scoreboard.json").read_text())
@@ -57,6 +57,7 @@ def test_quick_script_trains_each_seed_its_own_target_of_the_size(tmp_path):
   config = json.loads((tmp_path / "tms_10_4" / "config.json").read_text())
   assert config["method"]["importance_coeff"] == 1e-3
   assert config["method"]["n_components"] == 40
+  assert config["figures"] is False and not list(tmp_path.glob("**/*.png"))
   targets = []
   for seed in (0, 1):
     path = tmp_path / "tms_10_4" / "targets" / f"seed_{seed}"

@@ -172,6 +172,7 @@ def test_a_finished_run_started_again_keeps_its_timings_and_events(
 def test_a_finished_sweep_started_again_keeps_its_timings(tmp_path):
   c = tiny()
   c.sweep.seed = (1,)
+  c.figures = False
   first = sweep_experiment.train_and_evaluate(c, str(tmp_path))
   run = tmp_path / "runs" / "run_000"
   events = sorted(run.glob("events.out.tfevents.*"))

@@ -111,10 +111,10 @@ def test_unknown_entry_is_refused(tmp_path):
 
 def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
                                                            monkeypatch):
-  names = ["tms_5_2", "spd_gated_functions", "vpd_tms_5_2:identity"]
+  names = ["tms_5_2", "spd_tms_5_2", "vpd_tms_5_2:identity"]
   run = subprocess.run(
       [sys.executable, "scripts/scoreboard.py", f"--workdir={tmp_path}",
-       "--quick", "--seeds=2", "--only=" + ",".join(names)],
+       "--quick", "--seeds=2", "--nofigures", "--only=" + ",".join(names)],
       cwd=ROOT, capture_output=True, text=True, check=False)
   assert run.returncode == 0, run.stderr[-3000:]
   board = json.loads((tmp_path / "scoreboard.json").read_text())
@@ -146,7 +146,8 @@ def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
   with open(tmp_path / "scoreboard.csv") as f:
     assert [r["entry"] for r in csv.DictReader(f)] == names
   md = (tmp_path / "scoreboard.md").read_text()
-  assert "quick smoke run" in md and "`spd_gated_functions`" in md
+  assert "quick smoke run" in md and "`spd_tms_5_2`" in md
+  assert not list(tmp_path.glob("**/*.png"))      # --nofigures
   assert "SPD" in md and "auc_apd" in md and "auc_spd" in md
   assert "auc_vpd" in md
   # A second call trains nothing: both entries are read back.

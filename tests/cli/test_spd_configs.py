@@ -106,6 +106,7 @@ def test_cli_sweep_over_seeds_tabulates_spd_metrics(tmp_path):
   with c.unlocked():
     c.sweep.seed = (0, 1)
     c.sweep.importance_coeff = (1e-3,)
+    c.figures = False
   s = sweep_experiment.train_and_evaluate(c, str(tmp_path))
   assert s["n_runs"] == 2
   table = (tmp_path / "sweep.md").read_text()

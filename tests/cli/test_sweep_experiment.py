@@ -108,6 +108,7 @@ def test_target_per_seed_runs_equal_single_runs(tmp_path):
   c.target.steps = 300
   c.sweep.seed = (0, 1)
   c.sweep.target_per_seed = True
+  c.figures = False            # the numbers are compared, not the pictures
   sweep_experiment.train_and_evaluate(c, str(tmp_path / "sweep"))
   for i, seed in enumerate((0, 1)):
     single = c.copy_and_resolve_references()
@@ -122,6 +123,7 @@ def test_target_per_seed_runs_equal_single_runs(tmp_path):
     saved = tmp_path / "sweep" / "targets" / f"seed_{seed}"
     assert ((saved / "target_params.msgpack").read_bytes()
             == (tmp_path / f"s{seed}" / "target_params.msgpack").read_bytes())
+  assert not list(tmp_path.glob("**/*.png"))
   assert ((tmp_path / "s0" / "target_params.msgpack").read_bytes()
           != (tmp_path / "s1" / "target_params.msgpack").read_bytes())
   # Started again, the finished sweep resumes on the saved targets.

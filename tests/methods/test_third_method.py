@@ -212,6 +212,7 @@ def test_command_line_job_and_sweep(registered, tmp_path):
     cli_config.method_and_training(bad)
 
   config.sweep.faithfulness_coeff = (0.5, 1.0)
+  config.figures = False
   out = sweep_experiment.train_and_evaluate(config, str(tmp_path / "sweep"))
   assert out["n_runs"] == 2
   assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
