@@ -51,7 +51,12 @@ else
   limits=(140 130 600)   # the last part: whatever time is left
 fi
 
-if ! "$py" -c 'import apd_jax' 2>/dev/null; then
+# One interpreter start: apd_jax and jax import, and jax's backend.
+probe() {
+  "$py" -c 'import apd_jax, jax; print(jax.default_backend())' \
+    2>"$out/backend.log"
+}
+if ! backend=$(probe); then
   echo "apd_jax does not import here; trying pip install -e ."
   if ! timeout 180 "$py" -m pip install -q -e .; then
     echo "pip install -e . failed: with no network, install apd_jax's" \
@@ -59,11 +64,10 @@ if ! "$py" -c 'import apd_jax' 2>/dev/null; then
       "(PIP_FIND_LINKS=DIR PIP_NO_INDEX=1)." >&2
     exit 2
   fi
-fi
-if ! backend=$("$py" -c 'import jax; print(jax.default_backend())' \
-    2>"$out/backend.log"); then
-  echo "jax does not import (see $out/backend.log)" >&2
-  exit 2
+  if ! backend=$(probe); then
+    echo "apd_jax or jax does not import (see $out/backend.log)" >&2
+    exit 2
+  fi
 fi
 {
   echo "backend: $backend"
