@@ -151,6 +151,23 @@ def test_an_option_added_since_the_run_counts_at_its_default(tmp_path):
     workdirs.check_resume(str(tmp_path), tiny(compute_dtype="bfloat16"), 10)
 
 
+def test_figures_devices_and_checkpoints_may_change_the_settings_not(
+    tmp_path):
+  """`same_settings` (a finished scoreboard entry is read back): a run
+  saved before `figures` existed, read with figures off, more often
+  checkpointed and on another mesh, has the same settings; with more steps
+  it has not."""
+  old = json.loads(tiny().to_json_best_effort())
+  del old["figures"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  other = tiny(figures=False, checkpoint_every=5)
+  other.mesh.data = 1
+  assert workdirs.same_settings(str(tmp_path), other)
+  workdirs.check_resume(str(tmp_path), other, 10)
+  assert not workdirs.same_settings(str(tmp_path), tiny(steps=40))
+  assert not workdirs.same_settings(str(tmp_path / "none"), tiny())
+
+
 def test_a_finished_run_started_again_keeps_its_timings_and_events(
     finished, tmp_path):
   """The same command again: the summary keeps the run's timings (and its
