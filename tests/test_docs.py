@@ -50,9 +50,12 @@ def test_relative_links_resolve():
 
 
 def test_readme_quick_start_commands():
+  """The README's two commands; CI runs the second."""
   text = README.read_text()
   for block in QUICK_START:
     assert block in text
+  ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
+  assert ci == QUICK_START[1].split("\n")[1]
 
 
 def readme_example() -> str:

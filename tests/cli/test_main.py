@@ -93,7 +93,7 @@ def test_restart_with_other_settings_is_refused_unless_fresh(tmp_path):
   base = [sys.executable, "-m", "apd_jax.main",
           "--config=configs/tms_5_2.py", f"--workdir={tmp_path}",
           "--config.log_every=10", "--config.eval_batches=1",
-          "--config.target.steps=50"]
+          "--config.target.steps=50", "--config.figures=False"]
   first = subprocess.run(base + ["--config.steps=10"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
   assert first.returncode == 0, first.stderr[-3000:]

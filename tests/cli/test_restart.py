@@ -18,10 +18,11 @@ from configs import tms_5_2
 
 def tiny(steps=20, **options):
   """TMS 5-2 on a tiny budget: 10 steps per log and checkpoint, a constant
-  rate without warm-up (unless `options` say otherwise)."""
+  rate without warm-up, no figures (unless `options` say otherwise)."""
   c = tms_5_2.get_config()
   c.update(steps=steps, log_every=10, checkpoint_every=10, eval_batches=1,
-           batch_size=256, lr_schedule="constant", warmup_frac=0.0)
+           batch_size=256, lr_schedule="constant", warmup_frac=0.0,
+           figures=False)
   c.update(options)
   c.target.steps = 50
   return c
@@ -157,10 +158,10 @@ def test_figures_devices_and_checkpoints_may_change_the_settings_not(
   saved before `figures` existed, read with figures off, more often
   checkpointed and on another mesh, has the same settings; with more steps
   it has not."""
-  old = json.loads(tiny().to_json_best_effort())
+  old = json.loads(tiny(figures=True).to_json_best_effort())
   del old["figures"]
   (tmp_path / "config.json").write_text(json.dumps(old))
-  other = tiny(figures=False, checkpoint_every=5)
+  other = tiny(checkpoint_every=5)
   other.mesh.data = 1
   assert workdirs.same_settings(str(tmp_path), other)
   workdirs.check_resume(str(tmp_path), other, 10)
@@ -189,7 +190,6 @@ def test_a_finished_run_started_again_keeps_its_timings_and_events(
 def test_a_finished_sweep_started_again_keeps_its_timings(tmp_path):
   c = tiny()
   c.sweep.seed = (1,)
-  c.figures = False
   first = sweep_experiment.train_and_evaluate(c, str(tmp_path))
   run = tmp_path / "runs" / "run_000"
   events = sorted(run.glob("events.out.tfevents.*"))

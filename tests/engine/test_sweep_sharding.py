@@ -63,7 +63,7 @@ def assert_same(a, b):
 
 
 def test_sharded_sweep_equals_one_device():
-  one, two = run(1), run(2)       # 3 runs over 2 devices: padded to 4
+  one, two = run(1, "apd"), run(2, "apd")   # 3 runs over 2: padded to 4
   assert (one["devices"], two["devices"]) == (1, 2)
   assert_same(two, one)
 
