@@ -221,8 +221,10 @@ def _write_reports(workdir, config, rows, names, metrics, pooled, success):
       heading=f"Sweep of {len(rows)} runs, {config.steps} steps each "
               f"(best by {config.sweep.select_mode} "
               f"{config.sweep.select}).", extra_md=extra)
+  if not config.figures:
+    return
   plotted = [n for n in names if n != "seed"] or names
-  for name in plotted if config.figures else ():
+  for name in plotted:
     others = [n for n in plotted if n != name]
     sweep_report.plot_sweep(rows, name, metrics,
                             os.path.join(workdir, f"sweep_{name}.png"),

@@ -44,11 +44,9 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
   `step`, goes on as a run started with the new values would
   (`why_not_continue`), e.g. to more steps on a constant rate.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  old = _saved(workdir)
+  if old is None:
     return
-  with open(path) as f:
-    old = _flatten(json.load(f))
   new = _flatten(json.loads(config.to_json_best_effort()))
   differ = _differences(old, new)
   if differ and set(differ) <= set(CONTINUABLE_CHANGES):
@@ -72,6 +70,15 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
         f"delete its checkpoints and start again")
 
 
+def _saved(workdir: str) -> dict | None:
+  """The (flattened) config saved in `workdir/config.json`, or None."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return _flatten(json.load(f))
+
+
 def _differences(old: dict, new: dict) -> list[str]:
   """The (flattened) fields in which `new` differs from `old`, leaving out
   `RESUMABLE_CHANGES`; an option `old` lacks (added since) ran at its
@@ -86,12 +93,8 @@ def _differences(old: dict, new: dict) -> list[str]:
 def same_settings(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Whether `workdir` holds a run of `config`'s settings (those a resumed
   run may change aside)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    old = _flatten(json.load(f))
-  return not _differences(old, _flatten(json.loads(
+  old = _saved(workdir)
+  return old is not None and not _differences(old, _flatten(json.loads(
       config.to_json_best_effort())))
 
 
