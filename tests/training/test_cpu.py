@@ -46,3 +46,26 @@ def test_importing_the_package_changes_nothing_in_jax():
   run = subprocess.run([sys.executable, "-c", _CPU_RULES],
                        capture_output=True, text=True, timeout=120)
   assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+def test_the_compiler_options_change_values_only_by_rounding():
+  """SPD's TMS 40-10 step (batch 256), 3 steps compiled with the run's
+  options and with XLA's defaults, both optimised as a run is (level 2;
+  the suite's own level 0 would not vectorise at all)."""
+  import dataclasses  # noqa: PLC0415
+
+  from apd_jax.cli import benchmark  # noqa: PLC0415
+  options = dict(cpu.compiler_options())
+  assert options["xla_cpu_prefer_vector_width"] == "512"
+  (case,) = [c for c in benchmark.CASES if c.name == "spd_tms_40_10"]
+  step, state, key, _, _ = benchmark.build(
+      dataclasses.replace(case, batch_size=256))
+  def run(state, key):
+    return jax.lax.scan(lambda s, _: step(s, key), state, None, length=3)
+
+  runs = [jax.jit(run, compiler_options=dict(
+      opts, xla_backend_optimization_level=2))(state, key)
+          for opts in (options, {})]
+  for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1]),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
