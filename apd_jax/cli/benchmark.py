@@ -8,6 +8,8 @@ machine's limit.
       --only=lm_per_position,lm_window,lm_window_dense     # ~2 min
   python -m apd_jax.cli.benchmark --sweeps=spd --seeds=10   # the scoreboard
   python -m apd_jax.cli.benchmark --family=spd --seeds=5    # the family
+  python -m apd_jax.cli.benchmark --only=spd_tms_40_10 \
+      --reference='PYTHON TIMER --case={case}'   # beside a reference
 
 For each case (paper batch size and C) it prints and writes to
 `<out>/benchmark.json`, after each case: compile seconds, steady-state
@@ -91,6 +93,13 @@ def define_flags() -> None:
                        "size (a smoke run; not the paper's cost).")
   flags.DEFINE_bool("keep_going", False, "Record a case that fails and go "
                     "on with the next.")
+  flags.DEFINE_string("reference", "", "A command that times a reference "
+                      "implementation's SPD step on the case {case} and "
+                      "prints a JSON line with ms_per_step: the selected "
+                      "cases that have one are timed beside it "
+                      "(apd_jax.cli.reference).")
+  flags.DEFINE_integer("rounds", 3, "--reference: alternating rounds per "
+                       "case.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -611,6 +620,13 @@ def main(argv):
     cases = sweep_cases(FLAGS.sweeps, FLAGS.seeds, FLAGS.configs)
   if FLAGS.family:
     cases = family_cases(FLAGS.family, FLAGS.seeds, FLAGS.configs)
+  if FLAGS.reference:
+    from apd_jax.cli import reference  # noqa: PLC0415
+    cpu.apply_tweaks()
+    reference.run(select(CASES, only=FLAGS.only, method=FLAGS.method or "spd"),
+                  FLAGS.reference, rounds=FLAGS.rounds,
+                  steps=FLAGS.steps or 10, out=FLAGS.out)
+    return
   run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps, only=FLAGS.only,
       method=FLAGS.method, cases=cases, max_batch=FLAGS.max_batch,
       filename=FLAGS.json, keep_going=FLAGS.keep_going)

@@ -136,3 +136,39 @@ def test_sweep_benchmark_per_step_prints_both_arms_and_their_ratio():
   assert m, run.stdout
   one, sweep, ratio = map(float, m.groups())
   assert one > 0 and abs(sweep / one - ratio) < 0.01 * ratio + 0.005
+
+
+_FAKE_REFERENCE = """
+import json, sys
+with open(sys.argv[1], "a") as f:
+  f.write("reference " + sys.argv[2] + "\\n")
+print("warming up")
+print(json.dumps({"ms_per_step": 40.0, "case": sys.argv[2]}))
+"""
+
+
+def test_the_reference_is_timed_in_turn_with_ours(tmp_path):
+  from apd_jax.cli import reference  # noqa: PLC0415
+  log = tmp_path / "order.txt"
+  timer = tmp_path / "timer.py"
+  timer.write_text(_FAKE_REFERENCE)
+  command = f"{sys.executable} {timer} {log} {{case}}"
+
+  def measure(case, steps):                      # ours, logged in turn
+    with open(log, "a") as f:
+      f.write(f"ours {case.name}\n")
+    return benchmark.measure(case, steps)
+
+  case = _case("spd_tms_5_2", batch_size=16)
+  r = reference.side_by_side(case, command, rounds=2, steps=2,
+                             measure=measure)
+  assert log.read_text().split("\n")[:-1] == [
+      "ours spd_tms_5_2", "reference tms_5_2"] * 2
+  assert r["reference_ms"] == [40.0, 40.0] and len(r["ms"]) == 2
+  assert r["ratio_median"] == pytest.approx(
+      40.0 / ((r["ms"][0] + r["ms"][1]) / 2), rel=1e-12)
+  assert r["ratio_min"] == pytest.approx(40.0 / min(r["ms"]), rel=1e-12)
+  with pytest.raises(RuntimeError, match="ms_per_step"):
+    reference.reference_ms(f"{sys.executable} -c print(1)", "tms_5_2")
+  with pytest.raises(ValueError, match="no reference case"):
+    reference.side_by_side(_case("tms_5_2"), command)
