@@ -153,21 +153,22 @@ def test_the_reference_is_timed_in_turn_with_ours(tmp_path):
   timer = tmp_path / "timer.py"
   timer.write_text(_FAKE_REFERENCE)
   command = f"{sys.executable} {timer} {log} {{case}}"
+  ours_s = iter([0.010, 0.030, 0.011])
 
-  def measure(case, steps):                      # ours, logged in turn
+  def measure(case, steps):    # benchmark.measure's step time, logged
+    assert steps == 4
     with open(log, "a") as f:
       f.write(f"ours {case.name}\n")
-    return benchmark.measure(case, steps)
+    return dict(step_s=next(ours_s))
 
-  case = _case("spd_tms_5_2", batch_size=16)
-  r = reference.side_by_side(case, command, rounds=2, steps=2,
-                             measure=measure)
+  r = reference.side_by_side(_case("spd_tms_5_2"), command, rounds=3,
+                             steps=4, measure=measure)
   assert log.read_text().split("\n")[:-1] == [
-      "ours spd_tms_5_2", "reference tms_5_2"] * 2
-  assert r["reference_ms"] == [40.0, 40.0] and len(r["ms"]) == 2
-  assert r["ratio_median"] == pytest.approx(
-      40.0 / ((r["ms"][0] + r["ms"][1]) / 2), rel=1e-12)
-  assert r["ratio_min"] == pytest.approx(40.0 / min(r["ms"]), rel=1e-12)
+      "ours spd_tms_5_2", "reference tms_5_2"] * 3
+  assert r["reference_ms"] == [40.0] * 3
+  assert r["ms"] == pytest.approx([10.0, 30.0, 11.0], rel=1e-12)
+  assert r["ratio_median"] == pytest.approx(40 / 11, rel=1e-12)
+  assert r["ratio_min"] == pytest.approx(4.0, rel=1e-12)
   with pytest.raises(RuntimeError, match="ms_per_step"):
     reference.reference_ms(f"{sys.executable} -c print(1)", "tms_5_2")
   with pytest.raises(ValueError, match="no reference case"):

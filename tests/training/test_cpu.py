@@ -49,7 +49,7 @@ def test_importing_the_package_changes_nothing_in_jax():
 
 
 def test_the_compiler_options_change_values_only_by_rounding():
-  """SPD's TMS 40-10 step (batch 256), 3 steps compiled with the run's
+  """SPD's TMS 5-2 step (batch 256), 3 steps compiled with the run's
   options and with XLA's defaults, both optimised as a run is (level 2;
   the suite's own level 0 would not vectorise at all)."""
   import dataclasses  # noqa: PLC0415
@@ -57,7 +57,7 @@ def test_the_compiler_options_change_values_only_by_rounding():
   from apd_jax.cli import benchmark  # noqa: PLC0415
   options = dict(cpu.compiler_options())
   assert options["xla_cpu_prefer_vector_width"] == "512"
-  (case,) = [c for c in benchmark.CASES if c.name == "spd_tms_40_10"]
+  (case,) = [c for c in benchmark.CASES if c.name == "spd_tms_5_2"]
   step, state, key, _, _ = benchmark.build(
       dataclasses.replace(case, batch_size=256))
   def run(state, key):
