@@ -624,7 +624,7 @@ def main(argv):
     from apd_jax.cli import reference  # noqa: PLC0415
     cpu.apply_tweaks()
     reference.run(select(CASES, only=FLAGS.only, method=FLAGS.method or "spd"),
-                  FLAGS.reference, rounds=FLAGS.rounds,
+                  FLAGS.reference, measure, rounds=FLAGS.rounds,
                   steps=FLAGS.steps or 10, out=FLAGS.out)
     return
   run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps, only=FLAGS.only,

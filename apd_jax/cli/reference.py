@@ -58,13 +58,10 @@ def reference_ms(command: str, case: str, timeout: float = 1800) -> float:
   return ms
 
 
-def side_by_side(case, command: str, *, rounds: int = 3, steps: int = 10,
-                 measure=None) -> dict:
-  """One case, ours then the reference's, `rounds` times (see the module);
-  `measure(case, steps)` is `benchmark.measure` unless given."""
-  if measure is None:
-    from apd_jax.cli import benchmark  # noqa: PLC0415
-    measure = benchmark.measure
+def side_by_side(case, command: str, measure, *, rounds: int = 3,
+                 steps: int = 10) -> dict:
+  """One case, ours (`measure(case, steps)['step_s']`: `benchmark.measure`)
+  then the reference's, `rounds` times (see the module)."""
   if case.name not in REFERENCE_CASES:
     raise ValueError(f"no reference case for {case.name}; known: "
                      f"{sorted(REFERENCE_CASES)}")
@@ -95,7 +92,7 @@ def line(r: dict) -> str:
           f"{r['ratio_min']:5.2f}x  {r['load_before']} -> {r['load_after']}")
 
 
-def run(cases, command: str, *, rounds: int = 3, steps: int = 10,
+def run(cases, command: str, measure, *, rounds: int = 3, steps: int = 10,
         out: str = "") -> list[dict]:
   """`side_by_side` for each of `cases` that the reference has; prints the
   table and writes `out/reference.json` after each case."""
@@ -108,7 +105,8 @@ def run(cases, command: str, *, rounds: int = 3, steps: int = 10,
   print(HEADER, flush=True)
   rows = []
   for case in cases:
-    rows.append(side_by_side(case, command, rounds=rounds, steps=steps))
+    rows.append(side_by_side(case, command, measure, rounds=rounds,
+                             steps=steps))
     print(line(rows[-1]), flush=True)
     if out:
       os.makedirs(out, exist_ok=True)

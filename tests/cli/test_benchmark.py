@@ -161,8 +161,8 @@ def test_the_reference_is_timed_in_turn_with_ours(tmp_path):
       f.write(f"ours {case.name}\n")
     return dict(step_s=next(ours_s))
 
-  r = reference.side_by_side(_case("spd_tms_5_2"), command, rounds=3,
-                             steps=4, measure=measure)
+  r = reference.side_by_side(_case("spd_tms_5_2"), command, measure,
+                             rounds=3, steps=4)
   assert log.read_text().split("\n")[:-1] == [
       "ours spd_tms_5_2", "reference tms_5_2"] * 3
   assert r["reference_ms"] == [40.0] * 3
@@ -172,4 +172,4 @@ def test_the_reference_is_timed_in_turn_with_ours(tmp_path):
   with pytest.raises(RuntimeError, match="ms_per_step"):
     reference.reference_ms(f"{sys.executable} -c print(1)", "tms_5_2")
   with pytest.raises(ValueError, match="no reference case"):
-    reference.side_by_side(_case("tms_5_2"), command)
+    reference.side_by_side(_case("tms_5_2"), command, measure)
