@@ -60,6 +60,7 @@ def test_the_compiler_options_change_values_only_by_rounding():
   (case,) = [c for c in benchmark.CASES if c.name == "spd_tms_5_2"]
   step, state, key, _, _ = benchmark.build(
       dataclasses.replace(case, batch_size=256))
+
   def run(state, key):
     return jax.lax.scan(lambda s, _: step(s, key), state, None, length=3)
 
