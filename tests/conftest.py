@@ -55,6 +55,13 @@ def pytest_configure(config):
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def pytest_collection_modifyitems(items):
+  """The tests marked `long` first (a stable sort: otherwise in collection
+  order): the last tests a worker picks up are short, so the two workers
+  of `-n 2` finish at about the same time."""
+  items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def pytest_unconfigure(config):
   path = getattr(config, "_apd_jax_jit_cache", None)
   if path:

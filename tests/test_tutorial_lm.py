@@ -5,6 +5,7 @@ import importlib.util
 import pathlib
 
 import numpy as np
+import pytest
 from test_tutorial import tutorial_code
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -16,6 +17,7 @@ def test_readme_shows_the_script_code():
   assert f"```python\n{tutorial_code(SCRIPT)}```" in readme
 
 
+@pytest.mark.long
 def test_tutorial_runs(tmp_path, capsys):
   spec = importlib.util.spec_from_file_location("tutorial_lm", SCRIPT)
   module = importlib.util.module_from_spec(spec)

@@ -34,6 +34,7 @@ def test_measure_reports_consistent_figures():
   assert abs(r["gflops"] - r["gflop_per_step"] * r["steps_per_s"]) < 1e-6
 
 
+@pytest.mark.long
 def test_the_language_model_case_counts_tokens():
   case = _case(
       "lm_per_position", batch_size=2,

@@ -6,6 +6,8 @@ import os
 import pathlib
 import subprocess
 
+import pytest
+
 from apd_jax.cli import device_check
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -18,6 +20,7 @@ NUMBERS = ("step_s", "steps_per_s", "compile_s", "gflop_per_step",
            "limit_fraction", "matmul_fraction", "memory_mib")
 
 
+@pytest.mark.long
 def test_the_dry_run_writes_every_part(tmp_path):
   out = tmp_path / "check"
   env = dict(os.environ, OUT=str(out))

@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 
 from apd_jax.cli import experiment
 
@@ -18,6 +19,7 @@ def load_config(name, arg=None):
   return module.get_config(arg)
 
 
+@pytest.mark.long
 def test_residual_mlp_run_writes_its_analyses(tmp_path):
   c = load_config("resid_mlp_2.py", "rank1,quick")
   c.target.update(n_features=8, d_resid=32, d_mlp=6, steps=100,

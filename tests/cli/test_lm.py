@@ -7,6 +7,7 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 
 from apd_jax.analysis import summary as summary_lib
 from apd_jax.cli import experiment
@@ -43,6 +44,7 @@ class Checker(html.parser.HTMLParser):
       self.errors += 1
 
 
+@pytest.mark.long
 def test_spd_on_every_matrix_of_a_tiny_transformer(tmp_path):
   c = load("spd_lm", "tiny")
   summary = experiment.train_and_evaluate(c, str(tmp_path))
@@ -101,6 +103,7 @@ def test_contexts_are_written_with_the_given_decoder(tmp_path):
   assert lm.decode_bytes([104, 105]) == "hi"          # the default
 
 
+@pytest.mark.long
 def test_apd_per_position_on_a_tiny_transformer(tmp_path):
   c = load("apd_lm", "tiny")
   summary = experiment.train_and_evaluate(c, str(tmp_path))
@@ -117,6 +120,7 @@ def test_apd_per_position_on_a_tiny_transformer(tmp_path):
   assert summary["heldout_components_described"] > 0
 
 
+@pytest.mark.long
 def test_vpd_on_every_matrix_of_a_tiny_transformer(tmp_path):
   """VPD with its CI transformer over the positions and one set of
   sources per position, through the command line's run and report."""

@@ -18,6 +18,7 @@ from apd_jax.cli import sweep_experiment
 ROOT = pathlib.Path(__file__).parents[2]
 
 
+@pytest.mark.long
 def test_cli_writes_every_output_and_a_rerun_resumes(tmp_path):
   """A full run, then the same command again after removing the step-200
   checkpoint (as if the run had died before writing it): the rerun reloads

@@ -109,6 +109,7 @@ def test_unknown_entry_is_refused(tmp_path):
     scoreboard.run(str(tmp_path), CONFIGS, ["tms_5_3"], 2, True)
 
 
+@pytest.mark.long
 def test_quick_script_writes_the_tables_and_reads_them_back(tmp_path,
                                                            monkeypatch):
   names = ["tms_5_2", "spd_tms_5_2", "vpd_tms_5_2:identity"]

@@ -61,6 +61,7 @@ def tiny(c, **target):
   return c
 
 
+@pytest.mark.long
 def test_tms_identity_run_writes_the_spd_outputs(tmp_path):
   c = tiny(load("spd_tms_5_2", "identity"), steps=50)
   s = experiment.train_and_evaluate(c, str(tmp_path))
