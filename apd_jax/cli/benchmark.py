@@ -616,6 +616,9 @@ def main(argv):
   cases = None
   if FLAGS.sweeps and FLAGS.family:
     raise app.UsageError("give --sweeps or --family, not both")
+  if FLAGS.reference and (FLAGS.sweeps or FLAGS.family):
+    raise app.UsageError("--reference times the SPD cases (--only), not "
+                         "--sweeps or --family")
   if FLAGS.sweeps:
     cases = sweep_cases(FLAGS.sweeps, FLAGS.seeds, FLAGS.configs)
   if FLAGS.family:
