@@ -130,10 +130,16 @@ def run_checked(config: ml_collections.ConfigDict, workdir: str,
   if runlog.is_writer():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(as_given.to_json_best_effort(indent=2))
-  apply_fn, params, sample_fn, has_aux = experiment.make_target(
-      config.target, config.seed, workdir)
   values = swept(config)
   own = _seed_targets(as_given, workdir, values, resumed=step is not None)
+  t = config.target
+  if config.seed in own and not t.path:
+    # The target of `config.seed` is one of the seeds' own: read it back
+    # rather than train it a second time.
+    t = t.copy_and_resolve_references()
+    t.path = _target_file(workdir, config.seed)
+  apply_fn, params, sample_fn, has_aux = experiment.make_target(
+      t, config.seed, workdir)
   runs = sweep.grid(values, cli_config.swept_names(config))
   dirs = [os.path.join(workdir, "runs", f"run_{i:03d}")
           for i in range(len(runs))]

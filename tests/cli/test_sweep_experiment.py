@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from apd_jax import targets
 from apd_jax.cli import experiment
 from apd_jax.cli import sweep_experiment
 from apd_jax.cli import sweep_report
@@ -102,14 +103,20 @@ def test_best_run_exported_as_a_decomposition(swept):
     assert (workdir / "best" / name).stat().st_size > 0, name
 
 
-def test_target_per_seed_runs_equal_single_runs(tmp_path):
+def test_target_per_seed_runs_equal_single_runs(tmp_path, monkeypatch):
   c = tms_5_2.get_config()
   c.update(steps=40, log_every=20, eval_batches=2, batch_size=512)
   c.target.steps = 300
   c.sweep.seed = (0, 1)
   c.sweep.target_per_seed = True
   c.figures = False            # the numbers are compared, not the pictures
+  built = []
+  build = targets.build
+  monkeypatch.setattr(targets, "build", lambda module, t, seed: (
+      built.append(seed), build(module, t, seed))[1])
   sweep_experiment.train_and_evaluate(c, str(tmp_path / "sweep"))
+  assert built == [0, 1]       # each seed's target trained once
+  monkeypatch.setattr(targets, "build", build)
   for i, seed in enumerate((0, 1)):
     single = c.copy_and_resolve_references()
     single.seed = seed
