@@ -36,6 +36,9 @@ def define_flags():
   flags.DEFINE_bool("quick", False, "A few steps of each (smoke run).")
   flags.DEFINE_integer("checkpoint_every", None, "Steps between "
                        "checkpoints, overriding the configs'.")
+  flags.DEFINE_integer("seeds_per_sweep", None, "Train each member's "
+                       "seeds in sweeps of this many (default: all in "
+                       "one), each finished on its own.")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -58,7 +61,8 @@ def main(argv):
   family.run(FLAGS.workdir, CONFIGS, FLAGS.method, FLAGS.seeds,
              names=FLAGS.only, quick=FLAGS.quick,
              overrides=parse_sets(FLAGS.set),
-             checkpoint_every=FLAGS.checkpoint_every)
+             checkpoint_every=FLAGS.checkpoint_every,
+             per_sweep=FLAGS.seeds_per_sweep)
   with open(os.path.join(FLAGS.workdir, "scoreboard.md")) as f:
     print(f.read())
 

@@ -39,6 +39,10 @@ def define_flags():
   flags.DEFINE_string("results", None, "Folder for each finished entry's "
                       "row (docs/results); the README's results table is "
                       "then regenerated from it.")
+  flags.DEFINE_integer("seeds_per_sweep", None, "Train each entry's seeds "
+                       "in sweeps of this many (default: all in one), each "
+                       "finished on its own: campaign pieces that end "
+                       "between interruptions.")
   flags.DEFINE_bool("figures", True, "Each run's figures (--nofigures: "
                     "the tables and summaries only).")
   flags.mark_flags_as_required(["workdir"])
@@ -51,7 +55,7 @@ def main(argv):
   scoreboard.run(FLAGS.workdir, CONFIGS, FLAGS.only, FLAGS.seeds, FLAGS.quick,
                  checkpoint_every=FLAGS.checkpoint_every,
                  results_dir=FLAGS.results, command=command,
-                 figures=FLAGS.figures)
+                 figures=FLAGS.figures, per_sweep=FLAGS.seeds_per_sweep)
   if FLAGS.results:
     results.update_readme(os.path.join(CONFIGS, "..", "README.md"),
                           FLAGS.results)

@@ -85,13 +85,16 @@ def _all(key: str, n: int):
 def run(workdir: str, configs: str, method: str, seeds: int, *,
         names: list[str] | None = None, quick: bool = False,
         overrides: dict[str, Any] | None = None,
-        checkpoint_every: int | None = None) -> list[dict]:
-  """Every member (or those in `names`) as a resumable sweep over seeds in
-  `workdir/<member>`; the table (`scoreboard.md`, `.json`, `.csv`) is
-  rewritten after each member. Returns the rows."""
+        checkpoint_every: int | None = None,
+        per_sweep: int | None = None) -> list[dict]:
+  """Every member (or those in `names`) as resumable sweeps over seeds
+  (`per_sweep` at a time; None: all) in `workdir/<member>`; the table
+  (`scoreboard.md`, `.json`, `.csv`) is rewritten after each member.
+  Returns the rows."""
   entries = family(method, configs, overrides)
   return scoreboard.run(workdir, configs, list(names or ()), seeds, quick,
-                        checkpoint_every=checkpoint_every, entries=entries)
+                        checkpoint_every=checkpoint_every, entries=entries,
+                        per_sweep=per_sweep)
 
 
 def describe(entries: tuple[scoreboard.Entry, ...]) -> list[dict]:

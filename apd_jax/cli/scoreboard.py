@@ -129,10 +129,11 @@ def load_config(configs: str, module: str, arg: str | None
   return mod.get_config(arg)
 
 
-def entry_config(entry: Entry, configs: str, seeds: int, quick: bool
-                 ) -> ml_collections.ConfigDict:
-  """The entry's config as a sweep over seeds 0..seeds-1, one target per
-  seed; `quick`: a few steps of everything (a smoke run, not a result)."""
+def entry_config(entry: Entry, configs: str, seeds: int | tuple[int, ...],
+                 quick: bool) -> ml_collections.ConfigDict:
+  """The entry's config as a sweep over `seeds` (a number n: 0..n-1), one
+  target per seed; `quick`: a few steps of everything (a smoke run, not a
+  result)."""
   c = load_config(configs, entry.module, entry.arg)
   for key, value in entry.overrides:
     *path, last = key.split(".")
@@ -140,7 +141,7 @@ def entry_config(entry: Entry, configs: str, seeds: int, quick: bool
     for part in path:
       node = node[part]
     node[last] = value
-  c.sweep.seed = tuple(range(seeds))
+  c.sweep.seed = tuple(range(seeds)) if isinstance(seeds, int) else seeds
   c.sweep.target_per_seed = True
   c.sweep.select = "faithfulness"
   if quick:
@@ -167,21 +168,26 @@ def _mean_sd(values):
   return statistics.fmean(values), statistics.pstdev(values)
 
 
-def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
-  """The entry's row from its runs' summary.json files and `sweep.json`; a
-  run whose loss became non-finite (no summary.json) counts as failed."""
+def score_entry(entry: Entry, parts: list[tuple[str, dict]]) -> dict:
+  """The entry's row from the sweeps `parts` (each a workdir and its
+  `sweep.json`, in seed order): their runs' summary.json files; a run whose
+  loss became non-finite (no summary.json) counts as failed."""
   runs = []
-  for i in range(sweep["n_runs"]):
-    path = os.path.join(workdir, "runs", f"run_{i:03d}", "summary.json")
-    if not os.path.exists(path):
-      runs.append(dict(success=False, finite=False, diagnostics={}))
-      continue
-    with open(path) as f:
-      s = json.load(f)
-    if "function_recovery" in s:
-      s["min_function_recovery"] = min(s["function_recovery"])
-    s["success"] = bool(entry.success(s))
-    runs.append(s)
+  for workdir, sweep in parts:
+    for i in range(sweep["n_runs"]):
+      path = os.path.join(workdir, "runs", f"run_{i:03d}", "summary.json")
+      if not os.path.exists(path):
+        runs.append(dict(success=False, finite=False, diagnostics={}))
+        continue
+      with open(path) as f:
+        s = json.load(f)
+      if "function_recovery" in s:
+        s["min_function_recovery"] = min(s["function_recovery"])
+      s["success"] = bool(entry.success(s))
+      runs.append(s)
+  seconds = sum(sweep["train_seconds"] for _, sweep in parts)
+  run_steps = sum(sweep["run_steps_per_s"] * sweep["train_seconds"]
+                  for _, sweep in parts)
   good = [r for r in runs if r.get("finite", True)]
   ok = [r for r in runs if r["success"]]
   bad = [r for r in runs if not r["success"]]
@@ -189,8 +195,8 @@ def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
              criterion=entry.criterion, seeds=len(runs),
              succeeded=len(ok), success_frac=len(ok) / len(runs),
              steps=good[0]["steps"] if good else None,
-             train_seconds=sweep["train_seconds"],
-             run_steps_per_s=sweep["run_steps_per_s"],
+             train_seconds=seconds,
+             run_steps_per_s=run_steps / seconds if seconds else math.nan,
              non_finite=len(runs) - len(good))
   if good and "mmcs" in good[0]:
     row["strict"] = sum(_tms(r) for r in good)
@@ -217,21 +223,50 @@ def score_entry(entry: Entry, workdir: str, sweep: dict) -> dict:
   return row
 
 
+def seed_groups(seeds: int, per_sweep: int | None = None
+                ) -> list[tuple[int, ...]]:
+  """Seeds 0..seeds-1 in consecutive sweeps of at most `per_sweep` runs
+  (None: one sweep)."""
+  size = seeds if per_sweep is None else per_sweep
+  if size < 1:
+    raise ValueError(f"seeds per sweep must be positive, got {size}")
+  return [tuple(range(a, min(a + size, seeds)))
+          for a in range(0, seeds, size)]
+
+
+def group_dir(workdir: str, group: tuple[int, ...], whole: bool) -> str:
+  """Where a sweep of the entry's seeds `group` trains: the entry's own
+  workdir when it is all of them in one sweep, else `seeds_<a>-<b>`."""
+  if whole:
+    return workdir
+  return os.path.join(workdir, f"seeds_{group[0]}-{group[-1]}")
+
+
 def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
               quick: bool, checkpoint_every: int | None = None,
-              figures: bool = True) -> dict:
-  """Trains (or reads back) one entry's sweep; returns its row."""
-  config = entry_config(entry, configs, seeds, quick)
-  config.figures = config.figures and figures
-  if checkpoint_every is not None and not quick:
-    config.checkpoint_every = checkpoint_every
-  done = os.path.join(workdir, "sweep.json")
-  if os.path.exists(done) and workdir_lib.same_settings(workdir, config):
-    with open(done) as f:
-      sweep = json.load(f)
-  else:
-    sweep = sweep_experiment.train_and_evaluate(config, workdir)
-  return score_entry(entry, workdir, sweep)
+              figures: bool = True, per_sweep: int | None = None) -> dict:
+  """Trains (or reads back) one entry's sweeps, `per_sweep` seeds at a
+  time (`seed_groups`; None: all in one); returns its row.
+
+  Each sweep finishes (and is read back) on its own, so smaller sweeps are
+  pieces of a campaign short enough to end between two interruptions;
+  the row pools them (its time is their sum)."""
+  groups = seed_groups(seeds, per_sweep)
+  parts = []
+  for group in groups:
+    config = entry_config(entry, configs, group, quick)
+    config.figures = config.figures and figures
+    if checkpoint_every is not None and not quick:
+      config.checkpoint_every = checkpoint_every
+    where = group_dir(workdir, group, len(groups) == 1)
+    done = os.path.join(where, "sweep.json")
+    if os.path.exists(done) and workdir_lib.same_settings(where, config):
+      with open(done) as f:
+        sweep = json.load(f)
+    else:
+      sweep = sweep_experiment.train_and_evaluate(config, where)
+    parts.append((where, sweep))
+  return score_entry(entry, parts)
 
 
 def pooled_separation(rows: list[dict]
@@ -320,14 +355,16 @@ def write(workdir: str, rows: list[dict], meta: dict,
 def run(workdir: str, configs: str, names: list[str], seeds: int,
         quick: bool, *, checkpoint_every: int | None = None,
         results_dir: str | None = None, command: str = "",
-        entries: tuple[Entry, ...] = ENTRIES, figures: bool = True) -> list:
+        entries: tuple[Entry, ...] = ENTRIES, figures: bool = True,
+        per_sweep: int | None = None) -> list:
   """Every entry of `names` (all of `entries` if empty) from the config
   files in `configs`, then the tables.
 
   `checkpoint_every` overrides the configs' (long runs that may be stopped
   at any time: a campaign); with `results_dir`, each entry that finishes
   leaves its row there (`results.export`, with `command`); `figures=False`
-  draws no run's figures (the tables are the same)."""
+  draws no run's figures (the tables are the same); `per_sweep` trains an
+  entry's seeds that many at a time (`run_entry`)."""
   known = [e.name for e in entries]
   unknown = sorted(set(names) - set(known))
   if unknown:
@@ -339,7 +376,8 @@ def run(workdir: str, configs: str, names: list[str], seeds: int,
     if names and e.name not in names:
       continue
     rows.append(run_entry(e, os.path.join(workdir, e.name.replace(":", "_")),
-                          configs, seeds, quick, checkpoint_every, figures))
+                          configs, seeds, quick, checkpoint_every, figures,
+                          per_sweep))
     meta = _meta(quick)
     write(workdir, rows, meta, entries)   # after each entry: nothing lost
     if results_dir and not quick:

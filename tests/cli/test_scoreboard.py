@@ -43,13 +43,13 @@ def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
                diagnostics=dict(inputs_per_component=2.0, dead=1.0))]
   sweep = _fake_runs(tmp_path, runs)
   row = scoreboard.score_entry(scoreboard.BY_NAME["spd_tms_5_2"],
-                               str(tmp_path), sweep)
+                               [(str(tmp_path), sweep)])
   # Only the first has both MMCS >= 0.999 and ML2R in [0.98, 1.04].
   assert [r["success"] for r in row["per_seed"]] == [True, False, False]
   assert (row["succeeded"], row["strict"]) == (1, 1)
   # APD's rule (MMCS >= 0.99, ML2R >= 0.8) passes the shrunk second too.
-  apd = scoreboard.score_entry(scoreboard.BY_NAME["tms_5_2"], str(tmp_path),
-                               sweep)
+  apd = scoreboard.score_entry(scoreboard.BY_NAME["tms_5_2"],
+                               [(str(tmp_path), sweep)])
   assert [r["success"] for r in apd["per_seed"]] == [True, True, False]
   assert (apd["succeeded"], apd["strict"]) == (2, 1)
   assert row["faithfulness"] == pytest.approx(2e-6)
@@ -74,7 +74,7 @@ def test_the_ci_check_counts_runs_without_identity_ci_errors(tmp_path):
   runs = [dict(mmcs=0.9995, ml2r=0.8, faithfulness=1e-6, l0=1.0, steps=9,
                identity_ci_errors=e, diagnostics={}) for e in (0, 3, 0)]
   row = scoreboard.score_entry(scoreboard.BY_NAME["vpd_tms_5_2"],
-                               str(tmp_path), _fake_runs(tmp_path, runs))
+                               [(str(tmp_path), _fake_runs(tmp_path, runs))])
   assert (row["succeeded"], row["ci_check"]) == (0, 2)
   assert [r["identity_ci_errors"] for r in row["per_seed"]] == [0, 3, 0]
   scoreboard.write(str(tmp_path), [row], dict(
@@ -90,7 +90,7 @@ def test_a_run_without_summary_counts_as_failed(tmp_path):
   sweep = _fake_runs(tmp_path, runs)
   sweep["n_runs"] = 2
   row = scoreboard.score_entry(scoreboard.BY_NAME["spd_tms_5_2"],
-                               str(tmp_path), sweep)
+                               [(str(tmp_path), sweep)])
   assert (row["succeeded"], row["seeds"], row["non_finite"]) == (1, 2, 1)
   assert row["strict"] == 1 and row["steps"] == 9
   assert math.isnan(row["mmcs"])             # one seed has no MMCS
@@ -184,3 +184,40 @@ def test_campaign_options_reach_the_entry_and_export_its_row(
   record = json.loads((out / "spd_tms_40_10.json").read_text())
   assert record["command"] == "python scripts/scoreboard.py --seeds=2"
   assert (record["row"]["succeeded"], record["row"]["seeds"]) == (2, 2)
+
+
+def test_seeds_in_sweeps_of_one_pool_into_the_entry_row(tmp_path,
+                                                        monkeypatch):
+  """`per_sweep`: each group of seeds trains in its own folder and is read
+  back once finished; the row holds every seed, the time their sum."""
+  calls = []
+
+  def fake_train(config, workdir):
+    calls.append((config.sweep.seed, os.path.basename(workdir)))
+    seeds = config.sweep.seed
+    runs = [dict(mmcs=1.0 if s != 1 else 0.9, ml2r=1.0, faithfulness=1e-7,
+                 l0=1.0, steps=40, diagnostics={}) for s in seeds]
+    sweep = _fake_runs(pathlib.Path(workdir), runs)
+    sweep.update(train_seconds=10.0 * len(seeds),
+                 run_steps_per_s=40 * len(seeds) / (10.0 * len(seeds)))
+    (pathlib.Path(workdir) / "sweep.json").write_text(json.dumps(sweep))
+    (pathlib.Path(workdir) / "config.json").write_text(
+        config.to_json_best_effort())
+    return sweep
+
+  monkeypatch.setattr(scoreboard.sweep_experiment, "train_and_evaluate",
+                      fake_train)
+  assert scoreboard.seed_groups(5, 2) == [(0, 1), (2, 3), (4,)]
+  assert scoreboard.seed_groups(3) == [(0, 1, 2)]
+  with pytest.raises(ValueError, match="positive"):
+    scoreboard.seed_groups(3, 0)
+  [row] = scoreboard.run(str(tmp_path), CONFIGS, ["spd_tms_40_10"], 3,
+                         False, per_sweep=2)
+  assert calls == [((0, 1), "seeds_0-1"), ((2,), "seeds_2-2")]
+  assert (row["seeds"], row["succeeded"]) == (3, 2)
+  assert [r["success"] for r in row["per_seed"]] == [True, False, True]
+  assert row["train_seconds"] == 30.0 and row["run_steps_per_s"] == 4.0
+  # Started again: both groups are read back, nothing is trained.
+  again = scoreboard.run(str(tmp_path), CONFIGS, ["spd_tms_40_10"], 3,
+                         False, per_sweep=2)
+  assert len(calls) == 2 and again[0]["per_seed"] == row["per_seed"]
