@@ -12,13 +12,13 @@ fractions per member (`scoreboard.md`, `.csv`, `.json`) is rewritten after
 each member.
 """
 
-import ast
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from apd_jax.cli import config
 from apd_jax.cli import family
 
 FLAGS = flags.FLAGS
@@ -42,25 +42,15 @@ def define_flags():
   flags.mark_flags_as_required(["workdir"])
 
 
-def parse_sets(items):
-  out = {}
-  for item in items:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise app.UsageError(f"--set {item!r}: expected KEY=VALUE")
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  try:
+    overrides = config.parse_sets(FLAGS.set)
+  except ValueError as e:
+    raise app.UsageError(f"--set {e}") from e
   family.run(FLAGS.workdir, CONFIGS, FLAGS.method, FLAGS.seeds,
-             names=FLAGS.only, quick=FLAGS.quick,
-             overrides=parse_sets(FLAGS.set),
+             names=FLAGS.only, quick=FLAGS.quick, overrides=overrides,
              checkpoint_every=FLAGS.checkpoint_every,
              per_sweep=FLAGS.seeds_per_sweep)
   with open(os.path.join(FLAGS.workdir, "scoreboard.md")) as f:

@@ -4,6 +4,8 @@ r"""The reproduction scoreboard: every toy config of APD and SPD over seeds.
   python scripts/scoreboard.py --workdir=runs/scoreboard \
       --only=tms_5_2,spd_tms_5_2 --seeds=10
   python scripts/scoreboard.py --workdir=/tmp/sb --quick --seeds=2  # smoke
+  python scripts/scoreboard.py --workdir=runs/variants --seeds=3 \
+      --only=vpd_tms_40_10 --set=method.ci_fn=scalar --tag=scalar
 
 Each entry trains as one sweep over seeds (seed n: the target and the
 decomposition with seed n) in `<workdir>/<entry>`; a finished entry is read
@@ -19,6 +21,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from apd_jax.cli import config
 from apd_jax.cli import results
 from apd_jax.cli import scoreboard
 
@@ -39,6 +42,10 @@ def define_flags():
   flags.DEFINE_string("results", None, "Folder for each finished entry's "
                       "row (docs/results); the README's results table is "
                       "then regenerated from it.")
+  flags.DEFINE_multi_string("set", [], "KEY=VALUE config values on every "
+                            "entry (a Python literal), with --tag.")
+  flags.DEFINE_string("tag", None, "With --set: the variant's name; its "
+                      "entries are `<entry>@<tag>`.")
   flags.DEFINE_integer("seeds_per_sweep", None, "Train each entry's seeds "
                        "in sweeps of this many (default: all in one), each "
                        "finished on its own: campaign pieces that end "
@@ -52,10 +59,23 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   command = " ".join(["python scripts/scoreboard.py"] + sys.argv[1:])
-  scoreboard.run(FLAGS.workdir, CONFIGS, FLAGS.only, FLAGS.seeds, FLAGS.quick,
+  names, entries = FLAGS.only, scoreboard.ENTRIES
+  if FLAGS.set or FLAGS.tag:
+    if not (FLAGS.set and FLAGS.tag):
+      raise app.UsageError("--set and --tag go together: the values, and "
+                           "the name of the variant they make")
+    try:
+      sets = config.parse_sets(FLAGS.set)
+      entries = scoreboard.with_settings(
+          scoreboard.select(names), FLAGS.tag, sets)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
+    names = []
+  scoreboard.run(FLAGS.workdir, CONFIGS, names, FLAGS.seeds, FLAGS.quick,
                  checkpoint_every=FLAGS.checkpoint_every,
                  results_dir=FLAGS.results, command=command,
-                 figures=FLAGS.figures, per_sweep=FLAGS.seeds_per_sweep)
+                 figures=FLAGS.figures, per_sweep=FLAGS.seeds_per_sweep,
+                 entries=entries)
   if FLAGS.results:
     results.update_readme(os.path.join(CONFIGS, "..", "README.md"),
                           FLAGS.results)

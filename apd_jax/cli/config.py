@@ -15,6 +15,7 @@ the two objects. A check of the command line raises `ConfigError`
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import re
@@ -218,4 +219,24 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
       except ValueError as e:
         raise ValueError(f"config argument {name}={value!r}: not a "
                          f"{type(default).__name__}") from e
+  return out
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+  """`['method.ci_fn=scalar', 'steps=1e4']` → `{dotted key: value}`, each
+  value a Python literal where it reads as one (`(16,)`, `1e-3`, `True`),
+  else the string.
+
+  Raises:
+    ValueError: for an item without `=`.
+  """
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"{item!r}: expected KEY=VALUE")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
   return out

@@ -119,6 +119,19 @@ ENTRIES = _entries()
 BY_NAME = {e.name: e for e in ENTRIES}
 
 
+def with_settings(entries: tuple[Entry, ...], tag: str,
+                  sets: dict[str, object]) -> tuple[Entry, ...]:
+  """`entries` with the config values `sets` (dotted keys) on top, each
+  named `<name>@<tag>` (so its workdir and results file are its own)."""
+  if not tag or any(ch in tag for ch in "@:/ ,"):
+    raise ValueError(f"a settings tag names the variant in file names: "
+                     f"{tag!r} must be non-empty, without '@:/ ,'")
+  extra = tuple(sorted(sets.items()))
+  return tuple(dataclasses.replace(e, name=f"{e.name}@{tag}",
+                                   overrides=e.overrides + extra)
+               for e in entries)
+
+
 def load_config(configs: str, module: str, arg: str | None
                 ) -> ml_collections.ConfigDict:
   """`get_config(arg)` of the file `configs/<module>.py`."""
@@ -352,6 +365,17 @@ def write(workdir: str, rows: list[dict], meta: dict,
     f.write("\n" + extra)
 
 
+def select(names: list[str], entries: tuple[Entry, ...] = ENTRIES
+           ) -> tuple[Entry, ...]:
+  """The entries named in `names` (all if empty), in board order."""
+  known = [e.name for e in entries]
+  unknown = sorted(set(names) - set(known))
+  if unknown:
+    raise ValueError(f"unknown scoreboard entries {unknown}; known: "
+                     f"{sorted(known)}")
+  return tuple(e for e in entries if not names or e.name in names)
+
+
 def run(workdir: str, configs: str, names: list[str], seeds: int,
         quick: bool, *, checkpoint_every: int | None = None,
         results_dir: str | None = None, command: str = "",
@@ -365,16 +389,10 @@ def run(workdir: str, configs: str, names: list[str], seeds: int,
   leaves its row there (`results.export`, with `command`); `figures=False`
   draws no run's figures (the tables are the same); `per_sweep` trains an
   entry's seeds that many at a time (`run_entry`)."""
-  known = [e.name for e in entries]
-  unknown = sorted(set(names) - set(known))
-  if unknown:
-    raise ValueError(f"unknown scoreboard entries {unknown}; known: "
-                     f"{sorted(known)}")
+  chosen = select(names, entries)
   os.makedirs(workdir, exist_ok=True)
   rows = []
-  for e in entries:
-    if names and e.name not in names:
-      continue
+  for e in chosen:
     rows.append(run_entry(e, os.path.join(workdir, e.name.replace(":", "_")),
                           configs, seeds, quick, checkpoint_every, figures,
                           per_sweep))

@@ -25,6 +25,18 @@ def test_parse_arg_types_and_rejects_unknown_names():
     config.parse_arg("seed", seed=0)
 
 
+def test_parse_sets_reads_python_literals_else_strings():
+  assert config.parse_sets(["method.ci_hidden=(16,)", "lr=1e-3",
+                            "method.ci_fn=scalar", "figures=False",
+                            "steps=10_000"]) == {
+      "method.ci_hidden": (16,), "lr": 1e-3, "method.ci_fn": "scalar",
+      "figures": False, "steps": 10_000}
+  with pytest.raises(ValueError, match="'steps': expected KEY=VALUE"):
+    config.parse_sets(["steps"])
+  with pytest.raises(ValueError, match="expected KEY=VALUE"):
+    config.parse_sets(["=3"])
+
+
 def test_default_config_holds_every_option_once():
   c = config.default_config()
   for f in dataclasses.fields(Training):

@@ -221,3 +221,30 @@ def test_seeds_in_sweeps_of_one_pool_into_the_entry_row(tmp_path,
   again = scoreboard.run(str(tmp_path), CONFIGS, ["spd_tms_40_10"], 3,
                          False, per_sweep=2)
   assert len(calls) == 2 and again[0]["per_seed"] == row["per_seed"]
+
+
+def test_a_variant_is_the_entry_with_values_on_top_under_its_own_name(
+    tmp_path):
+  [base] = scoreboard.select(["vpd_tms_40_10:identity"])
+  [e] = scoreboard.with_settings(
+      (base,), "scalar", {"method.ci_fn": "scalar",
+                          "method.ci_hidden": (16,)})
+  assert e.name == "vpd_tms_40_10:identity@scalar"
+  assert (e.module, e.arg, e.success) == (base.module, base.arg,
+                                          base.success)
+  c = scoreboard.entry_config(e, CONFIGS, 3, quick=False)
+  assert (c.method.ci_fn, tuple(c.method.ci_hidden)) == ("scalar", (16,))
+  assert c.target.n_hidden == 10 and c.sweep.seed == (0, 1, 2)
+  assert scoreboard.entry_config(base, CONFIGS, 3, False).method.ci_fn == (
+      "layerwise")
+  for bad in ("", "a@b", "x y", "a:b"):
+    with pytest.raises(ValueError, match="settings tag"):
+      scoreboard.with_settings((base,), bad, {})
+  with pytest.raises(ValueError, match="unknown scoreboard entries"):
+    scoreboard.select(["vpd_tms_4_10"])
+  run = subprocess.run(
+      [sys.executable, "scripts/scoreboard.py", f"--workdir={tmp_path}",
+       "--quick", "--only=tms_5_2", "--set=method.topk=0.5"],
+      cwd=ROOT, capture_output=True, text=True, check=False)
+  assert run.returncode != 0
+  assert "--set and --tag go together" in run.stderr
