@@ -16,12 +16,12 @@ For each case (paper batch size and C) it prints and writes to
 steps/s and examples/s, XLA's planned memory for the compiled step, XLA's
 cost analysis of the step (FLOPs, transcendentals, bytes accessed), the
 achieved GFLOP/s and its fraction of this machine's dense matmul rate, and
-the step's lower-bound time on this machine (`limit`, see `limit`) with the
-fraction of it the measured step reaches. The machine's rates are measured
-in the same run (`machine`). Without a selection of cases it also times how
-the step grows with C, batch size and layer width (`<out>/scaling.json`,
-`<out>/scaling.png`). Targets are freshly initialised, not trained: the
-cost does not depend on the weights' values.
+the step's lower-bound time on this machine with the fraction of it the
+measured step reaches (`machine_rates`: the rates are measured in the same
+run). Without a selection of cases it also times how the step grows with
+C, batch size and layer width (`<out>/scaling.json`, `<out>/scaling.png`).
+Targets are freshly initialised, not trained: the cost does not depend on
+the weights' values.
 
 The `lm_*` cases are the default transformer (2 layers, d_model 128,
 windows of 128 bytes) with all 12 matrices decomposed (C 32, rank 16, KL):
@@ -54,26 +54,23 @@ from absl import flags
 
 from apd_jax import methods
 from apd_jax import targets
-from apd_jax.cli import config as config_lib
-from apd_jax.cli import family
-from apd_jax.cli import scoreboard
+from apd_jax.cli import bench_cases
+from apd_jax.cli import machine_rates
 from apd_jax.engine import api
 from apd_jax.methods import ci_functions
 from apd_jax.models import transformer
-from apd_jax.targets import lm
 from apd_jax.training import cpu
 from apd_jax.training import train
 from apd_jax.training.options import Training
 
 FLAGS = flags.FLAGS
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                       "configs")
 
 
 def define_flags() -> None:
   """The command line's flags (defined on use, so importing is free)."""
   flags.DEFINE_bool("quick", False, "Few steps, short rate measurements and "
-                    "only the quick cases (QUICK) of the selection.")
+                    "only the quick cases (bench_cases.QUICK) of the "
+                    "selection.")
   flags.DEFINE_string("out", "", "Directory for the JSON files and figure.")
   flags.DEFINE_string("json", "benchmark.json", "The results' file name.")
   flags.DEFINE_integer("steps", 0, "Timed steps per case (0: automatic).")
@@ -88,7 +85,7 @@ def define_flags() -> None:
                       "instead of the cases.")
   flags.DEFINE_integer("seeds", 10, "Runs of each --sweeps entry or family "
                        "member.")
-  flags.DEFINE_string("configs", CONFIGS, "The configs' directory.")
+  flags.DEFINE_string("configs", bench_cases.CONFIGS, "The configs' directory.")
   flags.DEFINE_integer("max_batch", 0, "If > 0, caps every case's batch "
                        "size (a smoke run; not the paper's cost).")
   flags.DEFINE_bool("keep_going", False, "Record a case that fails and go "
@@ -102,236 +99,7 @@ def define_flags() -> None:
                        "case.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-  """One measured train step: a target, a method and its options."""
-  name: str
-  target: str            # a module of apd_jax/targets
-  dims: tuple            # its `init`'s keyword pairs
-  batch_size: int
-  options: dict          # the method's keyword arguments
-  method: str = "apd"    # the registered method's name
-  include: str = ""      # the decomposed leaves ('': INCLUDE[target])
-  data: tuple = ()       # sampler keyword pairs besides DATA[target]
-  runs: int = 1          # > 1: a sweep over seeds, the step vmapped
-  train_steps: int = 0   # a config's steps (> 0: the run's time projected)
-
-
-# Each target's usual decomposed leaves and its sampler's settings.
-INCLUDE = {"tms": "W", "resid_mlp": "W_in|W_out", "lm": lm.INCLUDE,
-           "gated": "W_in|W_out"}
-DATA = {"tms": dict(feature_probability=0.05),
-        "resid_mlp": dict(n_features=100, feature_probability=0.01)}
-
-RESID = dict(topk=1.28, hidden_act_coeff=1.0, hidden_acts="post_relu",
-             schatten_p=0.9, simplicity_coeff=10.0)
-LM_OPTIONS = dict(n_components=32, rank=16, topk=2.0, recon="kl",
-                  simplicity_coeff=1.0, schatten_p=0.9)
-TMS_5_2 = (("n_features", 5), ("n_hidden", 2))
-TMS_40_10 = (("n_features", 40), ("n_hidden", 10))
-ONE_LAYER, TWO_LAYERS = (("n_layers", 1),), (("n_layers", 2),)
-# configs/spd_lm.py's options.
-SPD_LM = dict(n_components=192, importance_coeff=3e-4, importance_p=1.0,
-              faithfulness_coeff=1e6, recon="kl", gate_hidden=16)
-CASES = [
-    Case("tms_5_2", "tms", TMS_5_2, 2048, dict(
-        n_components=5, rank=3, topk=0.211, simplicity_coeff=0.7,
-        attribution_point="components")),
-    Case("tms_40_10", "tms", TMS_40_10, 2048, dict(
-        n_components=50, rank=11, topk=1.0, minimality_coeff=10.0,
-        simplicity_coeff=20.0, schatten_p=0.9)),
-    Case("resid_mlp_1_m50", "resid_mlp", ONE_LAYER, 2048, dict(
-        RESID, n_components=130, rank=None, unit_norm_matrices=True)),
-    Case("resid_mlp_1_m1", "resid_mlp", ONE_LAYER, 2048, dict(
-        RESID, n_components=130, rank=1, unit_norm_matrices=True)),
-    Case("resid_mlp_1_m1_proj10", "resid_mlp", ONE_LAYER, 2048, dict(
-        RESID, n_components=130, rank=1, unit_norm_matrices=True,
-        attribution_projections=10)),
-    Case("resid_mlp_2_m25", "resid_mlp", TWO_LAYERS, 2048, dict(
-        RESID, n_components=200, rank=None, minimality_coeff=2.0,
-        simplicity_coeff=7.0)),
-    Case("resid_mlp_2_m1", "resid_mlp", TWO_LAYERS, 2048, dict(
-        RESID, n_components=200, rank=1, minimality_coeff=2.0,
-        simplicity_coeff=7.0)),
-    Case("lm_per_position", "lm", (), 4, dict(LM_OPTIONS, per_position=True)),
-    Case("lm_window", "lm", (), 4, dict(LM_OPTIONS, factored=True)),
-    Case("lm_window_dense", "lm", (), 4, dict(LM_OPTIONS, factored=False)),
-    # SPD with the options of configs/spd_*.py (the others at SPD's
-    # defaults: β1 = β2 = 1).
-    Case("spd_tms_5_2", "tms", TMS_5_2, 4096, dict(
-        n_components=20, importance_coeff=3e-3, importance_p=1.0,
-        gate_hidden=16), method="spd"),
-    Case("spd_tms_40_10", "tms", TMS_40_10, 4096, dict(
-        n_components=200, importance_coeff=1e-4, importance_p=2.0,
-        gate_hidden=16), method="spd"),
-    Case("spd_resid_mlp_1", "resid_mlp", ONE_LAYER, 2048, dict(
-        n_components=100, importance_coeff=1e-5, importance_p=2.0,
-        gate_hidden=16), method="spd"),
-    Case("spd_resid_mlp_2", "resid_mlp", TWO_LAYERS, 2048, dict(
-        n_components=400, importance_coeff=1e-5, importance_p=2.0,
-        gate_hidden=16), method="spd"),
-    Case("spd_lm", "lm", (), 8, SPD_LM, method="spd"),
-    # The same with VPD's building blocks: subset routing for the β2 term,
-    # and an MLP per matrix on its input for the causal importances.
-    Case("spd_lm_subset", "lm", (), 8, dict(
-        SPD_LM, layerwise_routing="subset"), method="spd"),
-    Case("spd_lm_subset_layerwise", "lm", (), 8, dict(
-        SPD_LM, layerwise_routing="subset", ci_fn="layerwise"),
-         method="spd"),
-    # VPD with the options of configs/vpd_lm.py.
-    Case("vpd_lm", "lm", (), 8, dict(
-        n_components=192, recon="kl", ci_fn="transformer", ci_d_model=64,
-        ci_blocks=2, ci_heads=4, ci_hidden=(256,), ci_lr_scale=1 / 3,
-        grad_clip=0.01, faithfulness_warmup_steps=0), method="vpd"),
-]
-QUICK = ("tms_5_2", "resid_mlp_1_m1", "spd_tms_5_2")
-
-
-def config_case(name: str, c, runs: int = 1) -> Case:
-  """The case of a config (`configs/*.py`'s `get_config()`): its target,
-  batch size, decomposed leaves and method options as they are."""
-  module = targets.get(c.target.name)
-  cls = methods.get(c.method.name)
-  return Case(name, c.target.name,
-              tuple((k, c.target[k]) for k in module.ARCH), c.batch_size,
-              {k: c.method[k] for k in config_lib.option_names(cls)},
-              method=c.method.name, include=c.include,
-              data=tuple((k, c.target[k]) for k in module.SAMPLER
-                         if k in c.target), runs=runs,
-              train_steps=c.steps)
-
-
-def sweep_cases(names, seeds: int, configs: str = CONFIGS,
-                entries=None) -> list[Case]:
-  """The scoreboard entries `names` (or every entry of a method named
-  there; `entries`: from these instead of `scoreboard.ENTRIES`) as sweeps
-  over `seeds` runs, with the values each entry sets on its config."""
-  entries = scoreboard.ENTRIES if entries is None else entries
-  chosen = [e for e in entries if e.name in names or e.method in names]
-  known = {e.name for e in entries} | {e.method for e in entries}
-  unknown = sorted(set(names) - known)
-  if unknown:
-    raise ValueError(f"unknown scoreboard entries {unknown}; known: "
-                     f"{sorted(known)}")
-  return [config_case(e.name, scoreboard.entry_config(e, configs, seeds,
-                                                      quick=False), seeds)
-          for e in chosen]
-
-
-def family_cases(method: str, seeds: int, configs: str = CONFIGS
-                 ) -> list[Case]:
-  """Every member of `method`'s family as a sweep over `seeds` runs."""
-  return sweep_cases([method], seeds, configs,
-                     entries=family.family(method, configs))
-
-
-def _seconds(f, x, min_s: float = 0.2) -> tuple[int, float]:
-  """`(reps, seconds)` of `f(x, reps)` (compiled first), with reps grown
-  until one call takes at least `min_s`."""
-  jax.block_until_ready(f(x, 1))
-  reps = 1
-  while True:
-    t = time.perf_counter()
-    jax.block_until_ready(f(x, reps))
-    dt = time.perf_counter() - t
-    if dt >= min_s or reps >= 1 << 24:
-      return reps, dt
-    reps *= 2 if dt > min_s / 8 else 8
-
-
-def _on_cpu() -> bool:
-  return jax.default_backend() == "cpu"
-
-
-def matmul_gflops(n: int | None = None, reps: int | None = None) -> float:
-  """Dense f32 `n×n @ n×n` throughput of the default device (n: 2048 on
-  CPU, 8192 on an accelerator), at JAX's default precision (as the steps
-  run; TF32 on recent NVIDIA GPUs)."""
-  n = n or (2048 if _on_cpu() else 8192)
-  reps = reps or (10 if _on_cpu() else 20)
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(reps):
-    out = f(a)
-  out.block_until_ready()
-  return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
-
-
-def transcendental_rate(n: int | None = None, depths=(2, 4, 16),
-                        min_s: float = 0.2) -> float:
-  """G transcendental ops/s in cache: `exp` and `erf` (SPD's GELU)
-  alternately, a chain of `depth` per element and pass, over an f32 array
-  that fits in L2 (n: 32k elements, 128 KiB, on CPU; 4M, 16 MiB, on an
-  accelerator). The best rate of the `depths`: short chains pay for the
-  loads and stores, and on XLA:CPU long ones ran up to 3x slower per op."""
-  n = n or (1 << 15 if _on_cpu() else 1 << 22)
-  x = jnp.linspace(0.0, 1.0, n)
-  best = 0.0
-  for depth in depths:
-    def body(_, x, depth=depth):
-      for j in range(depth):
-        x = jax.lax.erf(x) if j % 2 else jnp.exp(-x)
-      return x
-
-    f = jax.jit(lambda x, reps, body=body: jax.lax.fori_loop(0, reps, body,
-                                                             x))
-    reps, dt = _seconds(f, x, min_s)
-    best = max(best, n * depth * reps / dt / 1e9)
-  return best
-
-
-def stream_gbps(n: int | None = None, min_s: float = 0.2) -> float:
-  """GB/s of `x ← x / 2 + 1` over an f32 array larger than the caches (n:
-  2^24 elements, 64 MiB, on CPU; 2^28, 1 GiB, on an accelerator): 8 bytes
-  read and written per element and pass."""
-  n = n or (1 << 24 if _on_cpu() else 1 << 28)
-  f = jax.jit(lambda x, reps: jax.lax.fori_loop(
-      0, reps, lambda _, x: x * 0.5 + 1.0, x))
-  reps, dt = _seconds(f, jnp.zeros((n,), jnp.float32), min_s)
-  return 8 * n * reps / dt / 1e9
-
-
-def machine(quick: bool = False) -> dict:
-  """This device's rates: dense matmul GFLOP/s, G transcendentals/s (in
-  cache) and streaming GB/s (`quick`: short measurements, less exact)."""
-  if quick:
-    return dict(matmul_gflops=matmul_gflops(512, 5),
-                transcendentals_g_per_s=transcendental_rate(min_s=0.05),
-                stream_gb_per_s=stream_gbps(1 << 20, 0.05))
-  return dict(matmul_gflops=matmul_gflops(),
-              transcendentals_g_per_s=transcendental_rate(),
-              stream_gb_per_s=stream_gbps())
-
-
-def limit(row: dict, rates: dict) -> dict:
-  """The step's lower-bound time on this machine, and the fraction of it
-  that the measured step reaches.
-
-  .. math::  t_{limit} = \\frac{FLOPs}{matmul\\ rate}
-                       + \\frac{transcendentals}{transcendental\\ rate}
-
-  with XLA's counts of the step and the machine's rates: no FLOP runs
-  faster than a dense matmul's (elementwise ones run slower), no
-  transcendental faster than in cache, and on a CPU the same vector units
-  do both. Memory traffic is left out, so the bound is optimistic (a GPU's
-  tensor cores also run beside its other units, where the larger term alone
-  is the strict bound; both terms are in the row). `stream_s`, XLA's bytes
-  accessed at the streaming rate, is shown beside it: XLA counts every
-  fused kernel's reads and writes, cached or not, so it overstates.
-  """
-  matmul_s = row["gflop_per_step"] / rates["matmul_gflops"]
-  transcendental_s = (row["gtranscendentals_per_step"]
-                      / rates["transcendentals_g_per_s"])
-  limit_s = matmul_s + transcendental_s
-  return dict(matmul_s=matmul_s, transcendental_s=transcendental_s,
-              limit_s=limit_s, limit_fraction=limit_s / row["step_s"],
-              stream_s=row["gbytes_per_step"] / rates["stream_gb_per_s"],
-              matmul_fraction=row["gflops"] / rates["matmul_gflops"])
-
-
-def _target(case: Case, seed: int = 0):
+def _target(case: bench_cases.Case, seed: int = 0):
   """`(apply_fn, params, sample_fn, has_aux)` of a case's target, freshly
   initialised with `seed`."""
   module = targets.get(case.target)
@@ -342,7 +110,7 @@ def _target(case: Case, seed: int = 0):
     sample = lambda k, n: jax.random.randint(  # noqa: E731
         k, (n, config.context), 0, config.vocab)
   else:
-    given = {**DATA.get(case.target, {}), **dims, **dict(case.data)}
+    given = {**bench_cases.DATA.get(case.target, {}), **dims, **dict(case.data)}
     sample = module.sampler(**{k: given[k] for k in module.SAMPLER
                                if k in given})
   return targets.apply_fn(module), params, sample, module.HAS_AUX
@@ -352,15 +120,16 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def build(case: Case):
+def build(case: bench_cases.Case):
   """`(step_fn, state, args, plan, sample_fn)` for a case, through the
   public building blocks (the plan as `decompose` derives it):
   `step_fn(state, args) -> (state, metrics)`. With `case.runs > 1`, a
   sweep over seeds 0..runs-1 as `decompose_sweep` runs it with
   `params_for_run` (each seed its own target; the step vmapped)."""
   apply_fn, params, sample, has_aux = _target(case)
-  target = api.make_target(apply_fn, params, case.include or INCLUDE[
-      case.target], has_aux=has_aux, log=False, sample_fn=sample)
+  include = case.include or bench_cases.INCLUDE[case.target]
+  target = api.make_target(apply_fn, params, include, has_aux=has_aux,
+                           log=False, sample_fn=sample)
   method = methods.get(case.method)(**case.options)
   training = Training(batch_size=case.batch_size, progress=False)
   if case.runs == 1:
@@ -426,7 +195,7 @@ def counted(step, state, args, lowered, compiled):
   return _cost(compiled), compiled.as_text().count(" while(")
 
 
-def measure(case: Case, steps: int) -> dict:
+def measure(case: bench_cases.Case, steps: int) -> dict:
   """Compile time, steps/s, memory and XLA's counts of one case's step (of
   all its runs together for a sweep)."""
   step, state, args, plan, sample = build(case)
@@ -470,7 +239,7 @@ def measure(case: Case, steps: int) -> dict:
 def scaling(steps: int) -> list[dict]:
   """Step time of the 1-layer residual MLP (rank 1) as C, batch size and
   `d_resid` vary one at a time around the paper's setting."""
-  (base,) = [c for c in CASES if c.name == "resid_mlp_1_m1"]
+  (base,) = [c for c in bench_cases.CASES if c.name == "resid_mlp_1_m1"]
   rows = []
   grid = [("n_components", v) for v in (32, 64, 130, 260)]
   grid += [("batch_size", v) for v in (256, 512, 1024, 2048)]
@@ -529,10 +298,11 @@ def line(r: dict) -> str:
               if r.get("train_steps") else ""))
 
 
-def select(cases: list[Case], *, quick: bool = False,
-           only: list[str] | tuple = (), method: str = "") -> list[Case]:
+def select(cases: list[bench_cases.Case], *, quick: bool = False,
+           only: list[str] | tuple = (), method: str = ""
+           ) -> list[bench_cases.Case]:
   """The cases named in `only` (in `cases`' order), else `method`'s, else
-  all; `quick`: of those, the ones in `QUICK` (or the first)."""
+  all; `quick`: of those, the ones in `bench_cases.QUICK` (or the first)."""
   names = [c.name for c in cases]
   unknown = sorted(set(only) - set(names))
   if unknown:
@@ -542,28 +312,29 @@ def select(cases: list[Case], *, quick: bool = False,
   if method:
     cases = [c for c in cases if c.method == method]
   if quick and cases:
-    cases = [c for c in cases if c.name in QUICK] or cases[:1]
+    cases = [c for c in cases if c.name in bench_cases.QUICK] or cases[:1]
   return cases
 
 
 def run(*, quick: bool = False, out: str = "", steps: int = 0,
         only: list[str] | tuple = (), method: str = "",
-        cases: list[Case] | None = None, max_batch: int = 0,
+        cases: list[bench_cases.Case] | None = None, max_batch: int = 0,
         filename: str = "benchmark.json", keep_going: bool = False) -> dict:
-  """Measures the cases `select` picks from `cases` (default `CASES`) and,
-  given none of those choices, the scaling; each at a batch size of at most
-  `max_batch` if > 0. Prints the table and writes `out/filename` after each
-  case if `out`; returns the results. `keep_going`: a case that raises is
-  recorded with its `error`, and the next one runs."""
+  """Measures the cases `select` picks from `cases` (default
+  `bench_cases.CASES`) and, given none of those choices, the scaling; each
+  at a batch size of at most `max_batch` if > 0. Prints the table and
+  writes `out/filename` after each case if `out`; returns the results.
+  `keep_going`: a case that raises is recorded with its `error`, and the
+  next one runs."""
   cpu.apply_tweaks()   # as a run starting on this machine does
   sweep = not (quick or only or method or cases or max_batch)
-  cases = select(list(CASES if cases is None else cases), quick=quick,
-                 only=only, method=method)
+  cases = select(list(bench_cases.CASES if cases is None else cases),
+                 quick=quick, only=only, method=method)
   if max_batch:
     cases = [dataclasses.replace(c, batch_size=min(c.batch_size, max_batch))
              for c in cases]
   steps = steps or (3 if quick else 10)
-  rates = machine(quick)
+  rates = machine_rates.machine(quick)
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}: dense "
         f"matmul {rates['matmul_gflops']:.1f} GFLOP/s, transcendentals "
         f"{rates['transcendentals_g_per_s']:.3g} G/s (in cache), streaming "
@@ -591,7 +362,7 @@ def run(*, quick: bool = False, out: str = "", steps: int = 0,
                error=f"{type(e).__name__}: {e}"[:2000])
       print(f"{case.name:22s} failed: {r['error'][:300]}", flush=True)
     else:
-      r.update(limit(r, rates))
+      r.update(machine_rates.limit(r, rates))
       print(line(r), flush=True)
     result["cases"].append(r)
     save()
@@ -620,14 +391,15 @@ def main(argv):
     raise app.UsageError("--reference times the SPD cases (--only), not "
                          "--sweeps or --family")
   if FLAGS.sweeps:
-    cases = sweep_cases(FLAGS.sweeps, FLAGS.seeds, FLAGS.configs)
+    cases = bench_cases.sweep_cases(FLAGS.sweeps, FLAGS.seeds, FLAGS.configs)
   if FLAGS.family:
-    cases = family_cases(FLAGS.family, FLAGS.seeds, FLAGS.configs)
+    cases = bench_cases.family_cases(FLAGS.family, FLAGS.seeds, FLAGS.configs)
   if FLAGS.reference:
     from apd_jax.cli import reference  # noqa: PLC0415
     cpu.apply_tweaks()
-    reference.run(select(CASES, only=FLAGS.only, method=FLAGS.method or "spd"),
-                  FLAGS.reference, measure, rounds=FLAGS.rounds,
+    chosen = select(bench_cases.CASES, only=FLAGS.only,
+                    method=FLAGS.method or "spd")
+    reference.run(chosen, FLAGS.reference, measure, rounds=FLAGS.rounds,
                   steps=FLAGS.steps or 10, out=FLAGS.out)
     return
   run(quick=FLAGS.quick, out=FLAGS.out, steps=FLAGS.steps, only=FLAGS.only,

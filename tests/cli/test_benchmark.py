@@ -10,13 +10,15 @@ import jax
 import pytest
 
 from apd_jax import methods
+from apd_jax.cli import bench_cases
 from apd_jax.cli import benchmark
 from apd_jax.cli import family
+from apd_jax.cli import machine_rates
 from apd_jax.cli import scoreboard
 
 
 def _case(name, **changes):
-  (case,) = [c for c in benchmark.CASES if c.name == name]
+  (case,) = [c for c in bench_cases.CASES if c.name == name]
   return dataclasses.replace(case, **changes)
 
 
@@ -66,34 +68,34 @@ def test_spd_work_is_counted_on_the_unblocked_step():
                                   "spd_resid_mlp_1", "spd_resid_mlp_2",
                                   "spd_lm"])
 def test_the_spd_cases_have_their_configs_options(name):
-  configs = pathlib.Path(benchmark.CONFIGS)
-  want = benchmark.config_case(name, scoreboard.load_config(
+  configs = pathlib.Path(bench_cases.CONFIGS)
+  want = bench_cases.config_case(name, scoreboard.load_config(
       str(configs), name, None))
   case = _case(name)
   assert case.method == want.method == "spd"
   assert methods.get("spd")(**case.options) == methods.get("spd")(
       **want.options)
   assert case.batch_size == want.batch_size
-  assert (case.include or benchmark.INCLUDE[case.target]) == want.include
+  assert (case.include or bench_cases.INCLUDE[case.target]) == want.include
   shapes = [jax.eval_shape(lambda c=c: benchmark._target(c)[1])
             for c in (case, want)]
   assert shapes[0] == shapes[1]
 
 
 def test_the_scoreboard_entries_become_sweeps():
-  cases = benchmark.sweep_cases(["spd"], 3)
+  cases = bench_cases.sweep_cases(["spd"], 3)
   names = [e.name for e in scoreboard.ENTRIES if e.method == "spd"]
   assert [c.name for c in cases] == names
   assert all(c.runs == 3 and c.method == "spd" for c in cases)
   (identity,) = [c for c in cases if c.name == "spd_tms_5_2:identity"]
   assert dict(identity.dims)["n_hidden_layers"] == 1
   with pytest.raises(ValueError, match="unknown scoreboard entries"):
-    benchmark.sweep_cases(["nope"], 2)
+    bench_cases.sweep_cases(["nope"], 2)
   # The family's members: the sizes each sets on its config, and the
   # config's steps to project the campaign's time from.
-  members = benchmark.family_cases("spd", 5)
+  members = bench_cases.family_cases("spd", 5)
   assert [c.name for c in members] == [
-      e.name for e in family.family("spd", benchmark.CONFIGS)]
+      e.name for e in family.family("spd", bench_cases.CONFIGS)]
   (tms_30,) = [c for c in members if c.name == "tms_30_6:identity"]
   assert (dict(tms_30.dims)["n_features"], dict(tms_30.dims)["n_hidden"],
           dict(tms_30.dims)["n_hidden_layers"]) == (30, 6, 1)
@@ -102,7 +104,7 @@ def test_the_scoreboard_entries_become_sweeps():
 
 
 def test_select_picks_by_name_method_and_quick():
-  cases = benchmark.CASES
+  cases = bench_cases.CASES
   assert [c.name for c in benchmark.select(cases, method="spd",
                                            quick=True)] == ["spd_tms_5_2"]
   assert [c.name for c in benchmark.select(cases, method="apd", quick=True)
@@ -118,7 +120,7 @@ def test_limit_adds_matmul_and_transcendental_time():
              gbytes_per_step=4.0, step_s=0.1, gflops=20.0)
   rates = dict(matmul_gflops=100.0, transcendentals_g_per_s=10.0,
                stream_gb_per_s=200.0)
-  got = benchmark.limit(row, rates)
+  got = machine_rates.limit(row, rates)
   assert got["limit_s"] == pytest.approx(0.02 + 0.05)
   assert got["limit_fraction"] == pytest.approx(0.7)
   assert got["matmul_fraction"] == pytest.approx(0.2)

@@ -54,10 +54,11 @@ def test_the_compiler_options_change_values_only_by_rounding():
   the suite's own level 0 would not vectorise at all)."""
   import dataclasses  # noqa: PLC0415
 
+  from apd_jax.cli import bench_cases  # noqa: PLC0415
   from apd_jax.cli import benchmark  # noqa: PLC0415
   options = dict(cpu.compiler_options())
   assert options["xla_cpu_prefer_vector_width"] == "512"
-  (case,) = [c for c in benchmark.CASES if c.name == "spd_tms_5_2"]
+  (case,) = [c for c in bench_cases.CASES if c.name == "spd_tms_5_2"]
   step, state, key, _, _ = benchmark.build(
       dataclasses.replace(case, batch_size=256))
 
