@@ -13,6 +13,7 @@ each member.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -39,6 +40,9 @@ def define_flags():
   flags.DEFINE_integer("seeds_per_sweep", None, "Train each member's "
                        "seeds in sweeps of this many (default: all in "
                        "one), each finished on its own.")
+  flags.DEFINE_string("results", None, "Folder for each finished member's "
+                      "row and, under pieces/, each finished sweep's "
+                      "record (read back where its workdir is gone).")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -52,7 +56,8 @@ def main(argv):
   family.run(FLAGS.workdir, CONFIGS, FLAGS.method, FLAGS.seeds,
              names=FLAGS.only, quick=FLAGS.quick, overrides=overrides,
              checkpoint_every=FLAGS.checkpoint_every,
-             per_sweep=FLAGS.seeds_per_sweep)
+             per_sweep=FLAGS.seeds_per_sweep, results_dir=FLAGS.results,
+             command=" ".join(["python scripts/family.py"] + sys.argv[1:]))
   with open(os.path.join(FLAGS.workdir, "scoreboard.md")) as f:
     print(f.read())
 

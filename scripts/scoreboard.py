@@ -40,8 +40,10 @@ def define_flags():
                        "checkpoints, overriding the configs' (a campaign "
                        "that may be stopped at any time).")
   flags.DEFINE_string("results", None, "Folder for each finished entry's "
-                      "row (docs/results); the README's results table is "
-                      "then regenerated from it.")
+                      "row, and under pieces/ each finished sweep's record "
+                      "(read back where its workdir is gone); when it is "
+                      "docs/results, the README's results table is then "
+                      "regenerated from it.")
   flags.DEFINE_multi_string("set", [], "KEY=VALUE config values on every "
                             "entry (a Python literal), with --tag.")
   flags.DEFINE_string("tag", None, "With --set: the variant's name; its "
@@ -77,8 +79,13 @@ def main(argv):
                  figures=FLAGS.figures, per_sweep=FLAGS.seeds_per_sweep,
                  entries=entries)
   if FLAGS.results:
-    results.update_readme(os.path.join(CONFIGS, "..", "README.md"),
-                          FLAGS.results)
+    docs = os.path.join(CONFIGS, "..", "docs", "results")
+    if os.path.realpath(FLAGS.results) == os.path.realpath(docs):
+      results.update_readme(os.path.join(CONFIGS, "..", "README.md"), docs)
+    else:   # another folder holds some rows only: the README keeps its own
+      print(f"Finished entries' rows are in {FLAGS.results}; the README's "
+            "table is generated from docs/results (copy them there, then "
+            "python -m apd_jax.cli.results).")
   with open(os.path.join(FLAGS.workdir, "scoreboard.md")) as f:
     print(f.read())
 

@@ -86,15 +86,19 @@ def run(workdir: str, configs: str, method: str, seeds: int, *,
         names: list[str] | None = None, quick: bool = False,
         overrides: dict[str, Any] | None = None,
         checkpoint_every: int | None = None,
-        per_sweep: int | None = None) -> list[dict]:
+        per_sweep: int | None = None, results_dir: str | None = None,
+        command: str = "") -> list[dict]:
   """Every member (or those in `names`) as resumable sweeps over seeds
   (`per_sweep` at a time; None: all) in `workdir/<member>`; the table
-  (`scoreboard.md`, `.json`, `.csv`) is rewritten after each member.
-  Returns the rows."""
+  (`scoreboard.md`, `.json`, `.csv`) is rewritten after each member. With
+  `results_dir`, each finished member's row and each finished sweep's
+  record go there (as the scoreboard's, `scoreboard.run`). Returns the
+  rows."""
   entries = family(method, configs, overrides)
   return scoreboard.run(workdir, configs, list(names or ()), seeds, quick,
                         checkpoint_every=checkpoint_every, entries=entries,
-                        per_sweep=per_sweep)
+                        per_sweep=per_sweep, results_dir=results_dir,
+                        command=command)
 
 
 def describe(entries: tuple[scoreboard.Entry, ...]) -> list[dict]:

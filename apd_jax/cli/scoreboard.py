@@ -39,8 +39,10 @@ from typing import Callable
 
 import jax
 import ml_collections
+from absl import logging
 
 from apd_jax.analysis import diagnostics
+from apd_jax.cli import pieces
 from apd_jax.cli import results
 from apd_jax.cli import sweep_experiment
 from apd_jax.cli import sweep_report
@@ -181,26 +183,38 @@ def _mean_sd(values):
   return statistics.fmean(values), statistics.pstdev(values)
 
 
-def score_entry(entry: Entry, parts: list[tuple[str, dict]]) -> dict:
-  """The entry's row from the sweeps `parts` (each a workdir and its
-  `sweep.json`, in seed order): their runs' summary.json files; a run whose
-  loss became non-finite (no summary.json) counts as failed."""
+def read_runs(workdir: str, sweep: dict) -> list[dict | None]:
+  """Each run's summary.json in the sweep's `workdir` (None where a run's
+  loss became non-finite: it wrote none)."""
+  out = []
+  for i in range(sweep["n_runs"]):
+    path = os.path.join(workdir, "runs", f"run_{i:03d}", "summary.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append(json.load(f))
+    else:
+      out.append(None)
+  return out
+
+
+def score_entry(entry: Entry, parts: list[tuple[dict, list]]) -> dict:
+  """The entry's row from its sweeps `parts`, in seed order: each its
+  `sweep.json` and its runs' summaries (`read_runs`); a run whose loss
+  became non-finite (no summary) counts as failed."""
   runs = []
-  for workdir, sweep in parts:
-    for i in range(sweep["n_runs"]):
-      path = os.path.join(workdir, "runs", f"run_{i:03d}", "summary.json")
-      if not os.path.exists(path):
+  for _, summaries in parts:
+    for s in summaries:
+      if s is None:
         runs.append(dict(success=False, finite=False, diagnostics={}))
         continue
-      with open(path) as f:
-        s = json.load(f)
+      s = dict(s)
       if "function_recovery" in s:
         s["min_function_recovery"] = min(s["function_recovery"])
       s["success"] = bool(entry.success(s))
       runs.append(s)
-  seconds = sum(sweep["train_seconds"] for _, sweep in parts)
+  seconds = sum(sweep["train_seconds"] for sweep, _ in parts)
   run_steps = sum(sweep["run_steps_per_s"] * sweep["train_seconds"]
-                  for _, sweep in parts)
+                  for sweep, _ in parts)
   good = [r for r in runs if r.get("finite", True)]
   ok = [r for r in runs if r["success"]]
   bad = [r for r in runs if not r["success"]]
@@ -257,13 +271,16 @@ def group_dir(workdir: str, group: tuple[int, ...], whole: bool) -> str:
 
 def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
               quick: bool, checkpoint_every: int | None = None,
-              figures: bool = True, per_sweep: int | None = None) -> dict:
+              figures: bool = True, per_sweep: int | None = None,
+              pieces_dir: str | None = None, command: str = "") -> dict:
   """Trains (or reads back) one entry's sweeps, `per_sweep` seeds at a
   time (`seed_groups`; None: all in one); returns its row.
 
   Each sweep finishes (and is read back) on its own, so smaller sweeps are
   pieces of a campaign short enough to end between two interruptions;
-  the row pools them (its time is their sum)."""
+  the row pools them (its time is their sum). With `pieces_dir`, each
+  finished sweep leaves its record there (`pieces`), and a sweep whose
+  workdir is gone is read back from its record."""
   groups = seed_groups(seeds, per_sweep)
   parts = []
   for group in groups:
@@ -273,12 +290,22 @@ def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
       config.checkpoint_every = checkpoint_every
     where = group_dir(workdir, group, len(groups) == 1)
     done = os.path.join(where, "sweep.json")
+    kept = pieces_dir and pieces.find(pieces_dir, entry.name, group, config)
     if os.path.exists(done) and workdir_lib.same_settings(where, config):
       with open(done) as f:
         sweep = json.load(f)
+      part = (sweep, read_runs(where, sweep))
+    elif kept:
+      logging.info("%s, seeds %s: read back from its record in %s",
+                   entry.name, group, pieces_dir)
+      part = kept
     else:
       sweep = sweep_experiment.train_and_evaluate(config, where)
-    parts.append((where, sweep))
+      part = (sweep, read_runs(where, sweep))
+    if pieces_dir and not kept:
+      pieces.record(pieces_dir, entry.name, group, config, *part,
+                    _meta(quick), command)
+    parts.append(part)
   return score_entry(entry, parts)
 
 
@@ -386,16 +413,21 @@ def run(workdir: str, configs: str, names: list[str], seeds: int,
 
   `checkpoint_every` overrides the configs' (long runs that may be stopped
   at any time: a campaign); with `results_dir`, each entry that finishes
-  leaves its row there (`results.export`, with `command`); `figures=False`
+  leaves its row there (`results.export`, with `command`), and each of its
+  finished sweeps its record in `results_dir/pieces` (`run_entry`);
+  `figures=False`
   draws no run's figures (the tables are the same); `per_sweep` trains an
   entry's seeds that many at a time (`run_entry`)."""
   chosen = select(names, entries)
   os.makedirs(workdir, exist_ok=True)
   rows = []
   for e in chosen:
-    rows.append(run_entry(e, os.path.join(workdir, e.name.replace(":", "_")),
-                          configs, seeds, quick, checkpoint_every, figures,
-                          per_sweep))
+    rows.append(run_entry(
+        e, os.path.join(workdir, e.name.replace(":", "_")), configs, seeds,
+        quick, checkpoint_every, figures, per_sweep,
+        pieces_dir=(os.path.join(results_dir, "pieces")
+                    if results_dir and not quick else None),
+        command=command))
     meta = _meta(quick)
     write(workdir, rows, meta, entries)   # after each entry: nothing lost
     if results_dir and not quick:

@@ -98,6 +98,12 @@ def same_settings(workdir: str, config: ml_collections.ConfigDict) -> bool:
       config.to_json_best_effort())))
 
 
+def settings_match(saved: dict, config: ml_collections.ConfigDict) -> bool:
+  """`same_settings` for a config saved elsewhere (its JSON, as read)."""
+  return not _differences(_flatten(saved), _flatten(json.loads(
+      config.to_json_best_effort())))
+
+
 def why_not_continue(old: dict, new: dict, step: int) -> str | None:
   """Why a run of the (flattened) config `old`, checkpointed at `step`,
   cannot go on under `new` as a run started with `new` would (None: it

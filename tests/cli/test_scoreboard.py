@@ -2,10 +2,12 @@
 `scripts/scoreboard.py --quick` end to end."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -34,6 +36,10 @@ def _fake_runs(workdir, summaries):
   return dict(n_runs=len(summaries), train_seconds=12.0, run_steps_per_s=5.0)
 
 
+def _parts(workdir, sweep):
+  return [(sweep, scoreboard.read_runs(str(workdir), sweep))]
+
+
 def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
   runs = [dict(mmcs=0.9995, ml2r=1.0, faithfulness=1e-6, l0=1.0, steps=9,
                diagnostics=dict(inputs_per_component=1.0, dead=0.0)),
@@ -43,13 +49,13 @@ def test_tms_rule_and_diagnostics_split_by_success(tmp_path):
                diagnostics=dict(inputs_per_component=2.0, dead=1.0))]
   sweep = _fake_runs(tmp_path, runs)
   row = scoreboard.score_entry(scoreboard.BY_NAME["spd_tms_5_2"],
-                               [(str(tmp_path), sweep)])
+                               _parts(tmp_path, sweep))
   # Only the first has both MMCS >= 0.999 and ML2R in [0.98, 1.04].
   assert [r["success"] for r in row["per_seed"]] == [True, False, False]
   assert (row["succeeded"], row["strict"]) == (1, 1)
   # APD's rule (MMCS >= 0.99, ML2R >= 0.8) passes the shrunk second too.
   apd = scoreboard.score_entry(scoreboard.BY_NAME["tms_5_2"],
-                               [(str(tmp_path), sweep)])
+                               _parts(tmp_path, sweep))
   assert [r["success"] for r in apd["per_seed"]] == [True, True, False]
   assert (apd["succeeded"], apd["strict"]) == (2, 1)
   assert row["faithfulness"] == pytest.approx(2e-6)
@@ -74,7 +80,7 @@ def test_the_ci_check_counts_runs_without_identity_ci_errors(tmp_path):
   runs = [dict(mmcs=0.9995, ml2r=0.8, faithfulness=1e-6, l0=1.0, steps=9,
                identity_ci_errors=e, diagnostics={}) for e in (0, 3, 0)]
   row = scoreboard.score_entry(scoreboard.BY_NAME["vpd_tms_5_2"],
-                               [(str(tmp_path), _fake_runs(tmp_path, runs))])
+                               _parts(tmp_path, _fake_runs(tmp_path, runs)))
   assert (row["succeeded"], row["ci_check"]) == (0, 2)
   assert [r["identity_ci_errors"] for r in row["per_seed"]] == [0, 3, 0]
   scoreboard.write(str(tmp_path), [row], dict(
@@ -90,7 +96,7 @@ def test_a_run_without_summary_counts_as_failed(tmp_path):
   sweep = _fake_runs(tmp_path, runs)
   sweep["n_runs"] = 2
   row = scoreboard.score_entry(scoreboard.BY_NAME["spd_tms_5_2"],
-                               [(str(tmp_path), sweep)])
+                               _parts(tmp_path, sweep))
   assert (row["succeeded"], row["seeds"], row["non_finite"]) == (1, 2, 1)
   assert row["strict"] == 1 and row["steps"] == 9
   assert math.isnan(row["mmcs"])             # one seed has no MMCS
@@ -248,3 +254,50 @@ def test_a_variant_is_the_entry_with_values_on_top_under_its_own_name(
       cwd=ROOT, capture_output=True, text=True, check=False)
   assert run.returncode != 0
   assert "--set and --tag go together" in run.stderr
+
+
+def test_finished_sweeps_are_read_back_from_their_records_on_a_new_machine(
+    tmp_path, monkeypatch):
+  """With a results folder, each finished sweep of seeds leaves a record
+  (`pieces`); with the workdirs gone, the entry is scored from the records
+  and nothing is trained again, unless the settings differ."""
+  trained = []
+
+  def fake_train(config, workdir):
+    trained.append(config.sweep.seed)
+    runs = [dict(mmcs=1.0, ml2r=1.0 + s / 100, faithfulness=1e-7, l0=1.0,
+                 steps=config.steps, diagnostics=dict(dead=float(s)),
+                 components=[[0.1] * 5] * 5) for s in config.sweep.seed]
+    return _fake_runs(pathlib.Path(workdir), runs)
+
+  monkeypatch.setattr(scoreboard.sweep_experiment, "train_and_evaluate",
+                      fake_train)
+  out = tmp_path / "results"
+  first = scoreboard.run(str(tmp_path / "wd"), CONFIGS, ["spd_tms_40_10"], 3,
+                         False, per_sweep=2, results_dir=str(out),
+                         command="python scripts/scoreboard.py --seeds=3")
+  assert trained == [(0, 1), (2,)]
+  rec = json.loads((out / "pieces" / "spd_tms_40_10" / "seeds_0-1.json"
+                    ).read_text())
+  assert (rec["seeds"], rec["command"]) == (
+      [0, 1], "python scripts/scoreboard.py --seeds=3")
+  assert rec["config"]["sweep"]["seed"] == [0, 1]
+  assert "components" not in rec["runs"][0]        # lists are left out
+  assert rec["runs"][1]["diagnostics"] == {"dead": 1.0}
+  shutil.rmtree(tmp_path / "wd")                   # a new machine
+  again = scoreboard.run(str(tmp_path / "wd"), CONFIGS, ["spd_tms_40_10"],
+                         3, False, per_sweep=2, results_dir=str(out))
+  assert trained == [(0, 1), (2,)]
+  assert again[0]["per_seed"] == first[0]["per_seed"]
+  assert again[0]["train_seconds"] == first[0]["train_seconds"]
+  assert again[0]["diagnostics"] == first[0]["diagnostics"]
+  # Other settings: the records are not theirs.
+  [base] = scoreboard.select(["spd_tms_40_10"])
+  [other] = scoreboard.with_settings((base,), "short", {"steps": 100})
+  other = dataclasses.replace(other, name=base.name)
+  assert scoreboard.pieces.find(
+      str(out / "pieces"), base.name, (0, 1),
+      scoreboard.entry_config(other, CONFIGS, (0, 1), False)) is None
+  assert scoreboard.pieces.find(
+      str(out / "pieces"), base.name, (0, 1),
+      scoreboard.entry_config(base, CONFIGS, (0, 1), False)) is not None
