@@ -290,19 +290,19 @@ def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
       config.checkpoint_every = checkpoint_every
     where = group_dir(workdir, group, len(groups) == 1)
     done = os.path.join(where, "sweep.json")
-    kept = pieces_dir and pieces.find(pieces_dir, entry.name, group, config)
+    saved = pieces_dir and pieces.find(pieces_dir, entry.name, group, config)
     if os.path.exists(done) and workdir_lib.same_settings(where, config):
       with open(done) as f:
         sweep = json.load(f)
       part = (sweep, read_runs(where, sweep))
-    elif kept:
+    elif saved:
       logging.info("%s, seeds %s: read back from its record in %s",
                    entry.name, group, pieces_dir)
-      part = kept
+      part = saved
     else:
       sweep = sweep_experiment.train_and_evaluate(config, where)
       part = (sweep, read_runs(where, sweep))
-    if pieces_dir and not kept:
+    if pieces_dir and not saved:
       pieces.record(pieces_dir, entry.name, group, config, *part,
                     _meta(quick), command)
     parts.append(part)
@@ -415,9 +415,8 @@ def run(workdir: str, configs: str, names: list[str], seeds: int,
   at any time: a campaign); with `results_dir`, each entry that finishes
   leaves its row there (`results.export`, with `command`), and each of its
   finished sweeps its record in `results_dir/pieces` (`run_entry`);
-  `figures=False`
-  draws no run's figures (the tables are the same); `per_sweep` trains an
-  entry's seeds that many at a time (`run_entry`)."""
+  `figures=False` draws no run's figures (the tables are the same);
+  `per_sweep` trains an entry's seeds that many at a time (`run_entry`)."""
   chosen = select(names, entries)
   os.makedirs(workdir, exist_ok=True)
   rows = []
