@@ -5,7 +5,7 @@
 
 A scoreboard entry trained in sweeps of a few seeds (`--seeds_per_sweep`)
 finishes one sweep at a time. Each finished sweep's record, its config,
-`sweep.json` and the runs' summaries without their per-component lists,
+`sweep.json` and the runs' summaries without their per-component table,
 is a small JSON file `<folder>/<entry>/seeds_<a>-<b>.json`. Committed with
 the results, it lets a machine that lost the workdirs score the sweep
 without training it again: a sweep is read back from its record when the
@@ -31,12 +31,13 @@ def path(folder: str, name: str, seeds: tuple[int, ...]) -> str:
 
 
 def kept(summary: dict[str, Any] | None) -> dict[str, Any] | None:
-  """What scoring reads of a run's summary: all but its lists (the
-  per-component tables), the gated functions' recoveries excepted."""
+  """What scoring reads of a run's summary: all but the per-component
+  table (`components`, 46 kB of a residual MLP's 47) and other lists, the
+  gated functions' recoveries excepted."""
   if summary is None:
     return None
-  return {k: v for k, v in summary.items()
-          if not isinstance(v, list) or k == "function_recovery"}
+  return {k: v for k, v in summary.items() if k != "components" and (
+      not isinstance(v, list) or k == "function_recovery")}
 
 
 def record(folder: str, name: str, seeds: tuple[int, ...],

@@ -267,7 +267,8 @@ def test_finished_sweeps_are_read_back_from_their_records_on_a_new_machine(
     trained.append(config.sweep.seed)
     runs = [dict(mmcs=1.0, ml2r=1.0 + s / 100, faithfulness=1e-7, l0=1.0,
                  steps=config.steps, diagnostics=dict(dead=float(s)),
-                 components=[[0.1] * 5] * 5) for s in config.sweep.seed]
+                 components={"W": [[0.1] * 5] * 5}, kept=[1, 2])
+            for s in config.sweep.seed]
     return _fake_runs(pathlib.Path(workdir), runs)
 
   monkeypatch.setattr(scoreboard.sweep_experiment, "train_and_evaluate",
@@ -282,7 +283,8 @@ def test_finished_sweeps_are_read_back_from_their_records_on_a_new_machine(
   assert (rec["seeds"], rec["command"]) == (
       [0, 1], "python scripts/scoreboard.py --seeds=3")
   assert rec["config"]["sweep"]["seed"] == [0, 1]
-  assert "components" not in rec["runs"][0]        # lists are left out
+  assert "components" not in rec["runs"][0]        # the table is left out
+  assert "kept" not in rec["runs"][0]              # and lists
   assert rec["runs"][1]["diagnostics"] == {"dead": 1.0}
   shutil.rmtree(tmp_path / "wd")                   # a new machine
   again = scoreboard.run(str(tmp_path / "wd"), CONFIGS, ["spd_tms_40_10"],
