@@ -6,6 +6,8 @@ r"""The reproduction scoreboard: every toy config of APD and SPD over seeds.
   python scripts/scoreboard.py --workdir=/tmp/sb --quick --seeds=2  # smoke
   python scripts/scoreboard.py --workdir=runs/variants --seeds=3 \
       --only=vpd_tms_40_10 --set=method.ci_fn=scalar --tag=scalar
+  python scripts/scoreboard.py --workdir=... --seeds_per_sweep=1 \
+      --results=... --status             # where a campaign stands
 
 Each entry trains as one sweep over seeds (seed n: the target and the
 decomposition with seed n) in `<workdir>/<entry>`; a finished entry is read
@@ -24,6 +26,7 @@ from absl import logging
 from apd_jax.cli import config
 from apd_jax.cli import results
 from apd_jax.cli import scoreboard
+from apd_jax.cli import sweep_report
 
 FLAGS = flags.FLAGS
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
@@ -48,6 +51,10 @@ def define_flags():
                             "entry (a Python literal), with --tag.")
   flags.DEFINE_string("tag", None, "With --set: the variant's name; its "
                       "entries are `<entry>@<tag>`.")
+  flags.DEFINE_bool("status", False, "Print where each sweep of the "
+                    "selected entries stands (finished, read back from its "
+                    "record, its newest checkpoint, not started) and train "
+                    "nothing.")
   flags.DEFINE_integer("seeds_per_sweep", None, "Train each entry's seeds "
                        "in sweeps of this many (default: all in one), each "
                        "finished on its own: campaign pieces that end "
@@ -73,6 +80,12 @@ def main(argv):
     except ValueError as e:
       raise app.UsageError(str(e)) from e
     names = []
+  if FLAGS.status:
+    rows = scoreboard.progress(FLAGS.workdir, CONFIGS, names, FLAGS.seeds,
+                               per_sweep=FLAGS.seeds_per_sweep,
+                               results_dir=FLAGS.results, entries=entries)
+    print(sweep_report.markdown(rows, ["entry", "seeds", "state"]))
+    return
   scoreboard.run(FLAGS.workdir, CONFIGS, names, FLAGS.seeds, FLAGS.quick,
                  checkpoint_every=FLAGS.checkpoint_every,
                  results_dir=FLAGS.results, command=command,

@@ -47,6 +47,7 @@ from apd_jax.cli import results
 from apd_jax.cli import sweep_experiment
 from apd_jax.cli import sweep_report
 from apd_jax.cli import workdir as workdir_lib
+from apd_jax.training import checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +270,48 @@ def group_dir(workdir: str, group: tuple[int, ...], whole: bool) -> str:
   return os.path.join(workdir, f"seeds_{group[0]}-{group[-1]}")
 
 
+def _sweeps(entry, workdir, configs, seeds, quick, checkpoint_every,
+            figures, per_sweep):
+  """`(seeds, config, workdir)` of each of the entry's sweeps."""
+  groups = seed_groups(seeds, per_sweep)
+  for group in groups:
+    config = entry_config(entry, configs, group, quick)
+    config.figures = config.figures and figures
+    if checkpoint_every is not None and not quick:
+      config.checkpoint_every = checkpoint_every
+    yield group, config, group_dir(workdir, group, len(groups) == 1)
+
+
+def progress(workdir: str, configs: str, names: list[str], seeds: int, *,
+             per_sweep: int | None = None, results_dir: str | None = None,
+             entries: tuple[Entry, ...] = ENTRIES) -> list[dict]:
+  """Where a campaign stands, training nothing: for each sweep of each
+  entry `run` would train, `finished`, `finished (record)` (its workdir is
+  gone, its record in `results_dir/pieces` is read back), `step N of M`
+  (its newest checkpoint) or `not started`."""
+  rows = []
+  for e in select(names, entries):
+    folder = os.path.join(workdir, e.name.replace(":", "_"))
+    for group, config, where in _sweeps(e, folder, configs, seeds, False,
+                                        None, True, per_sweep):
+      if (os.path.exists(os.path.join(where, "sweep.json"))
+          and workdir_lib.same_settings(where, config)):
+        state = "finished"
+      elif results_dir and pieces.find(os.path.join(results_dir, "pieces"),
+                                       e.name, group, config):
+        state = "finished (record)"
+      else:
+        try:
+          step = checkpoint.latest_step(os.path.join(where, "checkpoints"))
+          state = ("not started" if step is None
+                   else f"step {step} of {config.steps}")
+        except ValueError:
+          state = "no readable checkpoint"
+      rows.append(dict(entry=e.name, seeds=f"{group[0]}-{group[-1]}",
+                       state=state))
+  return rows
+
+
 def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
               quick: bool, checkpoint_every: int | None = None,
               figures: bool = True, per_sweep: int | None = None,
@@ -281,14 +324,9 @@ def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
   the row pools them (its time is their sum). With `pieces_dir`, each
   finished sweep leaves its record there (`pieces`), and a sweep whose
   workdir is gone is read back from its record."""
-  groups = seed_groups(seeds, per_sweep)
   parts = []
-  for group in groups:
-    config = entry_config(entry, configs, group, quick)
-    config.figures = config.figures and figures
-    if checkpoint_every is not None and not quick:
-      config.checkpoint_every = checkpoint_every
-    where = group_dir(workdir, group, len(groups) == 1)
+  for group, config, where in _sweeps(entry, workdir, configs, seeds, quick,
+                                      checkpoint_every, figures, per_sweep):
     done = os.path.join(where, "sweep.json")
     saved = pieces_dir and pieces.find(pieces_dir, entry.name, group, config)
     if os.path.exists(done) and workdir_lib.same_settings(where, config):

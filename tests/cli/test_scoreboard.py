@@ -303,3 +303,46 @@ def test_finished_sweeps_are_read_back_from_their_records_on_a_new_machine(
   assert scoreboard.pieces.find(
       str(out / "pieces"), base.name, (0, 1),
       scoreboard.entry_config(base, CONFIGS, (0, 1), False)) is not None
+
+
+def test_progress_says_where_each_sweep_stands(tmp_path, monkeypatch):
+  def fake_train(config, workdir):
+    runs = [dict(mmcs=1.0, ml2r=1.0, faithfulness=1e-7, l0=1.0,
+                 steps=config.steps, diagnostics={})
+            for _ in config.sweep.seed]
+    sweep = _fake_runs(pathlib.Path(workdir), runs)
+    (pathlib.Path(workdir) / "sweep.json").write_text(json.dumps(sweep))
+    (pathlib.Path(workdir) / "config.json").write_text(
+        config.to_json_best_effort())
+    return sweep
+
+  monkeypatch.setattr(scoreboard.sweep_experiment, "train_and_evaluate",
+                      fake_train)
+  wd, out = str(tmp_path / "wd"), str(tmp_path / "results")
+  names = ["spd_tms_40_10"]
+
+  def states(**kw):
+    return [r["state"] for r in scoreboard.progress(
+        wd, CONFIGS, names, 3, per_sweep=2, **kw)]
+
+  assert states() == ["not started", "not started"]
+  scoreboard.run(wd, CONFIGS, names, 3, False, per_sweep=2, results_dir=out)
+  assert states() == ["finished", "finished"]
+  shutil.rmtree(wd)
+  assert states(results_dir=out) == ["finished (record)"] * 2
+  assert states() == ["not started"] * 2
+  steps = {"seeds_0-1": 800}
+
+  def latest(directory):
+    step = steps.get(os.path.basename(os.path.dirname(directory)))
+    if step == "bad":
+      raise ValueError("unreadable")
+    return step
+
+  monkeypatch.setattr(scoreboard.checkpoint, "latest_step", latest)
+  assert states() == ["step 800 of 40000", "not started"]
+  steps["seeds_2-2"] = "bad"
+  assert states() == ["step 800 of 40000", "no readable checkpoint"]
+  rows = scoreboard.progress(wd, CONFIGS, names, 3, per_sweep=2)
+  assert [(r["entry"], r["seeds"]) for r in rows] == [
+      ("spd_tms_40_10", "0-1"), ("spd_tms_40_10", "2-2")]
