@@ -21,6 +21,8 @@ from absl import logging
 
 from apd_jax.cli import config
 from apd_jax.cli import family
+from apd_jax.cli import scoreboard
+from apd_jax.cli import sweep_report
 
 FLAGS = flags.FLAGS
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
@@ -43,6 +45,8 @@ def define_flags():
   flags.DEFINE_string("results", None, "Folder for each finished member's "
                       "row and, under pieces/, each finished sweep's "
                       "record (read back where its workdir is gone).")
+  flags.DEFINE_bool("status", False, "Print where each member's sweeps "
+                    "stand and train nothing.")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -53,6 +57,13 @@ def main(argv):
     overrides = config.parse_sets(FLAGS.set)
   except ValueError as e:
     raise app.UsageError(f"--set {e}") from e
+  if FLAGS.status:
+    rows = scoreboard.progress(
+        FLAGS.workdir, CONFIGS, FLAGS.only, FLAGS.seeds,
+        per_sweep=FLAGS.seeds_per_sweep, results_dir=FLAGS.results,
+        entries=family.family(FLAGS.method, CONFIGS, overrides))
+    print(sweep_report.markdown(rows, ["entry", "seeds", "state"]))
+    return
   family.run(FLAGS.workdir, CONFIGS, FLAGS.method, FLAGS.seeds,
              names=FLAGS.only, quick=FLAGS.quick, overrides=overrides,
              checkpoint_every=FLAGS.checkpoint_every,
