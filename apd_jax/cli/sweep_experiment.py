@@ -133,11 +133,13 @@ def run_checked(config: ml_collections.ConfigDict, workdir: str,
   values = swept(config)
   own = _seed_targets(as_given, workdir, values, resumed=step is not None)
   t = config.target
-  if config.seed in own and not t.path:
-    # The target of `config.seed` is one of the seeds' own: read it back
-    # rather than train it a second time.
+  if own and not t.path:
+    # Each run decomposes its seed's own target; the sweep's (a template
+    # for the shapes, saved in the workdir) is one of them, read back
+    # rather than trained again: `config.seed`'s where it is swept.
     t = t.copy_and_resolve_references()
-    t.path = _target_file(workdir, config.seed)
+    t.path = _target_file(workdir, config.seed if config.seed in own
+                          else min(own))
   apply_fn, params, sample_fn, has_aux = experiment.make_target(
       t, config.seed, workdir)
   runs = sweep.grid(values, cli_config.swept_names(config))

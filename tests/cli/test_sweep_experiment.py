@@ -107,7 +107,7 @@ def test_target_per_seed_runs_equal_single_runs(tmp_path, monkeypatch):
   c = tms_5_2.get_config()
   c.update(steps=40, log_every=20, eval_batches=2, batch_size=512)
   c.target.steps = 300
-  c.sweep.seed = (0, 1)
+  c.sweep.seed = (1, 2)       # config.seed (0) is not swept
   c.sweep.target_per_seed = True
   c.figures = False            # the numbers are compared, not the pictures
   built = []
@@ -115,9 +115,9 @@ def test_target_per_seed_runs_equal_single_runs(tmp_path, monkeypatch):
   monkeypatch.setattr(targets, "build", lambda module, t, seed: (
       built.append(seed), build(module, t, seed))[1])
   sweep_experiment.train_and_evaluate(c, str(tmp_path / "sweep"))
-  assert built == [0, 1]       # each seed's target trained once
+  assert built == [1, 2]       # each seed's target, once; not seed 0's
   monkeypatch.setattr(targets, "build", build)
-  for i, seed in enumerate((0, 1)):
+  for i, seed in enumerate((1, 2)):
     single = c.copy_and_resolve_references()
     single.seed = seed
     single.sweep.seed = ()
@@ -131,8 +131,8 @@ def test_target_per_seed_runs_equal_single_runs(tmp_path, monkeypatch):
     assert ((saved / "target_params.msgpack").read_bytes()
             == (tmp_path / f"s{seed}" / "target_params.msgpack").read_bytes())
   assert not list(tmp_path.glob("**/*.png"))
-  assert ((tmp_path / "s0" / "target_params.msgpack").read_bytes()
-          != (tmp_path / "s1" / "target_params.msgpack").read_bytes())
+  assert ((tmp_path / "s1" / "target_params.msgpack").read_bytes()
+          != (tmp_path / "s2" / "target_params.msgpack").read_bytes())
   # Started again, the finished sweep resumes on the saved targets.
   first = (tmp_path / "sweep" / "runs" / "run_001" / "summary.json"
            ).read_text()
