@@ -36,6 +36,15 @@ def _fake_runs(workdir, summaries):
   return dict(n_runs=len(summaries), train_seconds=12.0, run_steps_per_s=5.0)
 
 
+def _finished(workdir, config, sweep):
+  """What a finished sweep leaves besides its runs: sweep.json and the
+  config (so that it is read back)."""
+  (pathlib.Path(workdir) / "sweep.json").write_text(json.dumps(sweep))
+  (pathlib.Path(workdir) / "config.json").write_text(
+      config.to_json_best_effort())
+  return sweep
+
+
 def _parts(workdir, sweep):
   return [(sweep, scoreboard.read_runs(str(workdir), sweep))]
 
@@ -206,10 +215,7 @@ def test_seeds_in_sweeps_of_one_pool_into_the_entry_row(tmp_path,
     sweep = _fake_runs(pathlib.Path(workdir), runs)
     sweep.update(train_seconds=10.0 * len(seeds),
                  run_steps_per_s=40 * len(seeds) / (10.0 * len(seeds)))
-    (pathlib.Path(workdir) / "sweep.json").write_text(json.dumps(sweep))
-    (pathlib.Path(workdir) / "config.json").write_text(
-        config.to_json_best_effort())
-    return sweep
+    return _finished(workdir, config, sweep)
 
   monkeypatch.setattr(scoreboard.sweep_experiment, "train_and_evaluate",
                       fake_train)
@@ -310,11 +316,8 @@ def test_progress_says_where_each_sweep_stands(tmp_path, monkeypatch):
     runs = [dict(mmcs=1.0, ml2r=1.0, faithfulness=1e-7, l0=1.0,
                  steps=config.steps, diagnostics={})
             for _ in config.sweep.seed]
-    sweep = _fake_runs(pathlib.Path(workdir), runs)
-    (pathlib.Path(workdir) / "sweep.json").write_text(json.dumps(sweep))
-    (pathlib.Path(workdir) / "config.json").write_text(
-        config.to_json_best_effort())
-    return sweep
+    return _finished(workdir, config, _fake_runs(pathlib.Path(workdir),
+                                                 runs))
 
   monkeypatch.setattr(scoreboard.sweep_experiment, "train_and_evaluate",
                       fake_train)
