@@ -282,6 +282,12 @@ def _sweeps(entry, workdir, configs, seeds, quick, checkpoint_every,
     yield group, config, group_dir(workdir, group, len(groups) == 1)
 
 
+def _finished(where: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether the sweep in `where` finished with `config`'s settings."""
+  return (os.path.exists(os.path.join(where, "sweep.json"))
+          and workdir_lib.same_settings(where, config))
+
+
 def progress(workdir: str, configs: str, names: list[str], seeds: int, *,
              per_sweep: int | None = None, results_dir: str | None = None,
              entries: tuple[Entry, ...] = ENTRIES) -> list[dict]:
@@ -294,8 +300,7 @@ def progress(workdir: str, configs: str, names: list[str], seeds: int, *,
     folder = os.path.join(workdir, e.name.replace(":", "_"))
     for group, config, where in _sweeps(e, folder, configs, seeds, False,
                                         None, True, per_sweep):
-      if (os.path.exists(os.path.join(where, "sweep.json"))
-          and workdir_lib.same_settings(where, config)):
+      if _finished(where, config):
         state = "finished"
       elif results_dir and pieces.find(os.path.join(results_dir, "pieces"),
                                        e.name, group, config):
@@ -327,10 +332,9 @@ def run_entry(entry: Entry, workdir: str, configs: str, seeds: int,
   parts = []
   for group, config, where in _sweeps(entry, workdir, configs, seeds, quick,
                                       checkpoint_every, figures, per_sweep):
-    done = os.path.join(where, "sweep.json")
     saved = pieces_dir and pieces.find(pieces_dir, entry.name, group, config)
-    if os.path.exists(done) and workdir_lib.same_settings(where, config):
-      with open(done) as f:
+    if _finished(where, config):
+      with open(os.path.join(where, "sweep.json")) as f:
         sweep = json.load(f)
       part = (sweep, read_runs(where, sweep))
     elif saved:
